@@ -1,0 +1,53 @@
+"""Engine configuration: frozen dataclasses named as vLLM names them, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corral.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache: block size and how much memory the pool may take."""
+
+    block_size: int = 16
+    # Bytes for the KV pool (an int), or a fraction (0, 1] of the memory available at start-up.
+    kv_cache_memory: int | float = 512 * 1024**2
+    enable_prefix_caching: bool = True
+    # Fixes the pool size in blocks, overriding kv_cache_memory (tests use it to force preemption).
+    num_gpu_blocks_override: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
+        mem = self.kv_cache_memory
+        if isinstance(mem, float) and not 0.0 < mem <= 1.0:
+            raise ConfigError(f"kv_cache_memory as a fraction must be in (0, 1], got {mem}")
+        if isinstance(mem, int) and mem <= 0:
+            raise ConfigError(f"kv_cache_memory in bytes must be positive, got {mem}")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise ConfigError("num_gpu_blocks_override must be >= 1")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits for one engine step."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int = 2048
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ConfigError("max_num_seqs must be >= 1")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError("max_num_batched_tokens must be >= 1")
+        if self.max_model_len < 2:
+            raise ConfigError("max_model_len must be >= 2")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ConfigError(
+                "without chunked prefill, max_num_batched_tokens must be >= max_model_len "
+                f"({self.max_num_batched_tokens} < {self.max_model_len})"
+            )

@@ -1,0 +1,40 @@
+"""Typed exceptions for everything a user can cause. Internal invariants use ``assert``."""
+
+
+class CorralError(Exception):
+    """Base class of every error corral raises on purpose."""
+
+
+class ModelLoadError(CorralError):
+    """The model file or directory is missing, unreadable or malformed."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """The architecture, tensor type or quantization is not supported."""
+
+
+class InvalidSamplingParamsError(CorralError, ValueError):
+    """A sampling parameter is out of range or inconsistent with another."""
+
+
+class PromptTooLongError(CorralError, ValueError):
+    """The prompt (plus the tokens to generate) does not fit the model's context."""
+
+    def __init__(self, num_prompt_tokens: int, max_model_len: int):
+        self.num_prompt_tokens = num_prompt_tokens
+        self.max_model_len = max_model_len
+        super().__init__(
+            f"prompt has {num_prompt_tokens} tokens, but the model's context is {max_model_len} tokens"
+        )
+
+
+class InvalidRequestError(CorralError, ValueError):
+    """A request is malformed (empty prompt, token id out of vocabulary, duplicate id, ...)."""
+
+
+class ChatTemplateError(CorralError, ValueError):
+    """The chat template is missing or failed to render the given messages."""
+
+
+class ConfigError(CorralError, ValueError):
+    """An engine or cache configuration value is invalid."""

@@ -1,0 +1,1 @@
+"""Shared fixtures: tiny random-weight models and the default model, found once per session."""
