@@ -1,0 +1,69 @@
+"""The seams of one engine step: what the scheduler decided, and what the model runner produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from corral.engine.request import Request
+
+
+@dataclass
+class ScheduledRequest:
+    """``num_new_tokens`` tokens of ``request`` to compute this step, starting at ``num_computed_tokens``."""
+
+    request: Request
+    num_computed_tokens: int
+    num_new_tokens: int
+    block_ids: list[int]  # the request's block table (covers the new tokens)
+
+    @property
+    def samples(self) -> bool:
+        """True when this step reaches the request's last known token, so its next token is sampled."""
+        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted_request_ids: list[str] = field(default_factory=list)
+    # Requests that left the engine since the last step: the runner drops their per-request state.
+    finished_request_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_scheduled_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass
+class SampledToken:
+    """The runner's result for one request that sampled this step."""
+
+    token_id: int
+    # Column 0 is the sampled token, then the top-N; None unless the request asked for logprobs.
+    logprob_token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    rank: int | None = None
+
+
+@dataclass
+class ModelRunnerOutput:
+    sampled: dict[str, SampledToken] = field(default_factory=dict)
+
+
+@dataclass
+class EngineCoreOutput:
+    """What a step did to one request: its new token (if any) and whether it finished."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[SampledToken] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,52 @@
+"""The paged KV pool: one preallocated tensor per layer, sized from a memory budget."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from corral.config import CacheConfig
+from corral.errors import ConfigError
+from corral.models.spec import ModelConfig
+from corral.platform import available_cpu_memory
+
+logger = logging.getLogger(__name__)
+
+
+def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """K and V of ``block_size`` tokens across all layers."""
+    per_token = 2 * model_config.num_key_value_heads * model_config.head_size * dtype.itemsize
+    return per_token * block_size * model_config.num_hidden_layers
+
+
+def num_blocks_for_budget(
+    cache_config: CacheConfig, model_config: ModelConfig, dtype: torch.dtype, device: torch.device
+) -> int:
+    if cache_config.num_gpu_blocks_override is not None:
+        return cache_config.num_gpu_blocks_override
+    budget = cache_config.kv_cache_memory
+    if isinstance(budget, float):
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+        else:
+            free = available_cpu_memory()
+        budget = int(free * budget)
+    num_blocks = budget // bytes_per_block(model_config, cache_config.block_size, dtype)
+    if num_blocks < 1:
+        raise ConfigError(f"kv_cache_memory of {budget} bytes holds no block of {cache_config.block_size} tokens")
+    return num_blocks
+
+
+def allocate_kv_caches(
+    num_blocks: int, block_size: int, model_config: ModelConfig, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """One ``[2, num_blocks * block_size, num_kv_heads, head_size]`` tensor per layer (K then V)."""
+    shape = (2, num_blocks * block_size, model_config.num_key_value_heads, model_config.head_size)
+    caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_hidden_layers)]
+    total = num_blocks * bytes_per_block(model_config, block_size, dtype)
+    logger.info(
+        "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB)",
+        num_blocks, block_size, num_blocks * block_size, total / 2**20,
+    )
+    return caches

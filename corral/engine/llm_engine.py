@@ -1,0 +1,92 @@
+"""LLMEngine: text in, RequestOutputs out. Validates and tokenizes requests, fans ``n`` out into
+child sequences, drives EngineCore and turns its token ids into text through the output processor."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+
+from corral.engine.core import EngineCore
+from corral.engine.output_processor import OutputProcessor
+from corral.engine.request import Request
+from corral.errors import InvalidRequestError, PromptTooLongError
+from corral.outputs import RequestOutput
+from corral.sample.params import SamplingParams
+from corral.text.tokenizer import Tokenizer
+
+PromptType = str | Sequence[int]
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        core: EngineCore,
+        tokenizer: Tokenizer,
+        vocab_size: int,
+        max_model_len: int,
+        eos_token_ids: frozenset[int],
+    ):
+        self.core = core
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
+        self.eos_token_ids = eos_token_ids
+        self.output_processor = OutputProcessor(tokenizer)
+        self._ids = itertools.count()
+
+    def next_request_id(self) -> str:
+        return str(next(self._ids))
+
+    def add_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0
+    ) -> None:
+        """Validate and queue a request. Raises a CorralError subclass, changing nothing, on bad input."""
+        if self.output_processor.has_request(request_id):
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        prompt_text, prompt_ids = self._tokenize(prompt)
+        if len(prompt_ids) >= self.max_model_len:
+            raise PromptTooLongError(len(prompt_ids), self.max_model_len)
+        child_ids = [request_id] if params.n == 1 else [f"{i}_{request_id}" for i in range(params.n)]
+        self.output_processor.add_request(request_id, prompt_text, prompt_ids, params, child_ids)
+        for index, child_id in enumerate(child_ids):
+            # Children of n > 1 share the prompt's KV blocks through the prefix cache; seeded ones differ.
+            child_params = params if params.n == 1 else replace(
+                params, n=1, seed=None if params.seed is None else params.seed + index
+            )
+            self.core.add_request(
+                Request(
+                    request_id=child_id,
+                    prompt_token_ids=prompt_ids,
+                    sampling_params=child_params,
+                    eos_token_ids=self.eos_token_ids,
+                    max_model_len=self.max_model_len,
+                    priority=priority,
+                )
+            )
+
+    def abort_request(self, request_id: str) -> None:
+        for child_id in self.output_processor.abort(request_id):
+            self.core.abort_request(child_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.core.has_unfinished_requests()
+
+    def step(self) -> list[RequestOutput]:
+        core_outputs = self.core.step()
+        outputs, stopped_child_ids = self.output_processor.process(core_outputs)
+        for child_id in stopped_child_ids:  # stop strings are found on text, after the step
+            self.core.abort_request(child_id)
+        return outputs
+
+    def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt must not be empty")
+            return prompt, self.tokenizer.encode(prompt)
+        prompt_ids = list(prompt)
+        if not prompt_ids:
+            raise InvalidRequestError("prompt must not be empty")
+        if not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in prompt_ids):
+            raise InvalidRequestError(f"prompt token ids must be integers in [0, {self.vocab_size})")
+        return None, prompt_ids

@@ -1,0 +1,90 @@
+"""Paged attention in plain torch: the reference every other backend must match.
+
+Decodes are batched in one SDPA call over their gathered block tables (query heads grouped by
+their KV head, so GQA needs no repeated K/V); each prefill chunk is one SDPA call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from corral.layers.attention.metadata import AttentionMetadata
+
+
+class TorchPagedAttention:
+    def __init__(self, num_heads: int, num_kv_heads: int, head_size: int, block_size: int):
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_size = head_size
+        self.block_size = block_size
+        self.scale = head_size**-0.5
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        key_cache, value_cache = kv_cache[0], kv_cache[1]  # [num_slots, num_kv_heads, head_size]
+        key_cache.index_copy_(0, metadata.slot_mapping, key)
+        value_cache.index_copy_(0, metadata.slot_mapping, value)
+
+        num_tokens = query.shape[0]
+        out = query.new_empty(num_tokens, self.num_heads * self.head_size)
+        num_decodes = metadata.num_decode_tokens
+        if num_decodes:
+            out[:num_decodes] = self._decode(query[:num_decodes], key_cache, value_cache, metadata)
+        for chunk in metadata.prefills:
+            rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
+            out[rows] = self._prefill(query[rows], key_cache, value_cache, chunk.kv_slots)
+        return out
+
+    def _decode(
+        self,
+        query: torch.Tensor,  # [num_decodes, num_heads, head_size]
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_decodes = query.shape[0]
+        block_tables = metadata.decode_block_tables  # [num_decodes, max_blocks]
+        max_len = block_tables.shape[1] * self.block_size
+        shape = (-1, self.block_size, self.num_kv_heads, self.head_size)
+        # [num_decodes, num_kv_heads, max_len, head_size]
+        keys = key_cache.view(shape)[block_tables].view(num_decodes, max_len, self.num_kv_heads, -1)
+        values = value_cache.view(shape)[block_tables].view(num_decodes, max_len, self.num_kv_heads, -1)
+        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+        positions = torch.arange(max_len, device=query.device)
+        mask = (positions[None, :] < metadata.decode_context_lens[:, None])[:, None, None, :]
+        # Query heads h = kv * group + g share KV head kv: [num_decodes, num_kv_heads, group, head_size]
+        grouped = query.view(num_decodes, self.num_kv_heads, -1, self.head_size)
+        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=self.scale)
+        return out.reshape(num_decodes, self.num_heads * self.head_size)
+
+    def _prefill(
+        self,
+        query: torch.Tensor,  # [query_len, num_heads, head_size]
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        kv_slots: torch.Tensor,  # [context_len]
+    ) -> torch.Tensor:
+        query_len, context_len = query.shape[0], kv_slots.shape[0]
+        keys = key_cache[kv_slots].transpose(0, 1).unsqueeze(0)  # [1, num_kv_heads, context_len, head_size]
+        values = value_cache[kv_slots].transpose(0, 1).unsqueeze(0)
+        q = query.transpose(0, 1).unsqueeze(0)  # [1, num_heads, query_len, head_size]
+        if query_len == context_len:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
+            )
+        else:
+            # The chunk's queries sit at the end of the context: query i sees keys <= offset + i.
+            offset = context_len - query_len
+            q_pos = torch.arange(query_len, device=query.device)[:, None] + offset
+            mask = torch.arange(context_len, device=query.device)[None, :] <= q_pos
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
+            )
+        return out[0].transpose(0, 1).reshape(query_len, self.num_heads * self.head_size)

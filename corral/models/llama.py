@@ -1,0 +1,172 @@
+"""Llama-family decoder (Llama 2/3, SmolLM, Qwen2): one forward for prefill, decode and mixed batches.
+
+Module names mirror the HF checkpoint, except that q/k/v and gate/up are fused into
+``qkv_proj`` and ``gate_up_proj`` (one GEMM each); ``load_weights`` does the fusing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from corral.errors import ModelLoadError
+from corral.layers.activation import silu_and_mul
+from corral.layers.attention.backend import AttentionBackend
+from corral.layers.attention.metadata import AttentionMetadata
+from corral.layers.norm import RMSNorm
+from corral.layers.rotary import RotaryEmbedding
+from corral.models.spec import ModelConfig
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_size = config.head_size
+        self.q_size = self.num_heads * self.head_size
+        self.kv_size = self.num_kv_heads * self.head_size
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.rotary = rotary
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,  # [num_tokens, hidden_size]
+        kv_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+        backend: AttentionBackend,
+    ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_size)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_size)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_size)
+        q, k = self.rotary(positions, q, k)
+        out = backend.forward(q, k, v, kv_cache, attn_metadata)
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, rotary)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+        backend: AttentionBackend,
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn(
+            positions, self.input_layernorm(hidden), kv_cache, attn_metadata, backend
+        )
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        rotary = RotaryEmbedding(
+            config.head_size, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Causal LM over a paged KV cache: ``forward`` gives hidden states, ``compute_logits`` the logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [num_tokens]
+        positions: torch.Tensor,  # [num_tokens]
+        kv_caches: list[torch.Tensor],  # one [2, num_slots, num_kv_heads, head_size] per layer
+        attn_metadata: AttentionMetadata,
+        backend: AttentionBackend,
+    ) -> torch.Tensor:  # [num_tokens, hidden_size]
+        hidden = self.model.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            hidden = layer(positions, hidden, kv_cache, attn_metadata, backend)
+        return self.model.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [num_rows, vocab_size]
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight)
+
+    @torch.no_grad()
+    def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Copy HF-named weights in, fusing q/k/v and gate/up. Every parameter must be covered."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        fused = _fuse_hf_weights(weights, self.config)
+        for name, tensor in fused.items():
+            if name not in params:
+                if name == "lm_head.weight" and self.lm_head is None:
+                    continue  # some tied checkpoints still store the head
+                raise ModelLoadError(f"checkpoint has an unexpected tensor {name!r}")
+            if params[name].shape != tensor.shape:
+                raise ModelLoadError(
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}"
+                )
+            params[name].copy_(tensor)
+            loaded.add(name)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ModelLoadError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
+
+
+def _fuse_hf_weights(weights: Mapping[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    fused: dict[str, torch.Tensor] = {}
+    groups = {
+        "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    }
+    consumed: set[str] = set()
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        for target, parts in groups.items():
+            for suffix in ("weight", "bias"):
+                names = [f"{prefix}{p}.{suffix}" for p in parts]
+                present = [n in weights for n in names]
+                if not any(present):
+                    continue
+                if not all(present):
+                    missing = names[present.index(False)]
+                    raise ModelLoadError(f"checkpoint is missing tensor {missing!r}")
+                fused[f"{prefix}{target}.{suffix}"] = torch.cat([weights[n] for n in names], dim=0)
+                consumed.update(names)
+    for name, tensor in weights.items():
+        if name not in consumed and not name.endswith("rotary_emb.inv_freq"):
+            fused[name] = tensor
+    return fused

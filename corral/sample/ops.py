@@ -1,0 +1,92 @@
+"""Batched filtering and sampling ops: temperature, top-k, top-p, min-p, and the exponential race.
+
+All functions take and return [B, V] float tensors and never read a device value on the host, so
+they run without a device sync. Filtering writes -inf into the logits of removed tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_NEG_INF = float("-inf")
+
+
+def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Divide each row by its temperature; greedy rows (temperature 0) are divided by 1 instead, their
+    result is discarded by the caller."""
+    safe = torch.where(temperature > 0, temperature, torch.ones_like(temperature))  # [B]
+    return logits / safe.to(logits.dtype)[:, None]
+
+
+def apply_top_k_top_p(
+    logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int, top_p: torch.Tensor | None
+) -> torch.Tensor:
+    """Mask tokens outside each row's top-k, then outside its top-p nucleus.
+
+    top-k keeps every token whose logit is >= the k-th largest (ties at the boundary are all kept, as
+    in vLLM). top-p keeps the smallest set of most likely tokens whose probability, renormalised after
+    top-k, reaches p; the most likely token is always kept. Rows with top_k = V / top_p = 1 are left
+    as they are.
+    """
+    if top_p is None:
+        if top_k is None:
+            return logits
+        return _apply_top_k_only(logits, top_k, max_top_k)
+
+    # One ascending sort serves both filters.
+    vocab_size = logits.shape[1]
+    sorted_logits, sorted_ids = logits.sort(dim=-1)  # [B, V] each
+    if top_k is not None:
+        # In ascending order the k-th largest logit sits at position V - k.
+        kth = sorted_logits.gather(1, (vocab_size - top_k)[:, None])  # [B, 1]
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, _NEG_INF)
+    cum_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # [B, V]
+    # Drop a token when the mass of tokens no more likely than it is still <= 1 - p, i.e. when the
+    # tokens above it already reach p on their own.
+    drop = cum_probs <= (1.0 - top_p.to(cum_probs.dtype))[:, None]
+    drop[:, -1] = False
+    sorted_logits = sorted_logits.masked_fill(drop, _NEG_INF)
+    return torch.empty_like(logits).scatter_(1, sorted_ids, sorted_logits)
+
+
+def _apply_top_k_only(logits: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
+    # topk(max_top_k) is much cheaper than a full sort when k << V. Rows without top-k (k = V) may
+    # index past max_top_k, so their index is clamped and their threshold replaced by -inf.
+    top_values = logits.topk(max_top_k, dim=-1).values  # [B, max_top_k], descending
+    index = (top_k.clamp(max=max_top_k) - 1)[:, None]  # [B, 1]
+    kth = top_values.gather(1, index)  # [B, 1]
+    kth = kth.masked_fill((top_k >= logits.shape[1])[:, None], _NEG_INF)
+    return logits.masked_fill(logits < kth, _NEG_INF)
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Mask tokens whose probability is below ``min_p`` times the row's top probability.
+
+    Done in logit space: p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p). The ratio does not
+    depend on normalisation, so no softmax is needed; min_p = 0 gives log 0 = -inf and keeps everything.
+    """
+    max_logits = logits.amax(dim=-1, keepdim=True)  # [B, 1]
+    threshold = max_logits + torch.log(min_p.to(logits.dtype))[:, None]
+    return logits.masked_fill(logits < threshold, _NEG_INF)
+
+
+def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """Draw one token per row from ``probs`` [B, V] with the exponential race: argmax(p_i / q_i), q_i ~
+    Exp(1) i.i.d., returns token i with probability p_i (it is the Gumbel-max trick in disguise).
+
+    Unseeded rows share one batched draw from the default generator. A seeded row overwrites its noise
+    with V draws from its own generator, so its token depends only on its seed and its own
+    probabilities, and every step consumes the same amount of its randomness whatever the batch.
+    """
+    q = torch.empty_like(probs)
+    if len(generators) < probs.shape[0]:
+        q.exponential_()
+    for row, generator in generators.items():
+        q[row].exponential_(generator=generator)
+    # Exp(1) can round to exactly 0; a zero-probability token would then give 0/0 = nan, which argmax
+    # would pick. Clamping keeps removed tokens at 0 and barely changes the rest.
+    q.clamp_min_(torch.finfo(q.dtype).tiny)
+    return probs.div(q).argmax(dim=-1)
+
+
+__all__ = ["apply_min_p", "apply_temperature", "apply_top_k_top_p", "random_sample"]

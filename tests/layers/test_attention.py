@@ -1,0 +1,64 @@
+"""The paged torch attention against dense causal attention over each sequence's full K/V."""
+
+import torch
+
+from corral.layers.attention.metadata import AttentionMetadata, PrefillChunk
+from corral.layers.attention.torch_paged import TorchPagedAttention
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 8, 4, 40
+
+
+def dense_attention(q, k, v):
+    # q: [n, H, D] for the last n positions; k, v: [ctx, KVH, D]
+    group = NUM_HEADS // NUM_KV_HEADS
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    n, ctx = q.shape[0], k.shape[0]
+    scores = torch.einsum("qhd,khd->hqk", q, k) / HEAD_SIZE**0.5
+    q_pos = torch.arange(n)[:, None] + ctx - n
+    scores = scores.masked_fill(torch.arange(ctx)[None, :] > q_pos, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, -1)
+
+
+def test_mixed_decodes_and_chunks_match_dense_attention():
+    torch.manual_seed(0)
+    # (tokens already cached, new tokens this step): two decodes, a fresh prompt, a chunk after a prefix.
+    seqs = [(9, 1), (4, 1), (0, 7), (6, 5)]
+    blocks = torch.randperm(NUM_BLOCKS).tolist()
+    kv_cache = torch.zeros(2, NUM_BLOCKS * BLOCK_SIZE, NUM_KV_HEADS, HEAD_SIZE)
+    tables, full_k, full_v = [], [], []
+    for cached, new in seqs:
+        num = -(-(cached + new) // BLOCK_SIZE)
+        tables.append([blocks.pop() for _ in range(num)])
+        full_k.append(torch.randn(cached + new, NUM_KV_HEADS, HEAD_SIZE))
+        full_v.append(torch.randn(cached + new, NUM_KV_HEADS, HEAD_SIZE))
+
+    def slots(table, positions):
+        return torch.tensor([table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in positions], dtype=torch.long)
+
+    # Pre-fill the cache with the already-computed tokens.
+    for (cached, _), table, k, v in zip(seqs, tables, full_k, full_v):
+        s = slots(table, range(cached))
+        kv_cache[0, s], kv_cache[1, s] = k[:cached], v[:cached]
+
+    queries = [torch.randn(new, NUM_HEADS, HEAD_SIZE) for _, new in seqs]
+    slot_mapping = torch.cat([slots(t, range(c, c + n)) for (c, n), t in zip(seqs, tables)])
+    prefills, start = [], 2
+    for (cached, new), table in zip(seqs[2:], tables[2:]):
+        prefills.append(PrefillChunk(start, new, cached + new, slots(table, range(cached + new))))
+        start += new
+    max_blocks = max(len(t) for t in tables[:2])
+    metadata = AttentionMetadata(
+        slot_mapping=slot_mapping,
+        num_decode_tokens=2,
+        decode_block_tables=torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables[:2]]),
+        decode_context_lens=torch.tensor([c + n for c, n in seqs[:2]]),
+        prefills=prefills,
+    )
+    backend = TorchPagedAttention(NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE)
+    new_k = torch.cat([k[c:] for (c, _), k in zip(seqs, full_k)])
+    new_v = torch.cat([v[c:] for (c, _), v in zip(seqs, full_v)])
+    out = backend.forward(torch.cat(queries), new_k, new_v, kv_cache, metadata)
+
+    expected = torch.cat([dense_attention(q, k, v) for q, k, v in zip(queries, full_k, full_v)])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
