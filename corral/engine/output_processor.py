@@ -30,6 +30,7 @@ class _RequestState:
     prompt_token_ids: list[int]
     params: SamplingParams
     completions: dict[str, _Completion] = field(default_factory=dict)  # by child request id
+    num_cached_tokens: int = 0
 
     @property
     def finished(self) -> bool:
@@ -42,6 +43,7 @@ class _RequestState:
             prompt_token_ids=self.prompt_token_ids,
             outputs=[c.output for c in self.completions.values()],
             finished=self.finished,
+            num_cached_tokens=self.num_cached_tokens,
         )
 
 
@@ -95,6 +97,8 @@ class OutputProcessor:
                 continue  # aborted by the caller after the step was scheduled
             state = self._requests[parent_id]
             completion = state.completions[core_output.request_id]
+            if completion.output.index == 0:
+                state.num_cached_tokens = core_output.num_cached_tokens
             if self._update(completion, core_output) and not core_output.finished:
                 stopped.append(core_output.request_id)
             touched[parent_id] = state
@@ -113,17 +117,18 @@ class OutputProcessor:
         output.token_ids.extend(core_output.new_token_ids)
         if output.logprobs is not None:
             output.logprobs.extend(self._logprobs(s) for s in core_output.new_logprobs)
-        completion.detokenizer.push(core_output.new_token_ids)
-        output.text = completion.detokenizer.text
+        delta = completion.detokenizer.push(core_output.new_token_ids)
         if core_output.finished:
+            delta += completion.detokenizer.flush()
             output.finish_reason = core_output.finish_reason
             output.stop_reason = core_output.stop_reason
+        output.text = completion.detokenizer.text
         if completion.stop_checker is not None:
-            match = completion.stop_checker.find(output.text)
+            match = completion.stop_checker.check(output.text, len(delta))
             if match is not None:
                 output.text = match.text
                 output.finish_reason = "stop"
-                output.stop_reason = match.stop
+                output.stop_reason = match.stop_str
                 return True
         return False
 

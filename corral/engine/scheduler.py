@@ -123,6 +123,7 @@ class Scheduler:
                     new_logprobs=[sampled] if sampled.logprobs is not None else [],
                     finish_reason=request.status.finish_reason,
                     stop_reason=request.stop_reason,
+                    num_cached_tokens=request.num_cached_tokens,
                 )
             )
         return outputs

@@ -1,0 +1,49 @@
+"""``corral`` command line: one module per command, imported only when that command runs,
+so ``corral --help`` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS = {
+    "generate": ("corral.cli.generate", "generate a completion for a prompt"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="From a model file to a production LLM endpoint.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        _add_arguments(module_name, sub)
+    return parser
+
+
+def _add_arguments(module_name: str, parser: argparse.ArgumentParser) -> None:
+    # Command modules import torch only inside `run`, so declaring arguments stays cheap.
+    importlib.import_module(module_name).add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from corral.errors import CorralError
+
+    try:
+        return importlib.import_module(args._module).run(args)
+    except CorralError as exc:
+        print(f"corral {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

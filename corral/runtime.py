@@ -1,0 +1,125 @@
+"""The one place that wires concrete parts together: checkpoint, tokenizer, model, KV pool,
+attention backend, runner, scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from corral.config import CacheConfig, SchedulerConfig
+from corral.engine.block_manager import KVCacheManager
+from corral.engine.core import EngineCore
+from corral.engine.kv_cache import allocate_kv_caches, num_blocks_for_budget
+from corral.engine.llm_engine import LLMEngine
+from corral.engine.model_runner import ModelRunner
+from corral.engine.scheduler import Scheduler
+from corral.errors import ConfigError, ModelLoadError
+from corral.layers.attention.torch_paged import TorchPagedAttention
+from corral.loader import load_checkpoint
+from corral.loader.default_model import default_model_path
+from corral.models.registry import model_class
+from corral.text.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_MAX_MODEL_LEN = 4096
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    """Everything needed to build an engine, flat and named as vLLM's engine arguments."""
+
+    model: str | None = None  # None: the default model (SmolLM2-135M-Instruct, GGUF Q4_1)
+    tokenizer: str | None = None  # None: the model's own
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"
+    max_model_len: int | None = None  # None: the model's context, capped at 4096
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    enable_chunked_prefill: bool = True
+    block_size: int = 16
+    kv_cache_memory: int | float = 512 * 1024**2
+    enable_prefix_caching: bool = True
+    num_gpu_blocks_override: int | None = None
+
+    def cache_config(self) -> CacheConfig:
+        return CacheConfig(
+            block_size=self.block_size,
+            kv_cache_memory=self.kv_cache_memory,
+            enable_prefix_caching=self.enable_prefix_caching,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+        )
+
+    def scheduler_config(self, model_context: int) -> SchedulerConfig:
+        max_model_len = self.max_model_len or min(model_context, _DEFAULT_MAX_MODEL_LEN)
+        if max_model_len > model_context:
+            raise ConfigError(f"max_model_len {max_model_len} exceeds the model's context {model_context}")
+        return SchedulerConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=max_model_len,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+        )
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        # bf16 matmul is slow on CPUs without native bf16; fp32 is the exact, fast-enough default there.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unsupported dtype {dtype!r} (choose from auto, {', '.join(_DTYPES)})")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tokenizer(model: str | None) -> Tokenizer:
+    path = model if model is not None else default_model_path()
+    if os.path.isdir(path):
+        return Tokenizer.from_pretrained_dir(path)
+    if path.endswith(".gguf"):
+        return Tokenizer.from_gguf(path)
+    raise ModelLoadError(f"cannot find a tokenizer for {path!r}")
+
+
+def build_engine(args: EngineArgs) -> LLMEngine:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model_config, weights = load_checkpoint(args.model, dtype)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+
+    model = model_class(model_config)(model_config).to(dtype)
+    model.load_weights(weights)
+    del weights
+    model.to(device).eval()
+
+    scheduler_config = args.scheduler_config(model_config.max_position_embeddings)
+    cache = args.cache_config()
+    num_blocks = num_blocks_for_budget(cache, model_config, dtype, device)
+    if num_blocks * cache.block_size < scheduler_config.max_model_len:
+        raise ConfigError(
+            f"the KV cache holds {num_blocks * cache.block_size} tokens, fewer than max_model_len "
+            f"{scheduler_config.max_model_len}: raise kv_cache_memory or lower max_model_len"
+        )
+    kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device)
+    backend = TorchPagedAttention(
+        model_config.num_attention_heads, model_config.num_key_value_heads, model_config.head_size,
+        cache.block_size,
+    )
+    runner = ModelRunner(model, kv_caches, backend, cache.block_size, model_config.vocab_size, device)
+    kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+    core = EngineCore(Scheduler(scheduler_config, kv_manager), runner)
+    eos = set(model_config.eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    return LLMEngine(core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos))

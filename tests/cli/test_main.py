@@ -1,0 +1,35 @@
+"""The CLI: help lists every command without importing torch; generate prints a completion or a one-line error."""
+
+import subprocess
+import sys
+
+from corral.cli.main import COMMANDS
+
+
+def corral(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli.main", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_every_command_without_importing_torch():
+    code = "import sys; from corral.cli.main import main; main(['--help'])"
+    result = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, timeout=60)
+    for name in COMMANDS:
+        assert name in result.stdout
+    probe = "import sys; import corral.cli.main as m; m.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_generate_prints_greedy_completion():
+    result = corral("generate", "The capital of France is", "--max-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_generate_bad_input_is_a_one_line_error():
+    result = corral("generate", "hi", "--model", "/nonexistent/model.gguf")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "error" in result.stderr
+    result = corral("generate", "hi", "--temperature", "-2")
+    assert result.returncode == 1 and "temperature" in result.stderr

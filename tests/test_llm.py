@@ -1,0 +1,137 @@
+"""The offline API end to end on the default model: batching invariance under chunked prefill and
+preemption, prefix caching, seeded sampling, stop conditions and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral import LLM, SamplingParams
+from corral.errors import InvalidRequestError, InvalidSamplingParamsError, ModelLoadError, PromptTooLongError
+
+SENTENCE = "The history of science shows that careful measurement and honest reporting move knowledge forward."
+
+
+def mixed_prompts(count: int) -> list[str]:
+    return [f"Write a short note about topic number {i}: " + SENTENCE * (i % 4 + 1) for i in range(count)]
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def assert_no_leaks(llm: LLM) -> None:
+    core = llm.engine.core
+    assert not core.has_unfinished_requests()
+    assert core.kv_manager.num_free_blocks == core.kv_manager.num_blocks
+    assert not core.kv_manager.block_tables
+
+
+def test_batching_invariance_with_chunked_prefill_and_preemption(default_llm):
+    prompts = mixed_prompts(16)
+    alone = [default_llm.generate(p, greedy(24), use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    # 40 blocks of 16 tokens cannot hold 16 sequences of ~60 tokens at once, and a 64-token budget
+    # splits every prompt into chunks.
+    small = LLM(dtype="float32", max_model_len=256, num_gpu_blocks_override=40, max_num_batched_tokens=64)
+    outputs = small.generate(prompts, greedy(24), use_tqdm=False)
+    assert small.engine.core.scheduler.num_preemptions > 0
+    assert [o.outputs[0].token_ids for o in outputs] == alone
+    assert_no_leaks(small)
+
+
+def test_prefix_caching_on_and_off_agree_and_shared_prefix_hits():
+    shared = "You are a meticulous assistant. " * 35  # about 210 tokens
+    prompts = [shared + "Question one: what is light?", shared + "Question two: what is sound?"]
+    on = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2)
+    off = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, enable_prefix_caching=False)
+    first = on.generate(prompts[0], greedy(16), use_tqdm=False)[0]
+    stats = on.engine.core.kv_manager.stats
+    hits_before = stats.hits
+    second = on.generate(prompts[1], greedy(16), use_tqdm=False)[0]
+    assert len(on.get_tokenizer().encode(shared)) >= 200
+    assert stats.hits - hits_before >= 192  # 12 full blocks of the shared prefix
+    assert second.num_cached_tokens >= 192
+    expected = [o.outputs[0].token_ids for o in off.generate(prompts, greedy(16), use_tqdm=False)]
+    assert [first.outputs[0].token_ids, second.outputs[0].token_ids] == expected
+    assert off.engine.core.kv_manager.stats.hits == 0
+
+
+def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(default_llm):
+    params = SamplingParams(temperature=0.9, top_p=0.9, seed=1234, max_tokens=16, ignore_eos=True)
+    alone = default_llm.generate("Once upon a time", params, use_tqdm=False)[0].outputs[0].token_ids
+    others = [SamplingParams(temperature=1.0, max_tokens=12), SamplingParams(temperature=0.7, seed=7)]
+    batch = default_llm.generate(
+        ["Hello there", "Once upon a time", "The capital of France"],
+        [others[0], params, others[1]],
+        use_tqdm=False,
+    )
+    assert batch[1].outputs[0].token_ids == alone
+
+
+def test_n_completions_share_the_prompt(default_llm):
+    params = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=8, ignore_eos=True)
+    stats = default_llm.engine.core.kv_manager.stats
+    hits_before = stats.hits
+    output = default_llm.generate("A long shared prompt. " * 12, params, use_tqdm=False)[0]
+    assert [c.index for c in output.outputs] == [0, 1, 2]
+    assert all(len(c.token_ids) == 8 for c in output.outputs)
+    assert len({tuple(c.token_ids) for c in output.outputs}) > 1
+    assert stats.hits - hits_before >= 2 * 16  # the second and third child reuse the prompt's blocks
+    assert_no_leaks(default_llm)
+
+
+def test_stop_strings_tokens_and_lengths(default_llm):
+    base = default_llm.generate("Count: 1, 2, 3,", greedy(20), use_tqdm=False)[0].outputs[0]
+    assert base.finish_reason == "length" and len(base.token_ids) == 20
+    stop_str = base.text[5:9]
+    stopped = default_llm.generate(
+        "Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20, stop=[stop_str]), use_tqdm=False
+    )[0].outputs[0]
+    assert stopped.finish_reason == "stop" and stopped.stop_reason == stop_str
+    assert stopped.text == base.text[: base.text.index(stop_str)]
+    stop_token = base.token_ids[3]
+    by_token = default_llm.generate(
+        "Count: 1, 2, 3,", SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[stop_token]),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert by_token.token_ids == base.token_ids[: base.token_ids.index(stop_token) + 1]
+    assert by_token.finish_reason == "stop" and by_token.stop_reason == stop_token
+    assert_no_leaks(default_llm)
+
+
+def test_min_tokens_suppresses_eos(default_llm):
+    eos = default_llm.get_tokenizer().eos_token_id
+    chat = [{"role": "user", "content": "Say hi."}]
+    short = default_llm.chat(chat, SamplingParams(temperature=0, max_tokens=64), use_tqdm=False)[0].outputs[0]
+    assert short.finish_reason == "stop" and len(short.token_ids) < 30
+    forced = default_llm.chat(chat, SamplingParams(temperature=0, max_tokens=64, min_tokens=30), use_tqdm=False)
+    tokens = forced[0].outputs[0].token_ids
+    assert len(tokens) >= 30 and eos not in tokens[:30]
+
+
+def test_logprobs_are_returned_per_token(default_llm):
+    output = default_llm.generate("The sky is", SamplingParams(temperature=0, max_tokens=4, logprobs=3),
+                                  use_tqdm=False)[0].outputs[0]
+    assert len(output.logprobs) == 4
+    for token_id, entry in zip(output.token_ids, output.logprobs):
+        assert token_id in entry and entry[token_id].rank == 1  # greedy picks the top token
+        assert 3 <= len(entry) <= 4
+        assert all(lp.logprob <= 0.0 for lp in entry.values())
+
+
+def test_bad_input_raises_typed_errors_and_leaves_nothing_behind(default_llm, tmp_path):
+    with pytest.raises(PromptTooLongError):
+        default_llm.generate([5] * 2000, greedy(4), use_tqdm=False)
+    with pytest.raises(InvalidRequestError):
+        default_llm.generate("", greedy(4), use_tqdm=False)
+    with pytest.raises(InvalidRequestError):
+        default_llm.generate([[1, 2, 10**9]], greedy(4), use_tqdm=False)
+    with pytest.raises(PromptTooLongError):  # the first prompt is fine: all-or-nothing
+        default_llm.generate(["fine", "x " * 3000], greedy(4), use_tqdm=False)
+    with pytest.raises(InvalidSamplingParamsError):
+        SamplingParams(temperature=-1)
+    with pytest.raises(InvalidSamplingParamsError):
+        SamplingParams(top_p=0)
+    with pytest.raises(ModelLoadError):
+        LLM(model=str(tmp_path / "missing.gguf"))
+    assert_no_leaks(default_llm)
+    assert default_llm.generate("still works", greedy(3), use_tqdm=False)[0].outputs[0].token_ids
