@@ -1,9 +1,5 @@
-"""A small, fast GGUF (v2/v3) header reader: metadata, tensor table and zero-copy views of tensor bytes.
-
-``gguf.GGUFReader`` builds numpy objects for every element of every metadata array, which costs
-seconds for a 50k-token vocabulary; this reader walks the header with ``struct`` and maps the
-tensor data straight from the file.
-"""
+"""A fast GGUF (v2/v3) reader: metadata and tensor table (through the text package's cursor) and
+zero-copy views of tensor bytes, mapped straight from the file."""
 
 from __future__ import annotations
 
@@ -17,27 +13,10 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from corral.errors import ModelLoadError, UnsupportedModelError
+from corral.text.gguf_metadata import GGUFCursor
 
 GGUF_MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
-_SUPPORTED_VERSIONS = (2, 3)
-
-# GGUF metadata value type id -> struct format (little-endian).
-_SCALAR_FORMATS: dict[int, str] = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_STRING, _ARRAY = 8, 9
-
 
 @dataclass(frozen=True)
 class GGUFTensor:
@@ -63,49 +42,6 @@ class GGUFFile:
         return str(self.metadata.get("general.architecture", ""))
 
 
-class _Cursor:
-    """Sequential little-endian reads from a buffer."""
-
-    def __init__(self, buf: mmap.mmap) -> None:
-        self.buf = buf
-        self.offset = 0
-
-    def unpack(self, fmt: str) -> Any:
-        (value,) = struct.unpack_from(fmt, self.buf, self.offset)
-        self.offset += struct.calcsize(fmt)
-        return value
-
-    def string(self) -> str:
-        length = self.unpack("<Q")
-        end = self.offset + length
-        if end > len(self.buf):
-            raise struct.error("string runs past the end of the file")
-        text = self.buf[self.offset : end].decode("utf-8", errors="replace")
-        self.offset = end
-        return text
-
-    def value(self, type_id: int) -> Any:
-        if type_id == _STRING:
-            return self.string()
-        if type_id == _ARRAY:
-            return self.array()
-        fmt = _SCALAR_FORMATS.get(type_id)
-        if fmt is None:
-            raise ValueError(f"unknown metadata value type {type_id}")
-        return self.unpack(fmt)
-
-    def array(self) -> list[Any]:
-        item_type = self.unpack("<I")
-        count = self.unpack("<Q")
-        fmt = _SCALAR_FORMATS.get(item_type)
-        if fmt is None:
-            return [self.value(item_type) for _ in range(count)]
-        # numeric arrays (token types, scores) in one numpy call instead of a loop
-        items = np.frombuffer(self.buf, dtype=np.dtype(fmt), count=count, offset=self.offset)
-        self.offset += items.nbytes
-        return items.tolist()
-
-
 def read_gguf_file(path: str | os.PathLike[str]) -> GGUFFile:
     """Parse the header of the GGUF file at ``path``; raise ``ModelLoadError`` if it is not a valid one."""
     path = os.fspath(path)
@@ -122,25 +58,15 @@ def read_gguf_file(path: str | os.PathLike[str]) -> GGUFFile:
 
 
 def _parse(path: str, buf: mmap.mmap) -> GGUFFile:
-    cursor = _Cursor(buf)
-    cursor.offset = len(GGUF_MAGIC)
-    version = cursor.unpack("<I")
-    if version not in _SUPPORTED_VERSIONS:
-        raise UnsupportedModelError(f"GGUF version {version} is not supported (need 2 or 3): {path}")
-    num_tensors = cursor.unpack("<Q")
-    num_kv = cursor.unpack("<Q")
-    metadata: dict[str, Any] = {}
-    for _ in range(num_kv):
-        key = cursor.string()
-        metadata[key] = cursor.value(cursor.unpack("<I"))
-
+    cursor = GGUFCursor(buf)
+    version, num_tensors, metadata = cursor.header(path)
     infos = []
     for _ in range(num_tensors):
         name = cursor.string()
-        num_dims = cursor.unpack("<I")
-        dims = [cursor.unpack("<Q") for _ in range(num_dims)]
-        type_id = cursor.unpack("<I")
-        offset = cursor.unpack("<Q")
+        num_dims = cursor.u32()
+        dims = [cursor.u64() for _ in range(num_dims)]
+        type_id = cursor.u32()
+        offset = cursor.u64()
         infos.append((name, dims, type_id, offset))
 
     alignment = int(metadata.get("general.alignment", _DEFAULT_ALIGNMENT))

@@ -2,8 +2,8 @@
 
 ``gguf.GGUFReader`` builds numpy views for every element of every array (about 5 s for a 49k-token
 vocabulary plus its merges) and maps every tensor. The tokenizer needs only the key/value section,
-which this walks with ``struct`` in a fraction of that. The loader has a fuller reader of its own,
-but it sits at a higher level than ``text/`` and may not be imported from here.
+which this walks with ``struct`` in a fraction of that. The loader's reader continues from where
+this cursor stops to read the tensor table.
 """
 
 from __future__ import annotations
@@ -50,26 +50,29 @@ def read_gguf_metadata(
         raise ModelLoadError(f"GGUF file not found: {path}")
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _Walker(buf).metadata(path, wanted)
+            return GGUFCursor(buf).header(path, wanted)[2]
     except (struct.error, ValueError, OverflowError, MemoryError, OSError) as e:
         raise ModelLoadError(f"malformed or truncated GGUF file {path}: {e}") from e
 
 
-class _Walker:
-    """A cursor over the mapped file; each read advances ``offset``."""
+class GGUFCursor:
+    """A cursor over a mapped GGUF file; each read advances ``offset``. Little-endian GGUF v2/v3."""
 
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
         self.offset = 0
 
-    def metadata(self, path: str, wanted: Callable[[str], bool]) -> dict[str, Any]:
+    def header(
+        self, path: str, wanted: Callable[[str], bool] = lambda key: True
+    ) -> tuple[int, int, dict[str, Any]]:
+        """(version, number of tensors, metadata); leaves ``offset`` at the tensor table."""
         if self.buf[:4] != _MAGIC:
             raise ModelLoadError(f"not a GGUF file (bad magic): {path}")
         self.offset = 4
         version = self.u32()
         if version not in _SUPPORTED_VERSIONS:
             raise UnsupportedModelError(f"GGUF version {version} is not supported (need 2 or 3): {path}")
-        self.u64()  # number of tensors: the tensor table is not read
+        num_tensors = self.u64()
         num_kv = self.u64()
         result: dict[str, Any] = {}
         for _ in range(num_kv):
@@ -79,7 +82,7 @@ class _Walker:
                 result[key] = self.value(type_id)
             else:
                 self.skip(type_id)
-        return result
+        return version, num_tensors, result
 
     def u32(self) -> int:
         (value,) = _U32.unpack_from(self.buf, self.offset)
