@@ -25,7 +25,7 @@ test: install
 	$(BIN)/ruff check corral tests bench
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install  ## corral vs HF transformers, offline
 	$(BIN)/python bench/offline.py
 
 clean:
