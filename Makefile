@@ -23,6 +23,7 @@ serve: install
 
 test: install
 	$(BIN)/ruff check corral tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: install  ## corral vs HF transformers, offline
