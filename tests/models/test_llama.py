@@ -36,15 +36,23 @@ def random_weights(config: ModelConfig) -> dict[str, torch.Tensor]:
     return weights
 
 
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[
+        pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_greedy_and_logits_match_hf(case, tmp_path, default_model):
+def test_greedy_and_logits_match_hf(case, device, tmp_path, default_model):
     transformers = pytest.importorskip("transformers")
     config = CASES[case]
     save_hf_dir(tmp_path, config, random_weights(config))
-    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).to(device).eval()
 
     # The tiny vocabulary is a prefix of the default tokenizer's, which is only used to detokenize.
-    llm = LLM(model=str(tmp_path), tokenizer=default_model, dtype="float32", max_model_len=256,
+    llm = LLM(model=str(tmp_path), tokenizer=default_model, dtype="float32", device=device, max_model_len=256,
               max_num_batched_tokens=16, kv_cache_memory=8 * 1024**2)
     prompts = [[(7 * i + 3 * j) % 120 + 5 for j in range(n)] for i, n in enumerate([5, 23, 40, 1])]
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=0)
@@ -52,11 +60,11 @@ def test_greedy_and_logits_match_hf(case, tmp_path, default_model):
     for prompt, output in zip(prompts, outputs):
         with torch.no_grad():
             expected = reference.generate(
-                torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+                torch.tensor([prompt], device=device), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
             )[0, len(prompt):].tolist()
             ours = output.outputs[0].token_ids
             assert ours == expected
-            logits = reference(torch.tensor([prompt + ours])).logits[0, len(prompt) - 1 : -1]
+            logits = reference(torch.tensor([prompt + ours], device=device)).logits[0, len(prompt) - 1 : -1].cpu()
         expected_logprobs = logits.log_softmax(-1).gather(1, torch.tensor(ours)[:, None])[:, 0]
         our_logprobs = torch.tensor([entry[t].logprob for t, entry in zip(ours, output.outputs[0].logprobs)])
         torch.testing.assert_close(our_logprobs, expected_logprobs, atol=1e-4, rtol=1e-4)
