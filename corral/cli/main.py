@@ -10,6 +10,7 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS = {
     "generate": ("corral.cli.generate", "generate a completion for a prompt"),
+    "bench": ("corral.cli.bench", "benchmark an OpenAI-compatible server (corral bench serve ...)"),
 }
 
 
