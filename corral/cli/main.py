@@ -10,6 +10,7 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS = {
     "generate": ("corral.cli.generate", "generate a completion for a prompt"),
+    "serve": ("corral.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
     "bench": ("corral.cli.bench", "benchmark an OpenAI-compatible server (corral bench serve ...)"),
 }
 

@@ -123,13 +123,17 @@ class OutputProcessor:
             output.finish_reason = core_output.finish_reason
             output.stop_reason = core_output.stop_reason
         output.text = completion.detokenizer.text
-        if completion.stop_checker is not None:
-            match = completion.stop_checker.check(output.text, len(delta))
+        checker = completion.stop_checker
+        if checker is not None:
+            match = checker.check(output.text, len(delta))
             if match is not None:
                 output.text = match.text
                 output.finish_reason = "stop"
                 output.stop_reason = match.stop_str
                 return True
+            if not output.finished:
+                # Never show what may turn out to be the start of a stop string (streams emit text deltas).
+                output.text = output.text[: len(output.text) - checker.num_held_back(output.text)]
         return False
 
     def _logprobs(self, sampled: SampledToken) -> dict[int, Logprob]:

@@ -1,0 +1,54 @@
+"""``corral serve``: an OpenAI-compatible HTTP server over one engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require this bearer token on /v1/*")
+    parser.add_argument("--served-model-name", default=None, help="default: the model file's or folder's name")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--kv-cache-memory", type=int, default=512 * 1024**2, help="bytes for the KV pool")
+    parser.add_argument("--max-tokens-cap", type=int, default=None, help="reject requests asking for more")
+    parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    parser.add_argument("--log-level", default="info")
+
+
+def served_name(model: str | None) -> str:
+    from corral.loader.default_model import default_model_path
+
+    path = model or default_model_path()
+    name = os.path.basename(os.path.normpath(path))
+    return name.split(".")[0] if name.endswith(".gguf") else name
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from corral.runtime import EngineArgs, build_engine
+    from corral.server.app import build_app
+    from corral.server.async_engine import AsyncEngine
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    engine_args = EngineArgs(
+        model=args.model, dtype=args.dtype, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
+        enable_prefix_caching=args.enable_prefix_caching,
+    )
+    engine = AsyncEngine(build_engine(engine_args))
+    app = build_app(engine, args.served_model_name or served_name(args.model), args.api_key, args.max_tokens_cap)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        engine.shutdown()
+    return 0

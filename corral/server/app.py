@@ -1,0 +1,70 @@
+"""The FastAPI app: OpenAI-compatible routes, health and version, API-key check."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+import corral
+from corral.server.async_engine import AsyncEngine
+from corral.server.chat import create_chat_completion
+from corral.server.completions import create_completion
+from corral.server.errors import APIError, error_response, install_error_handlers
+from corral.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+
+
+def build_app(
+    engine: AsyncEngine, served_model_name: str, api_key: str | None = None, max_tokens_cap: int | None = None
+) -> FastAPI:
+    """``max_tokens_cap`` bounds every request's max_tokens (None: up to the context)."""
+    app = FastAPI(title="corral", version=corral.__version__)
+    install_error_handlers(app)
+
+    async def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key", code="invalid_api_key")
+
+    def check_model(name: str) -> None:
+        if name != served_model_name:
+            raise APIError(404, f"the model {name!r} does not exist (this server serves {served_model_name!r})",
+                           param="model", code="model_not_found")
+
+    def cap(requested: int | None) -> int | None:
+        if requested is not None and max_tokens_cap is not None and requested > max_tokens_cap:
+            raise APIError(400, f"max_tokens {requested} exceeds this server's cap of {max_tokens_cap}",
+                           param="max_tokens")
+        return requested if requested is not None else max_tokens_cap
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if engine.is_healthy():
+            return JSONResponse({"status": "ok"})
+        return error_response(503, "the engine loop is not running")
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": corral.__version__}
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=served_model_name, max_model_len=engine.engine.max_model_len)])
+
+    @app.post("/v1/completions", dependencies=[Depends(check_key)])
+    async def completions(body: CompletionRequest):
+        check_model(body.model)
+        return await create_completion(engine, body, served_model_name, cap(body.max_tokens))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    async def chat_completions(body: ChatCompletionRequest):
+        check_model(body.model)
+        return await create_chat_completion(
+            engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens)
+        )
+
+    return app

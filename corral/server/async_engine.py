@@ -1,0 +1,181 @@
+"""AsyncEngine: the engine's step loop on one dedicated thread, fed and drained from asyncio.
+
+The engine is not thread-safe, so every call into it happens on the loop thread: the asyncio side
+sends commands through a queue (the thread blocks on it while idle) and receives each request's
+outputs on its own asyncio.Queue, filled with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from corral.engine.llm_engine import LLMEngine
+from corral.outputs import RequestOutput
+from corral.sample.params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop has stopped (a step raised); the server reports 500 and unhealthy."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt: str | Sequence[int]
+    params: SamplingParams
+    stream: _Stream
+    accepted: asyncio.Future
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
+        self._thread.start()
+
+    def is_healthy(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
+    async def add_request(
+        self, prompt: str | Sequence[int], params: SamplingParams, request_id: str
+    ) -> RequestStream:
+        """Queue a request; raises its validation error (a CorralError) if the engine refuses it."""
+        if not self.is_healthy():
+            raise EngineDeadError("the engine loop is not running")
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop, asyncio.Queue())
+        accepted = loop.create_future()
+        self._commands.put(_Add(request_id, prompt, params, stream, accepted))
+        try:
+            await accepted
+        except BaseException:
+            self.abort(request_id)  # harmless if it was refused; needed if we were cancelled
+            raise
+        return RequestStream(self, request_id, stream.outputs)
+
+    async def generate(
+        self, prompt: str | Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        stream = await self.add_request(prompt, params, request_id)
+        async for output in stream:
+            yield output
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(_Abort(request_id))
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._commands.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                self._drain_commands(block=not self.engine.has_unfinished_requests())
+                if self.engine.has_unfinished_requests():
+                    for output in self.engine.step():
+                        self._deliver(output.request_id, _snapshot(output), output.finished)
+        except BaseException as exc:  # a crashed step must not leave clients hanging
+            logger.exception("engine loop crashed")
+            self._error = exc
+            for request_id in list(self._streams):
+                self._deliver(request_id, EngineDeadError(f"engine loop crashed: {exc}"), True)
+
+    def _drain_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(block=block)
+            while True:
+                self._apply(command)
+                command = self._commands.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _apply(self, command: _Add | _Abort | None) -> None:
+        if isinstance(command, _Add):
+            try:
+                self.engine.add_request(command.request_id, command.prompt, command.params)
+            except Exception as exc:
+                command.stream.loop.call_soon_threadsafe(_set_exception, command.accepted, exc)
+                return
+            self._streams[command.request_id] = command.stream
+            command.stream.loop.call_soon_threadsafe(_set_result, command.accepted)
+        elif isinstance(command, _Abort):
+            self.engine.abort_request(command.request_id)
+            self._streams.pop(command.request_id, None)
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException, last: bool) -> None:
+        stream = self._streams.pop(request_id, None) if last else self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
+
+
+class RequestStream:
+    """One request's cumulative outputs, in order; leaving the iteration early aborts the request."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, outputs: asyncio.Queue):
+        self.request_id = request_id
+        self._engine = engine
+        self._outputs = outputs
+        self.finished = False
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[RequestOutput]:
+        try:
+            while not self.finished:
+                item = await self._outputs.get()
+                if isinstance(item, BaseException):
+                    self.finished = True
+                    raise item
+                self.finished = item.finished
+                yield item
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.request_id)
+
+
+def _snapshot(output: RequestOutput) -> RequestOutput:
+    # The output processor keeps mutating its objects; hand the event loop a frozen copy.
+    completions = [
+        dataclasses.replace(c, token_ids=list(c.token_ids), logprobs=None if c.logprobs is None else list(c.logprobs))
+        for c in output.outputs
+    ]
+    return dataclasses.replace(output, outputs=completions)
+
+
+def _set_result(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

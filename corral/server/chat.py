@@ -1,0 +1,100 @@
+"""POST /v1/chat/completions: the model's own chat template, then the same engine path."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral.outputs import CompletionOutput
+from corral.server.async_engine import AsyncEngine
+from corral.server.errors import error_payload, status_of
+from corral.server.protocol import ChatCompletionRequest, new_id
+from corral.server.streams import DeltaTracker, add_all, final_outputs, merged, usage
+
+
+def chat_prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
+    messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    for message in messages:  # content parts: keep the text ones
+        if isinstance(message.get("content"), list):
+            message["content"] = "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=request.add_generation_prompt)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def logprobs_of(completion: CompletionOutput, start: int, tokenizer, num_top: int) -> dict | None:
+    if completion.logprobs is None:
+        return None
+    content = []
+    for token_id, entry in zip(completion.token_ids[start:], completion.logprobs[start:]):
+        token = tokenizer.decode([token_id], skip_special_tokens=False)
+        top = sorted((lp for lp in entry.values() if lp.rank <= num_top), key=lambda lp: lp.rank)
+        content.append({
+            "token": token, "logprob": entry[token_id].logprob, "bytes": list(token.encode()),
+            "top_logprobs": [
+                {"token": lp.decoded_token, "logprob": lp.logprob, "bytes": list((lp.decoded_token or "").encode())}
+                for lp in top
+            ],
+        })
+    return {"content": content}
+
+
+async def create_chat_completion(
+    engine: AsyncEngine, request: ChatCompletionRequest, model_name: str, max_tokens: int | None
+):
+    tokenizer = engine.engine.tokenizer
+    prompt_ids = chat_prompt_ids(request, tokenizer)
+    num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+    params = request.sampling_params(max_tokens, num_logprobs)
+    request_id = new_id("chatcmpl")
+    streams = await add_all(engine, [prompt_ids], params, request_id)
+    created = int(time.time())
+    if request.stream:
+        return StreamingResponse(
+            _stream(streams, request, request_id, created, model_name, tokenizer), media_type="text/event-stream"
+        )
+    outputs = await final_outputs(streams)
+    choices = [
+        {"index": c.index, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+         "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer, num_logprobs or 0)}
+        for c in outputs[0].outputs
+    ]
+    return JSONResponse({
+        "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
+        "choices": choices, "usage": usage(outputs),
+    })
+
+
+async def _stream(streams, request, request_id, created, model_name, tokenizer) -> AsyncIterator[str]:
+    def chunk(choices: list, usage_: dict | None = None) -> str:
+        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                "choices": choices}
+        if usage_ is not None:
+            body["usage"] = usage_
+        return f"data: {json.dumps(body)}\n\n"
+
+    trackers: dict[int, DeltaTracker] = {}
+    final = None
+    try:
+        for index in range(request.n):
+            yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                          "logprobs": None}])
+        async for _, output in merged(streams):
+            final = output
+            for c in output.outputs:
+                tracker = trackers.setdefault(c.index, DeltaTracker())
+                if tracker.finished:
+                    continue
+                text, tokens, start = tracker.delta(c)
+                if not text and not tokens and not c.finished:
+                    continue
+                tracker.finished = c.finished
+                yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
+                              "finish_reason": c.finish_reason, "logprobs": logprobs_of(c, start, tokenizer, request.top_logprobs or 0)}])
+        if request.include_usage and final is not None:
+            yield chunk([], usage([final]))
+    except Exception as exc:
+        yield f"data: {json.dumps(error_payload(status_of(exc), str(exc)))}\n\n"
+    yield "data: [DONE]\n\n"

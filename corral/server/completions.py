@@ -1,0 +1,101 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral.outputs import CompletionOutput
+from corral.server.async_engine import AsyncEngine
+from corral.server.errors import error_payload, status_of
+from corral.server.protocol import CompletionRequest, new_id
+from corral.server.streams import DeltaTracker, add_all, final_outputs, merged, usage
+
+
+def prompts_of(request: CompletionRequest) -> list[str | list[int]]:
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [prompt]  # one prompt as token ids
+    return list(prompt)
+
+
+def logprobs_of(completion: CompletionOutput, start: int, tokenizer) -> dict | None:
+    """The completions API's logprobs object for tokens ``start..`` of a choice."""
+    if completion.logprobs is None:
+        return None
+    token_ids = completion.token_ids[start:]
+    entries = completion.logprobs[start : start + len(token_ids)]
+    tokens = [tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e[t].logprob for t, e in zip(token_ids, entries)],
+        "top_logprobs": [{lp.decoded_token: lp.logprob for lp in e.values()} for e in entries],
+        "text_offset": [],
+    }
+
+
+async def create_completion(engine: AsyncEngine, request: CompletionRequest, model_name: str, max_tokens: int | None):
+    prompts = prompts_of(request)
+    if not prompts:
+        from corral.errors import InvalidRequestError
+
+        raise InvalidRequestError("prompt must not be empty")
+    params = request.sampling_params(max_tokens or 16, request.logprobs)
+    request_id = new_id("cmpl")
+    streams = await add_all(engine, prompts, params, request_id)
+    created = int(time.time())
+    tokenizer = engine.engine.tokenizer
+    if request.stream:
+        body = _stream(streams, request, request_id, created, model_name, tokenizer)
+        return StreamingResponse(body, media_type="text/event-stream")
+    outputs = await final_outputs(streams)
+    choices = []
+    for prompt_index, output in enumerate(outputs):
+        for c in output.outputs:
+            choices.append({
+                "index": prompt_index * params.n + c.index, "text": c.text, "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer),
+            })
+    return JSONResponse({
+        "id": request_id, "object": "text_completion", "created": created, "model": model_name,
+        "choices": choices, "usage": usage(outputs),
+    })
+
+
+async def _stream(streams, request: CompletionRequest, request_id, created, model_name, tokenizer) -> AsyncIterator[str]:
+    n = request.n
+    trackers: dict[tuple[int, int], DeltaTracker] = {}
+    finals = {}
+
+    def chunk(choices: list, usage_: dict | None = None) -> str:
+        body = {"id": request_id, "object": "text_completion", "created": created, "model": model_name,
+                "choices": choices}
+        if usage_ is not None:
+            body["usage"] = usage_
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        async for prompt_index, output in merged(streams):
+            finals[prompt_index] = output
+            for c in output.outputs:
+                tracker = trackers.setdefault((prompt_index, c.index), DeltaTracker())
+                if tracker.finished:
+                    continue
+                text, tokens, start = tracker.delta(c)
+                if not text and not tokens and not c.finished:
+                    continue
+                tracker.finished = c.finished
+                yield chunk([{
+                    "index": prompt_index * n + c.index, "text": text, "finish_reason": c.finish_reason,
+                    "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, start, tokenizer),
+                }])
+        if request.include_usage:
+            yield chunk([], usage(list(finals.values())))
+    except Exception as exc:  # headers are sent: report in-band
+        yield f"data: {json.dumps(error_payload(status_of(exc), str(exc)))}\n\n"
+    yield "data: [DONE]\n\n"

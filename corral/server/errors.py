@@ -1,0 +1,74 @@
+"""OpenAI-shaped JSON errors: ``{"error": {"message", "type", "param", "code"}}`` with the right status."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral.errors import CorralError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
+
+
+class APIError(Exception):
+    """An error the server answers with directly (bad key, unknown model, ...)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param,
+                      "code": code or HTTPStatus(status).phrase.lower().replace(" ", "_")}}
+    return JSONResponse(body, status_code=status)
+
+
+def error_payload(status: int, message: str) -> dict:
+    """The same shape, for an error that happens mid-stream (sent as one SSE event)."""
+    return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": None, "code": status}}
+
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, CorralError) and not isinstance(exc, ModelLoadError):
+        return 400
+    return 500
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        location = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{location}: {first.get('msg', 'invalid request')}" if location else first.get("msg", "invalid request")
+        return error_response(400, message, param=location or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(CorralError)
+    async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
+        return error_response(status_of(exc), str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("internal error")
+        return error_response(500, f"internal error: {type(exc).__name__}")
