@@ -1,0 +1,138 @@
+"""The official `openai` client against a live server: completions and chat, streaming and not,
+usage counts, greedy equality with the offline engine, concurrency and disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+from corral import LLM, SamplingParams
+
+from .conftest import API_KEY, ENGINE_ARGS, MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def offline():
+    return LLM(dtype=ENGINE_ARGS.dtype, max_model_len=ENGINE_ARGS.max_model_len,
+               kv_cache_memory=ENGINE_ARGS.kv_cache_memory)
+
+
+def offline_greedy(offline, prompt, max_tokens):
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    return offline.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+
+
+def test_completion_matches_offline_and_counts_usage(client, offline):
+    prompt = "The capital of France is"
+    result = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0)
+    expected = offline_greedy(offline, prompt, 12)
+    assert result.choices[0].text == expected.text
+    tokenizer = offline.get_tokenizer()
+    assert result.usage.prompt_tokens == len(tokenizer.encode(prompt))
+    assert result.usage.completion_tokens == len(expected.token_ids)
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+
+
+def test_streaming_completion_equals_non_streaming(client):
+    kwargs = dict(model=MODEL_NAME, prompt="def add(a, b):", max_tokens=16, temperature=0)
+    full = client.completions.create(**kwargs).choices[0]
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.finish_reason
+    assert chunks[-1].usage.completion_tokens == 16
+
+
+def test_list_prompts_token_ids_and_n(client, offline):
+    tokenizer = offline.get_tokenizer()
+    ids = tokenizer.encode("Water boils at")
+    result = client.completions.create(model=MODEL_NAME, prompt=["Water boils at", "Hello"], max_tokens=5, temperature=0.8,
+                                       n=2, seed=3)
+    assert sorted(c.index for c in result.choices) == [0, 1, 2, 3]
+    greedy = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, temperature=0)
+    assert greedy.choices[0].text == offline_greedy(offline, ids, 6).text
+
+
+def test_chat_streaming_and_not(client, offline):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    full = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=20, temperature=0)
+    expected = offline.chat(messages, SamplingParams(temperature=0, max_tokens=20), use_tqdm=False)[0]
+    assert full.choices[0].message.content == expected.outputs[0].text
+    assert full.usage.prompt_tokens == len(expected.prompt_token_ids)
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=20, temperature=0,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == full.choices[0].message.content
+
+
+def test_chat_logprobs_and_stop(client):
+    messages = [{"role": "user", "content": "Count from one to ten."}]
+    result = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=8, temperature=0,
+                                            logprobs=True, top_logprobs=2)
+    content = result.choices[0].logprobs.content
+    assert len(content) == result.usage.completion_tokens
+    assert all(len(entry.top_logprobs) == 2 and entry.logprob <= 0 for entry in content)
+    text = result.choices[0].message.content
+    stop = text[3:6]
+    stopped = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=8, temperature=0,
+                                             stop=[stop])
+    assert stopped.choices[0].message.content == text[: text.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_64_concurrent_streams_complete_and_match_offline(server, offline):
+    prompts = [f"Story number {i}: once upon a time" for i in range(64)]
+
+    async def one(http: httpx.AsyncClient, prompt: str) -> str:
+        body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 12, "temperature": 0, "stream": True}
+        text = ""
+        async with http.stream("POST", server.base_url + "/v1/completions", json=body,
+                               headers=server.headers()) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    text += json.loads(line[6:])["choices"][0]["text"]
+        return text
+
+    async def run_all() -> list[str]:
+        async with httpx.AsyncClient(timeout=180, limits=httpx.Limits(max_connections=64)) as http:
+            return await asyncio.wait_for(asyncio.gather(*(one(http, p) for p in prompts)), timeout=240)
+
+    texts = asyncio.run(run_all())
+    params = SamplingParams(temperature=0, max_tokens=12)
+    expected = [o.outputs[0].text for o in offline.generate(prompts, params, use_tqdm=False)]
+    assert texts == expected
+    server.wait_idle()
+
+
+def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
+    async def disconnect_after_two_chunks(http: httpx.AsyncClient) -> None:
+        body = {"model": MODEL_NAME, "prompt": "Tell me a long story.", "max_tokens": 400, "temperature": 0,
+                "stream": True, "ignore_eos": True}
+        async with http.stream("POST", server.base_url + "/v1/completions", json=body,
+                               headers=server.headers()) as response:
+            seen = 0
+            async for line in response.aiter_lines():
+                seen += line.startswith("data: ")
+                if seen >= 2:
+                    break  # leaving the block closes the connection
+
+    async def run_all() -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            await asyncio.gather(*(disconnect_after_two_chunks(http) for _ in range(8)))
+
+    asyncio.run(run_all())
+    server.wait_idle(timeout=20)
+    assert not server.engine.engine.core.scheduler.running
