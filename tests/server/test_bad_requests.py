@@ -1,0 +1,69 @@
+"""Bad requests get the right 4xx with an OpenAI-shaped error; the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from .conftest import API_KEY, MODEL_NAME
+
+GOOD = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 2}
+CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+CASES = [
+    # (id, path, body (dict or raw bytes), headers, status, text expected in the message)
+    ("malformed-json", "/v1/completions", b'{"model": ', AUTH, 400, ""),
+    ("not-an-object", "/v1/completions", b"[1, 2]", AUTH, 400, ""),
+    ("invalid-utf8", "/v1/completions", b'{"model": "\xff\xfe", "prompt": "x"}', AUTH, 400, ""),
+    ("missing-prompt", "/v1/completions", {"model": MODEL_NAME}, AUTH, 400, "prompt"),
+    ("missing-model", "/v1/completions", {"prompt": "x"}, AUTH, 400, "model"),
+    ("prompt-wrong-type", "/v1/completions", {**GOOD, "prompt": 3.5}, AUTH, 400, "prompt"),
+    ("max-tokens-negative", "/v1/completions", {**GOOD, "max_tokens": -1}, AUTH, 400, "max_tokens"),
+    ("max-tokens-string", "/v1/completions", {**GOOD, "max_tokens": "many"}, AUTH, 400, "max_tokens"),
+    ("max-tokens-over-cap", "/v1/completions", {**GOOD, "max_tokens": 10**9}, AUTH, 400, "max_tokens"),
+    ("temperature-negative", "/v1/completions", {**GOOD, "temperature": -1}, AUTH, 400, "temperature"),
+    ("top-p-zero", "/v1/completions", {**GOOD, "top_p": 0}, AUTH, 400, "top_p"),
+    ("n-zero", "/v1/completions", {**GOOD, "n": 0}, AUTH, 400, "n"),
+    ("presence-penalty-huge", "/v1/completions", {**GOOD, "presence_penalty": 50}, AUTH, 400, "presence_penalty"),
+    ("logprobs-too-many", "/v1/completions", {**GOOD, "logprobs": 1000}, AUTH, 400, "logprobs"),
+    ("empty-prompt", "/v1/completions", {**GOOD, "prompt": ""}, AUTH, 400, "empty"),
+    ("token-id-out-of-vocab", "/v1/completions", {**GOOD, "prompt": [1, 2, 10**8]}, AUTH, 400, "token ids"),
+    ("prompt-too-long", "/v1/completions", {**GOOD, "prompt": [100] * 2000}, AUTH, 400, "2000"),
+    ("unknown-model", "/v1/completions", {**GOOD, "model": "gpt-9"}, AUTH, 404, "gpt-9"),
+    ("missing-key", "/v1/completions", GOOD, {}, 401, "API key"),
+    ("wrong-key", "/v1/completions", GOOD, {"Authorization": "Bearer nope"}, 401, "API key"),
+    ("models-wrong-key", "/v1/models", None, {"Authorization": "Bearer nope"}, 401, "API key"),
+    ("chat-empty-messages", "/v1/chat/completions", {**CHAT, "messages": []}, AUTH, 400, "messages"),
+    ("chat-message-without-role", "/v1/chat/completions", {**CHAT, "messages": [{"content": "x"}]}, AUTH, 400,
+     "role"),
+    ("chat-top-logprobs-negative", "/v1/chat/completions", {**CHAT, "top_logprobs": -1}, AUTH, 400, "top_logprobs"),
+    ("stop-wrong-type", "/v1/chat/completions", {**CHAT, "stop": 5}, AUTH, 400, "stop"),
+    ("unknown-route", "/v1/nothing", {}, AUTH, 404, ""),
+]
+
+
+@pytest.mark.parametrize("path,body,headers,status,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request_gets_openai_error(server, path, body, headers, status, needle):
+    url = server.base_url + path
+    if body is None:
+        response = httpx.get(url, headers=headers, timeout=30)
+    elif isinstance(body, bytes):
+        response = httpx.post(url, content=body, headers={**headers, "content-type": "application/json"}, timeout=30)
+    else:
+        response = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert needle.lower() in error["message"].lower()
+
+
+def test_server_still_serves_after_bad_requests(server):
+    response = httpx.post(server.base_url + "/v1/completions", json=GOOD, headers=AUTH, timeout=60)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
+    server.wait_idle()
+
+
+def test_health_and_version(server):
+    assert httpx.get(server.base_url + "/health").status_code == 200
+    assert "version" in httpx.get(server.base_url + "/version").json()
