@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from corral.runtime import EngineArgs, build_engine
     from corral.server.app import build_app
     from corral.server.async_engine import AsyncEngine
+    from corral.server.metrics import EngineMetrics
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs(
@@ -45,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
         enable_prefix_caching=args.enable_prefix_caching,
     )
-    engine = AsyncEngine(build_engine(engine_args))
-    app = build_app(engine, args.served_model_name or served_name(args.model), args.api_key, args.max_tokens_cap)
+    metrics = EngineMetrics()
+    engine = AsyncEngine(build_engine(engine_args), observer=metrics)
+    name = args.served_model_name or served_name(args.model)
+    app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

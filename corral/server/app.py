@@ -5,20 +5,27 @@ from __future__ import annotations
 import secrets
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import corral
 from corral.server.async_engine import AsyncEngine
 from corral.server.chat import create_chat_completion
 from corral.server.completions import create_completion
 from corral.server.errors import APIError, error_response, install_error_handlers
+from corral.server.metrics import EngineMetrics
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 
 def build_app(
-    engine: AsyncEngine, served_model_name: str, api_key: str | None = None, max_tokens_cap: int | None = None
+    engine: AsyncEngine,
+    served_model_name: str,
+    api_key: str | None = None,
+    max_tokens_cap: int | None = None,
+    metrics: EngineMetrics | None = None,
 ) -> FastAPI:
-    """``max_tokens_cap`` bounds every request's max_tokens (None: up to the context)."""
+    """``max_tokens_cap`` bounds every request's max_tokens (None: up to the context); ``metrics`` is
+    the registry behind /metrics (the engine's observer)."""
     app = FastAPI(title="corral", version=corral.__version__)
     install_error_handlers(app)
 
@@ -46,6 +53,12 @@ def build_app(
         if engine.is_healthy():
             return JSONResponse({"status": "ok"})
         return error_response(503, "the engine loop is not running")
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        if metrics is None:
+            return error_response(404, "metrics are not enabled")
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/version")
     async def version() -> dict:

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from corral.engine.llm_engine import LLMEngine
 from corral.outputs import RequestOutput
@@ -46,9 +47,20 @@ class _Abort:
     request_id: str
 
 
+class EngineObserver(Protocol):
+    """Called on the engine thread: after a request is accepted or aborted, and after every step."""
+
+    def on_add(self, request_id: str) -> None: ...
+
+    def on_abort(self, request_id: str) -> None: ...
+
+    def on_step(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None: ...
+
+
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None):
         self.engine = engine
+        self.observer = observer
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._error: BaseException | None = None
@@ -96,8 +108,11 @@ class AsyncEngine:
             while not self._stopping:
                 self._drain_commands(block=not self.engine.has_unfinished_requests())
                 if self.engine.has_unfinished_requests():
-                    for output in self.engine.step():
+                    outputs = self.engine.step()
+                    for output in outputs:
                         self._deliver(output.request_id, _snapshot(output), output.finished)
+                    if self.observer is not None:
+                        self.observer.on_step(self.engine, outputs)
         except BaseException as exc:  # a crashed step must not leave clients hanging
             logger.exception("engine loop crashed")
             self._error = exc
@@ -121,10 +136,13 @@ class AsyncEngine:
                 command.stream.loop.call_soon_threadsafe(_set_exception, command.accepted, exc)
                 return
             self._streams[command.request_id] = command.stream
+            if self.observer is not None:
+                self.observer.on_add(command.request_id)
             command.stream.loop.call_soon_threadsafe(_set_result, command.accepted)
         elif isinstance(command, _Abort):
             self.engine.abort_request(command.request_id)
-            self._streams.pop(command.request_id, None)
+            if self._streams.pop(command.request_id, None) is not None and self.observer is not None:
+                self.observer.on_abort(command.request_id)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException, last: bool) -> None:
         stream = self._streams.pop(request_id, None) if last else self._streams.get(request_id)

@@ -14,6 +14,7 @@ import uvicorn
 from corral.runtime import EngineArgs, build_engine
 from corral.server.app import build_app
 from corral.server.async_engine import AsyncEngine
+from corral.server.metrics import EngineMetrics
 
 MODEL_NAME = "smollm2"
 API_KEY = "test-key"
@@ -48,8 +49,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="package")
 def server():
-    engine = AsyncEngine(build_engine(ENGINE_ARGS))
-    app = build_app(engine, MODEL_NAME, api_key=API_KEY, max_tokens_cap=512)
+    metrics = EngineMetrics()
+    engine = AsyncEngine(build_engine(ENGINE_ARGS), observer=metrics)
+    app = build_app(engine, MODEL_NAME, api_key=API_KEY, max_tokens_cap=512, metrics=metrics)
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
