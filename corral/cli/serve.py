@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     parser.add_argument("--kv-cache-memory", type=int, default=512 * 1024**2, help="bytes for the KV pool")
+    parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before 429")
     parser.add_argument("--max-tokens-cap", type=int, default=None, help="reject requests asking for more")
     parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     parser.add_argument("--log-level", default="info")
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = EngineMetrics()
     engine = AsyncEngine(build_engine(engine_args), observer=metrics)
     name = args.served_model_name or served_name(args.model)
-    app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics)
+    app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics, args.max_waiting)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

@@ -23,9 +23,11 @@ def build_app(
     api_key: str | None = None,
     max_tokens_cap: int | None = None,
     metrics: EngineMetrics | None = None,
+    max_waiting: int | None = None,
 ) -> FastAPI:
     """``max_tokens_cap`` bounds every request's max_tokens (None: up to the context); ``metrics`` is
-    the registry behind /metrics (the engine's observer)."""
+    the registry behind /metrics (the engine's observer); past ``max_waiting`` queued requests, new
+    ones get 429 with Retry-After."""
     app = FastAPI(title="corral", version=corral.__version__)
     install_error_handlers(app)
 
@@ -36,6 +38,11 @@ def build_app(
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), api_key.encode()):
             raise APIError(401, "invalid or missing API key", code="invalid_api_key")
+
+    def admit() -> None:
+        if max_waiting is not None and engine.num_waiting >= max_waiting:
+            raise APIError(429, f"server overloaded: {engine.num_waiting} requests are waiting; retry later",
+                           code="overloaded")
 
     def check_model(name: str) -> None:
         if name != served_model_name:
@@ -71,11 +78,13 @@ def build_app(
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: CompletionRequest):
         check_model(body.model)
+        admit()
         return await create_completion(engine, body, served_model_name, cap(body.max_tokens))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(body: ChatCompletionRequest):
         check_model(body.model)
+        admit()
         return await create_chat_completion(
             engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens)
         )

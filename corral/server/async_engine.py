@@ -68,6 +68,11 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
         self._thread.start()
 
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued but not yet running (read from the event loop: approximate, never torn)."""
+        return self._commands.qsize() + len(self.engine.core.scheduler.waiting)
+
     def is_healthy(self) -> bool:
         return self._thread.is_alive() and self._error is None
 
