@@ -1,0 +1,103 @@
+"""Serving benchmark: `corral serve` vs llama.cpp's OpenAI server on the same GGUF, in one run.
+
+Starts each server on a free 127.0.0.1 port, runs the load generator (corral.bench.serve) at each
+concurrency, stops the server, and prints TTFT p50/p99, TPOT p50 and output tok/s side by side.
+
+    .venv/bin/python bench/serve_compare.py --llama-python /path/to/venv/bin/python \\
+        [--concurrency 1 8 32] [--num-prompts 32] [--input-len 128] [--output-len 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from corral.bench.datasets import random_token_prompts
+from corral.bench.serve import run_benchmark
+from corral.loader.default_model import default_model_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(cmd: list[str], port: int, health: str, timeout: float = 300) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {cmd}")
+
+
+def measure(name: str, cmd: list[str], port: int, health: str, model: str, args) -> dict:
+    proc = start(cmd, port, health)
+    results = {}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for concurrency in args.concurrency:
+            prompts = random_token_prompts(max(args.num_prompts, concurrency), args.input_len, 49152, seed=concurrency)
+            report = asyncio.run(run_benchmark(base, model, prompts, args.output_len,
+                                               max_concurrency=concurrency, show_progress=False))
+            results[concurrency] = report.to_dict()
+            print(f"{name} c={concurrency}: {report.output_throughput:.1f} tok/s, "
+                  f"TTFT p50 {report.ttft.median_ms:.0f} ms, failed {report.num_failed}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama-python", required=True, help="python of a venv with llama-cpp-python[server]")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--num-prompts", type=int, default=8, help="per concurrency level, at least the concurrency")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--output-json", default="bench/results/serve_compare.json")
+    args = parser.parse_args()
+    gguf = default_model_path()
+    threads = str(os.cpu_count() or 1)
+
+    port = free_port()
+    corral_cmd = [sys.executable, "-m", "corral.cli.main", "serve", "--port", str(port), "--served-model-name", "m",
+                  "--max-model-len", "1024", "--log-level", "warning"]
+    corral = measure("corral", corral_cmd, port, "/health", "m", args)
+    port = free_port()
+    llama_cmd = [args.llama_python, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
+                 "--n_threads", threads, "--n_ctx", "2048", "--model_alias", "m"]
+    llama = measure("llama.cpp", llama_cmd, port, "/v1/models", "m", args)
+
+    print(f"\n{'concurrency':>11} | {'system':>9} | {'TTFT p50':>9} | {'TTFT p99':>9} | {'TPOT p50':>9} | {'tok/s':>7}")
+    for concurrency in args.concurrency:
+        for name, res in (("corral", corral), ("llama.cpp", llama)):
+            r = res[concurrency]
+            print(f"{concurrency:>11} | {name:>9} | {r['ttft']['median_ms']:>7.0f}ms | {r['ttft']['p99_ms']:>7.0f}ms | "
+                  f"{r['tpot']['median_ms']:>7.1f}ms | {r['output_throughput']:>7.1f}")
+        ratio = corral[concurrency]["output_throughput"] / max(llama[concurrency]["output_throughput"], 1e-9)
+        print(f"{'':>11}   corral / llama.cpp output tok/s: {ratio:.2f}x")
+    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
+    with open(args.output_json, "w") as f:
+        json.dump({"corral": corral, "llama.cpp": llama, "args": vars(args)}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
