@@ -23,6 +23,7 @@ import httpx
 from corral.bench.datasets import random_token_prompts
 from corral.bench.serve import run_benchmark
 from corral.loader.default_model import default_model_path
+from corral.text.tokenizer import Tokenizer
 
 
 def free_port() -> int:
@@ -47,13 +48,19 @@ def start(cmd: list[str], port: int, health: str, timeout: float = 300) -> subpr
     raise RuntimeError(f"server did not start: {cmd}")
 
 
+def text_prompts(num: int, input_len: int, seed: int) -> list[str]:
+    """Random-token prompts decoded to text: llama.cpp's server takes only string prompts."""
+    tokenizer = Tokenizer.from_gguf(default_model_path())
+    return [tokenizer.decode(ids) for ids in random_token_prompts(num, input_len, tokenizer.vocab_size, seed)]
+
+
 def measure(name: str, cmd: list[str], port: int, health: str, model: str, args) -> dict:
     proc = start(cmd, port, health)
     results = {}
     try:
         base = f"http://127.0.0.1:{port}"
         for concurrency in args.concurrency:
-            prompts = random_token_prompts(max(args.num_prompts, concurrency), args.input_len, 49152, seed=concurrency)
+            prompts = text_prompts(max(args.num_prompts, concurrency), args.input_len, seed=concurrency)
             report = asyncio.run(run_benchmark(base, model, prompts, args.output_len,
                                                max_concurrency=concurrency, show_progress=False))
             results[concurrency] = report.to_dict()
