@@ -12,7 +12,7 @@ from corral.outputs import CompletionOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.protocol import ChatCompletionRequest, new_id
-from corral.server.streams import DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.streams import ChunkWriter, DeltaTracker, add_all, final_outputs, merged, usage
 
 
 def chat_prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
@@ -68,12 +68,7 @@ async def create_chat_completion(
 
 
 async def _stream(streams, request, request_id, created, model_name, tokenizer) -> AsyncIterator[str]:
-    def chunk(choices: list, usage_: dict | None = None) -> str:
-        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                "choices": choices}
-        if usage_ is not None:
-            body["usage"] = usage_
-        return f"data: {json.dumps(body)}\n\n"
+    chunk = ChunkWriter(request_id, "chat.completion.chunk", created, model_name)
 
     trackers: dict[int, DeltaTracker] = {}
     final = None

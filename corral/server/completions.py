@@ -12,7 +12,7 @@ from corral.outputs import CompletionOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.protocol import CompletionRequest, new_id
-from corral.server.streams import DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.streams import ChunkWriter, DeltaTracker, add_all, final_outputs, merged, usage
 
 
 def prompts_of(request: CompletionRequest) -> list[str | list[int]]:
@@ -72,12 +72,7 @@ async def _stream(streams, request: CompletionRequest, request_id, created, mode
     trackers: dict[tuple[int, int], DeltaTracker] = {}
     finals = {}
 
-    def chunk(choices: list, usage_: dict | None = None) -> str:
-        body = {"id": request_id, "object": "text_completion", "created": created, "model": model_name,
-                "choices": choices}
-        if usage_ is not None:
-            body["usage"] = usage_
-        return f"data: {json.dumps(body)}\n\n"
+    chunk = ChunkWriter(request_id, "text_completion", created, model_name)
 
     try:
         async for prompt_index, output in merged(streams):

@@ -4,6 +4,7 @@ outputs as they arrive, and turn cumulative outputs into deltas."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -86,3 +87,20 @@ def usage(outputs: Sequence[RequestOutput]) -> dict[str, int]:
     prompt = sum(len(o.prompt_token_ids) for o in outputs)
     completion = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass(frozen=True)
+class ChunkWriter:
+    """Formats one response's stream events (``data: {json}``) with its id, object type and model."""
+
+    request_id: str
+    object: str
+    created: int
+    model: str
+
+    def __call__(self, choices: list, usage_: dict | None = None) -> str:
+        body = {"id": self.request_id, "object": self.object, "created": self.created, "model": self.model,
+                "choices": choices}
+        if usage_ is not None:
+            body["usage"] = usage_
+        return f"data: {json.dumps(body)}\n\n"
