@@ -7,8 +7,9 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import httpx
 from rich.progress import Progress
@@ -60,11 +61,13 @@ class BenchmarkReport:
 
 
 async def _one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str | list[int], output_len: int, headers: dict
+    client: httpx.AsyncClient, url: str, model: str, prompt: str | list[int], output_len: int, headers: dict,
+    extra_body: Mapping[str, Any] | None = None,
 ) -> RequestResult:
     body = {
         "model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "stream": True,
         "ignore_eos": True, "stream_options": {"include_usage": True},
+        **(extra_body or {}),
     }
     start = time.perf_counter()
     result = RequestResult(ok=False)
@@ -116,9 +119,11 @@ async def run_benchmark(
     seed: int = 0,
     timeout_s: float = 600.0,
     show_progress: bool = True,
+    extra_body: Mapping[str, Any] | None = None,
 ) -> BenchmarkReport:
     """Send every prompt once (Poisson arrivals at ``request_rate`` req/s, at most ``max_concurrency``
-    in flight) and summarise. Bounded: each request times out after ``timeout_s``."""
+    in flight) and summarise. Bounded: each request times out after ``timeout_s``. ``extra_body`` adds
+    server-specific fields to every request (e.g. llama.cpp's ``repeat_penalty`` and ``logit_bias``)."""
     url = base_url.rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     rng = random.Random(seed)
@@ -130,7 +135,7 @@ async def run_benchmark(
 
             async def limited(prompt: str | list[int]) -> RequestResult:
                 async with limit:
-                    result = await _one_request(client, url, model, prompt, output_len, headers)
+                    result = await _one_request(client, url, model, prompt, output_len, headers, extra_body)
                 progress.advance(task)
                 return result
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+
+# A GGUF file's trailing quantisation tag ("Model.Q4_1.gguf", "model-f16.gguf") is not part of its name.
+_QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +32,9 @@ def served_name(model: str | None) -> str:
 
     path = model or default_model_path()
     name = os.path.basename(os.path.normpath(path))
-    return name.split(".")[0] if name.endswith(".gguf") else name
+    if name.endswith(".gguf"):
+        name = _QUANT_SUFFIX.sub("", name.removesuffix(".gguf"))
+    return name
 
 
 def run(args: argparse.Namespace) -> int:

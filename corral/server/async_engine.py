@@ -58,6 +58,12 @@ class EngineObserver(Protocol):
 
 
 class AsyncEngine:
+    """Owns an LLMEngine and runs ``step()`` on one background thread; every engine call happens there.
+
+    Healthy while that thread runs; if a step raises, in-flight and queued requests fail with
+    EngineDeadError (a 500) and the engine stays unhealthy (/health answers 503).
+    """
+
     def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None):
         self.engine = engine
         self.observer = observer
@@ -65,6 +71,9 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._error: BaseException | None = None
         self._stopping = False
+        # Held while checking liveness and queueing an add, and while the loop thread fails what is
+        # queued on its way out: so no add can slip in after that final drain and wait forever.
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
         self._thread.start()
 
@@ -80,12 +89,13 @@ class AsyncEngine:
         self, prompt: str | Sequence[int], params: SamplingParams, request_id: str
     ) -> RequestStream:
         """Queue a request; raises its validation error (a CorralError) if the engine refuses it."""
-        if not self.is_healthy():
-            raise EngineDeadError("the engine loop is not running")
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         accepted = loop.create_future()
-        self._commands.put(_Add(request_id, prompt, params, stream, accepted))
+        with self._closing:
+            if not self.is_healthy() or self._stopping:
+                raise EngineDeadError("the engine loop is not running")
+            self._commands.put(_Add(request_id, prompt, params, stream, accepted))
         try:
             await accepted
         except BaseException:
@@ -104,6 +114,7 @@ class AsyncEngine:
         self._commands.put(_Abort(request_id))
 
     def shutdown(self) -> None:
+        """Stop the loop thread; requests still in flight end with EngineDeadError."""
         self._stopping = True
         self._commands.put(None)
         self._thread.join(timeout=30)
@@ -121,8 +132,22 @@ class AsyncEngine:
         except BaseException as exc:  # a crashed step must not leave clients hanging
             logger.exception("engine loop crashed")
             self._error = exc
-            for request_id in list(self._streams):
-                self._deliver(request_id, EngineDeadError(f"engine loop crashed: {exc}"), True)
+            self._fail_all(EngineDeadError(f"engine loop crashed: {exc}"))
+        else:
+            self._fail_all(EngineDeadError("the engine is shutting down"))
+
+    def _fail_all(self, error: EngineDeadError) -> None:
+        with self._closing:
+            self._stopping = True
+            while True:
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(command, _Add):
+                    _post(command.stream.loop, _set_exception, command.accepted, error)
+        for request_id in list(self._streams):
+            self._deliver(request_id, error, True)
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -138,12 +163,12 @@ class AsyncEngine:
             try:
                 self.engine.add_request(command.request_id, command.prompt, command.params)
             except Exception as exc:
-                command.stream.loop.call_soon_threadsafe(_set_exception, command.accepted, exc)
+                _post(command.stream.loop, _set_exception, command.accepted, exc)
                 return
             self._streams[command.request_id] = command.stream
             if self.observer is not None:
                 self.observer.on_add(command.request_id)
-            command.stream.loop.call_soon_threadsafe(_set_result, command.accepted)
+            _post(command.stream.loop, _set_result, command.accepted)
         elif isinstance(command, _Abort):
             self.engine.abort_request(command.request_id)
             if self._streams.pop(command.request_id, None) is not None and self.observer is not None:
@@ -152,7 +177,7 @@ class AsyncEngine:
     def _deliver(self, request_id: str, item: RequestOutput | BaseException, last: bool) -> None:
         stream = self._streams.pop(request_id, None) if last else self._streams.get(request_id)
         if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
+            _post(stream.loop, stream.outputs.put_nowait, item)
 
 
 class RequestStream:
@@ -192,6 +217,13 @@ def _snapshot(output: RequestOutput) -> RequestOutput:
         for c in output.outputs
     ]
     return dataclasses.replace(output, outputs=completions)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the event loop is closed (server shut down first): nobody is listening
+        pass
 
 
 def _set_result(future: asyncio.Future) -> None:

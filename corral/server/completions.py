@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from corral.outputs import CompletionOutput
+from corral.errors import InvalidRequestError
+from corral.outputs import CompletionOutput, RequestOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.protocol import CompletionRequest, new_id
@@ -39,12 +40,20 @@ def logprobs_of(completion: CompletionOutput, start: int, tokenizer) -> dict | N
     }
 
 
+def echoed(request: CompletionRequest, output: RequestOutput, tokenizer) -> str:
+    """The prompt text to put before a choice's text when ``echo`` is set."""
+    if not request.echo:
+        return ""
+    return output.prompt if output.prompt is not None else tokenizer.decode(output.prompt_token_ids)
+
+
 async def create_completion(engine: AsyncEngine, request: CompletionRequest, model_name: str, max_tokens: int | None):
     prompts = prompts_of(request)
     if not prompts:
-        from corral.errors import InvalidRequestError
-
         raise InvalidRequestError("prompt must not be empty")
+    if request.echo and request.logprobs is not None:
+        # echo with logprobs needs the prompt's logprobs, which the engine does not compute
+        raise InvalidRequestError("echo together with logprobs is not supported")
     params = request.sampling_params(max_tokens or 16, request.logprobs)
     request_id = new_id("cmpl")
     streams = await add_all(engine, prompts, params, request_id)
@@ -58,7 +67,7 @@ async def create_completion(engine: AsyncEngine, request: CompletionRequest, mod
     for prompt_index, output in enumerate(outputs):
         for c in output.outputs:
             choices.append({
-                "index": prompt_index * params.n + c.index, "text": c.text, "finish_reason": c.finish_reason,
+                "index": prompt_index * params.n + c.index, "text": echoed(request, output, tokenizer) + c.text, "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer),
             })
     return JSONResponse({
@@ -84,6 +93,8 @@ async def _stream(streams, request: CompletionRequest, request_id, created, mode
                 text, tokens, start = tracker.delta(c)
                 if not text and not tokens and not c.finished:
                     continue
+                if start == 0 and not tracker.echoed:
+                    text, tracker.echoed = echoed(request, output, tokenizer) + text, True
                 tracker.finished = c.finished
                 yield chunk([{
                     "index": prompt_index * n + c.index, "text": text, "finish_reason": c.finish_reason,

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError, ModelLoadError
+from corral.server.async_engine import EngineDeadError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return error_response(status_of(exc), str(exc))
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(_: Request, exc: EngineDeadError) -> JSONResponse:
+        return error_response(500, str(exc), code="engine_dead")
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:

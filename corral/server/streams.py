@@ -72,6 +72,7 @@ class DeltaTracker:
     num_chars: int = 0
     num_tokens: int = 0
     finished: bool = False
+    echoed: bool = False  # completions with echo: the prompt went out with the first chunk
 
     def delta(self, completion: CompletionOutput) -> tuple[str, list[int], int]:
         """(new text, new token ids, index of the first new token)."""

@@ -27,6 +27,7 @@ CASES = [
     ("n-zero", "/v1/completions", {**GOOD, "n": 0}, AUTH, 400, "n"),
     ("presence-penalty-huge", "/v1/completions", {**GOOD, "presence_penalty": 50}, AUTH, 400, "presence_penalty"),
     ("logprobs-too-many", "/v1/completions", {**GOOD, "logprobs": 1000}, AUTH, 400, "logprobs"),
+    ("echo-with-logprobs", "/v1/completions", {**GOOD, "echo": True, "logprobs": 1}, AUTH, 400, "echo"),
     ("empty-prompt", "/v1/completions", {**GOOD, "prompt": ""}, AUTH, 400, "empty"),
     ("token-id-out-of-vocab", "/v1/completions", {**GOOD, "prompt": [1, 2, 10**8]}, AUTH, 400, "token ids"),
     ("prompt-too-long", "/v1/completions", {**GOOD, "prompt": [100] * 2000}, AUTH, 400, "2000"),

@@ -136,3 +136,12 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
     asyncio.run(run_all())
     server.wait_idle(timeout=20)
     assert not server.engine.engine.core.scheduler.running
+
+
+def test_echo_puts_the_prompt_before_the_text(client):
+    prompt = "Once upon a time"
+    kwargs = dict(model=MODEL_NAME, prompt=prompt, max_tokens=6, temperature=0)
+    plain = client.completions.create(**kwargs).choices[0].text
+    assert client.completions.create(echo=True, **kwargs).choices[0].text == prompt + plain
+    streamed = "".join(c.choices[0].text for c in client.completions.create(echo=True, stream=True, **kwargs))
+    assert streamed == prompt + plain

@@ -1,0 +1,29 @@
+"""`corral serve`'s defaults: the served model name is the model file's name without its quant tag."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from corral.cli.serve import add_arguments, served_name
+
+
+@pytest.mark.parametrize("path,name", [
+    ("/m/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+    ("/m/SmolLM2-1.7B-Instruct.Q4_K_M.gguf", "SmolLM2-1.7B-Instruct"),
+    ("/m/qwen2-0.5b-f16.gguf", "qwen2-0.5b"),
+    ("/m/Llama-3.2-1B-IQ4_XS.gguf", "Llama-3.2-1B"),
+    ("/m/plain.gguf", "plain"),
+    ("/m/hf-folder/", "hf-folder"),
+])
+def test_served_name(path, name):
+    assert served_name(path) == name
+
+
+def test_default_model_name_and_flags():
+    assert served_name(None) == "SmolLM2-135M-Instruct"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--port", "9000", "--no-enable-prefix-caching", "--api-key", "k"])
+    assert (args.host, args.port, args.enable_prefix_caching, args.api_key) == ("127.0.0.1", 9000, False, "k")
