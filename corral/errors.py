@@ -38,3 +38,7 @@ class ChatTemplateError(CorralError, ValueError):
 
 class ConfigError(CorralError, ValueError):
     """An engine or cache configuration value is invalid."""
+
+
+class QuantizationError(CorralError, ValueError):
+    """A weight cannot be quantized as asked, or a quantization config is unsupported or corrupt."""

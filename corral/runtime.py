@@ -20,7 +20,11 @@ from corral.errors import ConfigError, ModelLoadError
 from corral.layers.attention.torch_paged import TorchPagedAttention
 from corral.loader import load_checkpoint
 from corral.loader.default_model import default_model_path
+from corral.models.calibration import record_input_absmax
 from corral.models.registry import model_class
+from corral.quantization.base import QuantMethod
+from corral.quantization.corpus import stdlib_docstrings
+from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ class EngineArgs:
     model: str | None = None  # None: the default model (SmolLM2-135M-Instruct, GGUF Q4_1)
     tokenizer: str | None = None  # None: the model's own
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    # auto: int8 (fbgemm) on CPU, none elsewhere; none: the exact float path the parity tests use
+    quantization: str = "auto"
     device: str = "auto"
     max_model_len: int | None = None  # None: the model's context, capped at 4096
     max_num_seqs: int = 64
@@ -83,6 +89,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_quantization(name: str, device: torch.device, dtype: torch.dtype) -> QuantMethod | None:
+    if name == "auto":
+        name = "int8" if device.type == "cpu" and dtype == torch.float32 and fbgemm_available() else "none"
+    if name == "none":
+        return None
+    if name != "int8":
+        raise ConfigError(f"unsupported quantization {name!r} (choose from auto, none, int8)")
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ConfigError("quantization int8 runs on the CPU with dtype float32")
+    return Int8Method()
+
+
+def calibration_token_ids(tokenizer: Tokenizer, num_tokens: int = 512) -> list[int]:
+    return tokenizer.encode(stdlib_docstrings("train")[: num_tokens * 8])[:num_tokens]
+
+
 def load_tokenizer(model: str | None) -> Tokenizer:
     path = model if model is not None else default_model_path()
     if os.path.isdir(path):
@@ -98,10 +120,19 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     model_config, weights = load_checkpoint(args.model, dtype)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
 
+    quant_method = resolve_quantization(args.quantization, device, dtype)
     model = model_class(model_config)(model_config).to(dtype)
     model.load_weights(weights)
     del weights
     model.to(device).eval()
+    if quant_method is not None:
+        # Outlier channels of the activations are folded into the weights first (SmoothQuant), from
+        # statistics of one short calibration pass over built-in text.
+        if quant_method.quantizes_activations:
+            model.untie_lm_head_()
+            model.smooth_(record_input_absmax(model, calibration_token_ids(tokenizer)))
+        model.quantize_(quant_method)
+        logger.info("weights quantized: %s", quant_method.name)
 
     scheduler_config = args.scheduler_config(model_config.max_position_embeddings)
     cache = args.cache_config()

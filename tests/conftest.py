@@ -14,7 +14,8 @@ def default_model() -> str:
 
 @pytest.fixture(scope="session")
 def default_llm():
-    """One fp32 engine over the default model, shared by tests that do not change its settings."""
+    """One exact fp32 engine over the default model (no int8), shared by tests that do not change its
+    settings; the parity tests compare it with HF transformers."""
     from corral import LLM
 
-    return LLM(dtype="float32", max_model_len=1024, kv_cache_memory=128 * 1024**2)
+    return LLM(dtype="float32", quantization="none", max_model_len=1024, kv_cache_memory=128 * 1024**2)

@@ -26,15 +26,26 @@ def assert_no_leaks(llm: LLM) -> None:
     assert not core.kv_manager.block_tables
 
 
-def test_batching_invariance_with_chunked_prefill_and_preemption(default_llm):
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_batching_invariance_with_chunked_prefill_and_preemption(quantization, default_llm):
     prompts = mixed_prompts(16)
-    alone = [default_llm.generate(p, greedy(24), use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    alone_llm = default_llm if quantization == "none" else LLM(
+        dtype="float32", quantization=quantization, max_model_len=256, kv_cache_memory=32 * 1024**2
+    )
+    alone = [alone_llm.generate(p, greedy(24), use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
     # 40 blocks of 16 tokens cannot hold 16 sequences of ~60 tokens at once, and a 64-token budget
     # splits every prompt into chunks.
-    small = LLM(dtype="float32", max_model_len=256, num_gpu_blocks_override=40, max_num_batched_tokens=64)
-    outputs = small.generate(prompts, greedy(24), use_tqdm=False)
+    small = LLM(dtype="float32", quantization=quantization, max_model_len=256, num_gpu_blocks_override=40,
+                max_num_batched_tokens=64)
+    outputs = [o.outputs[0].token_ids for o in small.generate(prompts, greedy(24), use_tqdm=False)]
     assert small.engine.core.scheduler.num_preemptions > 0
-    assert [o.outputs[0].token_ids for o in outputs] == alone
+    if quantization == "none":
+        assert outputs == alone
+    else:
+        # int8 quantizes each row on its own, but attention's float rounding differs with chunking (a
+        # causal prefill vs a masked one) by ~1e-7, and that can move an activation across a rounding
+        # step: a near tie may then flip. Measured: 15 or 16 of 16 sequences identical.
+        assert sum(o == a for o, a in zip(outputs, alone)) >= 14
     assert_no_leaks(small)
 
 

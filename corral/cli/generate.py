@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int8"],
+                        help="auto: int8 on CPUs with fbgemm; none: the exact float path")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
 
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed,
     )
-    llm = LLM(model=args.model)
+    llm = LLM(model=args.model, quantization=args.quantization)
     if args.chat:
         output = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)[0]
     else:

@@ -15,9 +15,12 @@ from corral.errors import ModelLoadError
 from corral.layers.activation import silu_and_mul
 from corral.layers.attention.backend import AttentionBackend
 from corral.layers.attention.metadata import AttentionMetadata
+from corral.layers.linear import Linear
 from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
 from corral.models.spec import ModelConfig
+from corral.quantization.base import QuantMethod
+from corral.quantization.smooth import smoothing_scales
 
 
 class LlamaAttention(nn.Module):
@@ -28,26 +31,24 @@ class LlamaAttention(nn.Module):
         self.head_size = config.head_size
         self.q_size = self.num_heads * self.head_size
         self.kv_size = self.num_kv_heads * self.head_size
-        self.qkv_proj = nn.Linear(
-            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
-        )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size)
         self.rotary = rotary
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,  # [num_tokens, hidden_size]
         kv_cache: torch.Tensor,
         attn_metadata: AttentionMetadata,
         backend: AttentionBackend,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_size)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_size)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_size)
-        q, k = self.rotary(positions, q, k)
+        qkv = self.qkv_proj(hidden)
+        # q and k rotate together: one pass over [num_tokens, num_heads + num_kv_heads, head_size]
+        qk = self.rotary(qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_size), *rope)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_size)
         out = backend.forward(q, k, v, kv_cache, attn_metadata)
         return self.o_proj(out)
 
@@ -55,8 +56,8 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -72,15 +73,13 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
         kv_cache: torch.Tensor,
         attn_metadata: AttentionMetadata,
         backend: AttentionBackend,
     ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(
-            positions, self.input_layernorm(hidden), kv_cache, attn_metadata, backend
-        )
+        hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), kv_cache, attn_metadata, backend)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -88,10 +87,12 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        rotary = RotaryEmbedding(
+        self.rotary = RotaryEmbedding(
             config.head_size, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -105,7 +106,7 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size)
 
     def forward(
         self,
@@ -116,13 +117,67 @@ class LlamaForCausalLM(nn.Module):
         backend: AttentionBackend,
     ) -> torch.Tensor:  # [num_tokens, hidden_size]
         hidden = self.model.embed_tokens(input_ids)
+        rope = self.model.rotary.cos_sin(positions, hidden.dtype)  # once per step, shared by every layer
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            hidden = layer(positions, hidden, kv_cache, attn_metadata, backend)
+            hidden = layer(rope, hidden, kv_cache, attn_metadata, backend)
         return self.model.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [num_rows, vocab_size]
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight)
+        if self.lm_head is None:
+            return torch.nn.functional.linear(hidden, self.model.embed_tokens.weight)
+        return self.lm_head(hidden)
+
+    def untie_lm_head_(self) -> None:
+        """Give a tied LM head its own weight, so it can be smoothed and packed apart from the embedding."""
+        if self.lm_head is None:
+            self.lm_head = Linear.from_weight(self.model.embed_tokens.weight.detach().clone())
+
+    @torch.no_grad()
+    def smooth_(self, input_absmax: Mapping[str, torch.Tensor], alpha: float = 0.5) -> None:
+        """Fold SmoothQuant scales into each linear layer and its producer; the float model's output is
+        unchanged up to rounding. ``input_absmax`` comes from ``record_input_absmax``."""
+        self.untie_lm_head_()
+
+        def scales_for(name: str, layer: Linear) -> torch.Tensor:
+            return smoothing_scales(input_absmax[name], layer.weight, alpha)
+
+        for i, layer in enumerate(self.model.layers):
+            prefix = f"model.layers.{i}."
+            attn, mlp = layer.self_attn, layer.mlp
+            scales = scales_for(prefix + "self_attn.qkv_proj", attn.qkv_proj)
+            layer.input_layernorm.weight.div_(scales)
+            attn.qkv_proj.weight.mul_(scales)
+
+            scales = scales_for(prefix + "mlp.gate_up_proj", mlp.gate_up_proj)
+            layer.post_attention_layernorm.weight.div_(scales)
+            mlp.gate_up_proj.weight.mul_(scales)
+
+            # o_proj's input channel (head h, dim d) is a mix of V rows of KV head h // group: the query
+            # heads sharing a KV head must share a scale, which is then folded into that V row.
+            group = attn.num_heads // attn.num_kv_heads
+            scales = scales_for(prefix + "self_attn.o_proj", attn.o_proj)
+            scales = scales.view(attn.num_kv_heads, group, attn.head_size).amax(dim=1)
+            v_rows = slice(attn.q_size + attn.kv_size, None)
+            attn.qkv_proj.weight[v_rows].div_(scales.reshape(-1, 1))
+            if attn.qkv_proj.bias is not None:
+                attn.qkv_proj.bias[v_rows].div_(scales.reshape(-1))
+            attn.o_proj.weight.mul_(scales[:, None, :].expand(-1, group, -1).reshape(-1))
+
+            # down_proj's input is silu(gate) * up: scaling up's rows scales it exactly.
+            scales = scales_for(prefix + "mlp.down_proj", mlp.down_proj)
+            mlp.gate_up_proj.weight[mlp.down_proj.in_features :].div_(scales[:, None])
+            mlp.down_proj.weight.mul_(scales)
+
+        scales = scales_for("lm_head", self.lm_head)
+        self.model.norm.weight.div_(scales)
+        self.lm_head.weight.mul_(scales)
+
+    def quantize_(self, method: QuantMethod) -> None:
+        """Pack every linear layer, the LM head included (a tied head gets its own packed copy)."""
+        self.untie_lm_head_()
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.quantize_(method)
 
     @torch.no_grad()
     def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:

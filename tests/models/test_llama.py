@@ -52,8 +52,8 @@ def test_greedy_and_logits_match_hf(case, device, tmp_path, default_model):
     reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).to(device).eval()
 
     # The tiny vocabulary is a prefix of the default tokenizer's, which is only used to detokenize.
-    llm = LLM(model=str(tmp_path), tokenizer=default_model, dtype="float32", device=device, max_model_len=256,
-              max_num_batched_tokens=16, kv_cache_memory=8 * 1024**2)
+    llm = LLM(model=str(tmp_path), tokenizer=default_model, dtype="float32", quantization="none", device=device,
+              max_model_len=256, max_num_batched_tokens=16, kv_cache_memory=8 * 1024**2)
     prompts = [[(7 * i + 3 * j) % 120 + 5 for j in range(n)] for i, n in enumerate([5, 23, 40, 1])]
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=0)
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -68,3 +68,24 @@ def test_greedy_and_logits_match_hf(case, device, tmp_path, default_model):
         expected_logprobs = logits.log_softmax(-1).gather(1, torch.tensor(ours)[:, None])[:, 0]
         our_logprobs = torch.tensor([entry[t].logprob for t, entry in zip(ours, output.outputs[0].logprobs)])
         torch.testing.assert_close(our_logprobs, expected_logprobs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_smoothing_leaves_the_float_model_unchanged(case):
+    from corral.models.calibration import record_input_absmax, sequence_logits
+    from corral.models.registry import model_class
+
+    config = CASES[case]
+    model = model_class(config)(config).eval()
+    model.load_weights(random_weights(config))
+    token_ids = [(5 * i) % 120 + 3 for i in range(40)]
+    before = sequence_logits(model, token_ids)
+    model.untie_lm_head_()  # a tied head gets its own copy, so it can be smoothed apart from the embedding
+    absmax = record_input_absmax(model, token_ids)
+    assert set(absmax) >= {"lm_head", "model.layers.0.self_attn.qkv_proj", "model.layers.2.mlp.down_proj"}
+    model.smooth_(absmax)
+    after = sequence_logits(model, token_ids)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    # The scales really moved something: the first norm's weight is no longer the checkpoint's.
+    assert not torch.allclose(model.model.layers[0].input_layernorm.weight, random_weights(config)[
+        "model.layers.0.input_layernorm.weight"])

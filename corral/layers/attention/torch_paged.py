@@ -57,8 +57,7 @@ class TorchPagedAttention:
         keys = key_cache.view(shape)[block_tables].view(num_decodes, max_len, self.num_kv_heads, -1)
         values = value_cache.view(shape)[block_tables].view(num_decodes, max_len, self.num_kv_heads, -1)
         keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        positions = torch.arange(max_len, device=query.device)
-        mask = (positions[None, :] < metadata.decode_context_lens[:, None])[:, None, None, :]
+        mask = metadata.decode_key_mask(self.block_size)[:, None, None, :]
         # Query heads h = kv * group + g share KV head kv: [num_decodes, num_kv_heads, group, head_size]
         grouped = query.view(num_decodes, self.num_kv_heads, -1, self.head_size)
         out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=self.scale)

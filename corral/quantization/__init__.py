@@ -1,0 +1,1 @@
+"""Weight quantization: packed formats for linear layers behind one QuantMethod protocol."""

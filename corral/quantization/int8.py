@@ -1,0 +1,101 @@
+"""INT8 weights x INT8 activations through fbgemm (x86): symmetric per-output-channel weights, per-row activations.
+
+fbgemm's dynamic linear quantizes its whole input with one scale, so one row with large activations would
+coarsen every other row of the batch and a request's output would depend on its neighbours. Each row is
+therefore divided by its own absolute maximum first, and a pinning row ``[1, -1, 0, ...]`` is appended: the
+input's range is then exactly [-1, 1] whatever the batch holds, fbgemm's single scale acts as a per-row
+scale, and every row's result is bit-identical alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+import weakref
+
+import torch
+
+from corral.errors import QuantizationError
+from corral.platform import cpu_flags
+
+
+def fbgemm_available() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+# torch.compile cannot trace fbgemm's packed weight (a TorchScript object), so compiled graphs reach it
+# through an opaque custom op that takes the layer's integer handle instead.
+_LAYERS: weakref.WeakValueDictionary[int, Int8DynamicLinear] = weakref.WeakValueDictionary()
+_NEXT_HANDLE = itertools.count()
+
+
+@torch.library.custom_op("corral::int8_dynamic_gemm", mutates_args=())
+def _int8_dynamic_gemm(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    layer = _LAYERS[handle]
+    return torch.ops.quantized.linear_dynamic(x, layer._packed, layer.reduce_range)
+
+
+@_int8_dynamic_gemm.register_fake
+def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
+
+
+class Int8DynamicLinear:
+    """One packed linear weight; see the module docstring for how activations are quantized."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool):
+        self.out_features, self.in_features = weight.shape
+        weight = weight.detach().float()
+        # Symmetric per-channel: the largest |w| of each output row maps to 127.
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-30).double()
+        zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; fbgemm still needs one
+            qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.bias = None if bias is None else bias.detach().float().clone()
+        # Without VNNI, fbgemm's u8 x s8 pairs sum in int16 and can saturate; 7-bit activations cannot.
+        self.reduce_range = reduce_range
+        pin = torch.zeros(1, self.in_features)
+        pin[0, 0], pin[0, min(1, self.in_features - 1)] = 1.0, -1.0
+        self._pin = pin
+        self.handle = next(_NEXT_HANDLE)
+        _LAYERS[self.handle] = self
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:  # [num_rows, in_features] -> [num_rows, out_features]
+        row_absmax = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_min_(1e-30)
+        normalized = torch.cat((x / row_absmax, self._pin))
+        if torch.compiler.is_compiling():
+            y = _int8_dynamic_gemm(normalized, self.handle, self.out_features)[:-1]
+        else:  # the direct call: custom-op dispatch costs more than the product for one row
+            y = torch.ops.quantized.linear_dynamic(normalized, self._packed, self.reduce_range)[:-1]
+        if self.bias is None:
+            return y.mul_(row_absmax)
+        return torch.addcmul(self.bias, y, row_absmax)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qweight.dequantize()
+
+    def nbytes(self) -> int:
+        bias_bytes = 0 if self.bias is None else self.bias.nbytes
+        return self.out_features * self.in_features + 8 * self.out_features + bias_bytes
+
+
+class Int8Method:
+    """``quantization="int8"``: weight-and-activation INT8 on fbgemm, the fast path for CPU batches."""
+
+    name = "int8"
+    quantizes_activations = True
+
+    def __init__(self) -> None:
+        if not fbgemm_available():
+            raise QuantizationError("int8 needs torch's fbgemm engine, which this build or CPU lacks")
+        self.reduce_range = "avx512_vnni" not in cpu_flags()
+
+    def quantize(self, weight: torch.Tensor, bias: torch.Tensor | None) -> Int8DynamicLinear:
+        if weight.dim() != 2:
+            raise QuantizationError(f"int8 packs 2-D weights, got shape {tuple(weight.shape)}")
+        if weight.device.type != "cpu":
+            raise QuantizationError("int8 (fbgemm) runs on the CPU only")
+        return Int8DynamicLinear(weight, bias, self.reduce_range)
