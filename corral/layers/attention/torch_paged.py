@@ -1,7 +1,7 @@
 """Paged attention in plain torch: the reference every other backend must match.
 
-Decodes are batched in one SDPA call over their gathered block tables (query heads grouped by
-their KV head, so GQA needs no repeated K/V); each prefill chunk is one SDPA call.
+Decodes are batched in one call of ``kernels.paged_decode_attention`` (the C++ kernel reading K/V in
+place when built, else a gather + SDPA reference); each prefill chunk is one SDPA call.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from corral.kernels.paged_attention import paged_decode_attention
 from corral.layers.attention.metadata import AttentionMetadata
 
 
@@ -49,19 +50,11 @@ class TorchPagedAttention:
         value_cache: torch.Tensor,
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        num_decodes = query.shape[0]
-        block_tables = metadata.decode_block_tables  # [num_decodes, max_blocks]
-        max_len = block_tables.shape[1] * self.block_size
-        shape = (-1, self.block_size, self.num_kv_heads, self.head_size)
-        # [num_decodes, num_kv_heads, max_len, head_size]
-        keys = key_cache.view(shape)[block_tables].view(num_decodes, max_len, self.num_kv_heads, -1)
-        values = value_cache.view(shape)[block_tables].view(num_decodes, max_len, self.num_kv_heads, -1)
-        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        mask = metadata.decode_key_mask(self.block_size)[:, None, None, :]
-        # Query heads h = kv * group + g share KV head kv: [num_decodes, num_kv_heads, group, head_size]
-        grouped = query.view(num_decodes, self.num_kv_heads, -1, self.head_size)
-        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=self.scale)
-        return out.reshape(num_decodes, self.num_heads * self.head_size)
+        out = paged_decode_attention(
+            query, key_cache, value_cache, metadata.decode_block_tables, metadata.decode_context_lens,
+            self.block_size, self.scale,
+        )
+        return out.view(query.shape[0], self.num_heads * self.head_size)
 
     def _prefill(
         self,
@@ -71,8 +64,9 @@ class TorchPagedAttention:
         kv_slots: torch.Tensor,  # [context_len]
     ) -> torch.Tensor:
         query_len, context_len = query.shape[0], kv_slots.shape[0]
-        keys = key_cache[kv_slots].transpose(0, 1).unsqueeze(0)  # [1, num_kv_heads, context_len, head_size]
-        values = value_cache[kv_slots].transpose(0, 1).unsqueeze(0)
+        # [1, num_kv_heads, context_len, head_size]
+        keys = key_cache.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
+        values = value_cache.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
         q = query.transpose(0, 1).unsqueeze(0)  # [1, num_heads, query_len, head_size]
         if query_len == context_len:
             out = F.scaled_dot_product_attention(

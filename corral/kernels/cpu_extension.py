@@ -1,0 +1,46 @@
+"""Find and load the C++/OpenMP extension built by ``python -m corral.kernels.build``.
+
+The build leaves ``_build/corral_cpu_kernels*.so`` and, beside it, the hash of the sources it was built
+from; a stale or missing build loads nothing and callers use their torch reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+NAME = "corral_cpu_kernels"
+SOURCES = [Path(__file__).parent / "csrc" / "paged_attention.cpp"]
+BUILD_DIR = Path(__file__).parent / "_build"
+HASH_FILE = BUILD_DIR / "sources.sha256"
+
+
+def sources_hash() -> str:
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> ModuleType | None:
+    """The extension module, or None if it was not built for the current sources."""
+    libraries = sorted(BUILD_DIR.glob(f"{NAME}*.so"))
+    if not libraries or not HASH_FILE.is_file():
+        logger.info("C++ kernels not built (make install builds them): using the torch reference")
+        return None
+    if HASH_FILE.read_text().strip() != sources_hash():
+        logger.warning("C++ kernels are stale (sources changed since the build): using the torch reference")
+        return None
+    import torch  # noqa: F401  (the extension links against the libtorch this loads)
+
+    spec = importlib.util.spec_from_file_location(NAME, libraries[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

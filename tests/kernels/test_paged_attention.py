@@ -1,0 +1,72 @@
+"""The C++ paged decode attention against the torch reference (and the reference against plain SDPA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from corral.kernels import cpu_extension
+from corral.kernels.paged_attention import paged_decode_attention_reference
+
+BLOCK_SIZE = 4
+
+
+def paged_case(context_lens: list[int], num_heads: int = 6, num_kv_heads: int = 2, head_size: int = 16):
+    """Random K/V for each sequence, scattered over shuffled blocks of a cache."""
+    generator = torch.Generator().manual_seed(0)
+    max_blocks = -(-max(context_lens) // BLOCK_SIZE)
+    num_blocks = len(context_lens) * max_blocks + 3
+    key_cache = torch.randn(num_blocks * BLOCK_SIZE, num_kv_heads, head_size, generator=generator)
+    value_cache = torch.randn(num_blocks * BLOCK_SIZE, num_kv_heads, head_size, generator=generator)
+    block_tables = torch.randperm(num_blocks, generator=generator)[: len(context_lens) * max_blocks]
+    block_tables = block_tables.view(len(context_lens), max_blocks)
+    query = torch.randn(len(context_lens), num_heads, head_size, generator=generator)
+    return query, key_cache, value_cache, block_tables, torch.tensor(context_lens)
+
+
+def dense_attention(query, key_cache, value_cache, block_tables, context_lens):
+    outs = []
+    for s, n in enumerate(context_lens.tolist()):
+        pos = torch.arange(n)
+        slots = block_tables[s, pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE
+        keys, values = key_cache[slots].transpose(0, 1), value_cache[slots].transpose(0, 1)
+        q = query[s][:, None, :]  # [num_heads, 1, head_size]
+        out = F.scaled_dot_product_attention(q[None], keys[None], values[None], enable_gqa=True)
+        outs.append(out[0, :, 0])
+    return torch.stack(outs)
+
+
+CONTEXTS = [[1], [5, 1, 12, 8], [33, 2]]
+
+
+@pytest.mark.parametrize("context_lens", CONTEXTS)
+def test_reference_matches_dense_attention(context_lens):
+    case = paged_case(context_lens)
+    expected = dense_attention(*case)
+    actual = paged_decode_attention_reference(*case, BLOCK_SIZE, case[0].shape[-1] ** -0.5)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
+@pytest.mark.parametrize("context_lens", CONTEXTS)
+@pytest.mark.parametrize("heads", [(6, 2, 16), (9, 3, 64), (4, 4, 8)])
+def test_cpp_kernel_matches_reference(context_lens, heads):
+    case = paged_case(context_lens, *heads)
+    scale = heads[2] ** -0.5
+    expected = paged_decode_attention_reference(*case, BLOCK_SIZE, scale)
+    actual = cpu_extension.load().paged_decode_attention(*case, BLOCK_SIZE, scale)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
+def test_cpp_kernel_rejects_bad_input():
+    query, key_cache, value_cache, block_tables, _ = paged_case([5])
+    with pytest.raises(RuntimeError, match="context length"):
+        cpu_extension.load().paged_decode_attention(
+            query, key_cache, value_cache, block_tables, torch.tensor([999]), BLOCK_SIZE, 1.0
+        )
+    with pytest.raises(RuntimeError, match="fp32"):
+        cpu_extension.load().paged_decode_attention(
+            query.double(), key_cache, value_cache, block_tables, torch.tensor([5]), BLOCK_SIZE, 1.0
+        )
