@@ -32,3 +32,14 @@ def available_cpu_memory() -> int:
 
 def num_cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def release_free_memory() -> None:
+    """Hand memory that was freed (e.g. float weights replaced by packed ones) back to the OS. glibc keeps
+    freed heap pages mapped otherwise, and they count in the process's RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -22,6 +22,7 @@ from corral.loader import load_checkpoint
 from corral.loader.default_model import default_model_path
 from corral.models.calibration import record_input_absmax
 from corral.models.registry import model_class
+from corral.platform import release_free_memory
 from corral.quantization.base import QuantMethod
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
@@ -133,6 +134,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
             model.smooth_(record_input_absmax(model, calibration_token_ids(tokenizer)))
         model.quantize_(quant_method)
         logger.info("weights quantized: %s", quant_method.name)
+    release_free_memory()
 
     scheduler_config = args.scheduler_config(model_config.max_position_embeddings)
     cache = args.cache_config()

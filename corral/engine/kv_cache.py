@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 
 import torch
 
@@ -43,10 +45,21 @@ def allocate_kv_caches(
 ) -> list[torch.Tensor]:
     """One ``[2, num_blocks * block_size, num_kv_heads, head_size]`` tensor per layer (K then V)."""
     shape = (2, num_blocks * block_size, model_config.num_key_value_heads, model_config.head_size)
-    caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_hidden_layers)]
+    if device.type == "cpu":
+        caches = [_lazily_zeroed(shape, dtype) for _ in range(model_config.num_hidden_layers)]
+    else:
+        caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(model_config.num_hidden_layers)]
     total = num_blocks * bytes_per_block(model_config, block_size, dtype)
     logger.info(
         "KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB)",
         num_blocks, block_size, num_blocks * block_size, total / 2**20,
     )
     return caches
+
+
+def _lazily_zeroed(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor on fresh anonymous memory: the OS commits a page only when a block is first written,
+    so the process's memory grows with the tokens actually cached, not with the pool's size."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffer = mmap.mmap(-1, nbytes)
+    return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).view(shape)
