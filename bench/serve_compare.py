@@ -13,39 +13,15 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 
-import httpx
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import Server, ServerSpec, corral_spec, llamacpp_spec  # noqa: E402
 
-from corral.bench.datasets import random_token_prompts
-from corral.bench.serve import run_benchmark
-from corral.loader.default_model import default_model_path
-from corral.text.tokenizer import Tokenizer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(cmd: list[str], port: int, health: str, timeout: float = 300) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {cmd}")
+from corral.bench.datasets import random_token_prompts  # noqa: E402
+from corral.bench.serve import run_benchmark  # noqa: E402
+from corral.loader.default_model import default_model_path  # noqa: E402
+from corral.text.tokenizer import Tokenizer  # noqa: E402
 
 
 def text_prompts(num: int, input_len: int, seed: int) -> list[str]:
@@ -54,21 +30,18 @@ def text_prompts(num: int, input_len: int, seed: int) -> list[str]:
     return [tokenizer.decode(ids) for ids in random_token_prompts(num, input_len, tokenizer.vocab_size, seed)]
 
 
-def measure(name: str, cmd: list[str], port: int, health: str, model: str, args) -> dict:
-    proc = start(cmd, port, health)
+def measure(spec: ServerSpec, args: argparse.Namespace) -> dict:
     results = {}
-    try:
-        base = f"http://127.0.0.1:{port}"
+    log = os.path.join(os.path.dirname(args.output_json) or ".", "logs", f"{spec.name}_serve_compare.log")
+    with Server(spec, log) as server:
         for concurrency in args.concurrency:
             prompts = text_prompts(max(args.num_prompts, concurrency), args.input_len, seed=concurrency)
-            report = asyncio.run(run_benchmark(base, model, prompts, args.output_len,
-                                               max_concurrency=concurrency, show_progress=False))
+            report = asyncio.run(run_benchmark(server.base_url, "m", prompts, args.output_len,
+                                               max_concurrency=concurrency, show_progress=False,
+                                               extra_body=spec.extra_body))
             results[concurrency] = report.to_dict()
-            print(f"{name} c={concurrency}: {report.output_throughput:.1f} tok/s, "
+            print(f"{spec.name} c={concurrency}: {report.output_throughput:.1f} tok/s, "
                   f"TTFT p50 {report.ttft.median_ms:.0f} ms, failed {report.num_failed}", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return results
 
 
@@ -82,16 +55,10 @@ def main() -> None:
     parser.add_argument("--output-json", default="bench/results/serve_compare.json")
     args = parser.parse_args()
     gguf = default_model_path()
-    threads = str(os.cpu_count() or 1)
-
-    port = free_port()
-    corral_cmd = [sys.executable, "-m", "corral.cli.main", "serve", "--port", str(port), "--served-model-name", "m",
-                  "--max-model-len", "1024", "--log-level", "warning"]
-    corral = measure("corral", corral_cmd, port, "/health", "m", args)
-    port = free_port()
-    llama_cmd = [args.llama_python, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
-                 "--n_threads", threads, "--n_ctx", "2048", "--model_alias", "m"]
-    llama = measure("llama.cpp", llama_cmd, port, "/v1/models", "m", args)
+    threads = os.cpu_count() or 1
+    corral = measure(corral_spec(threads, max_model_len=1024), args)
+    eos = Tokenizer.from_gguf(gguf).eos_token_ids
+    llama = measure(llamacpp_spec(args.llama_python, gguf, threads, eos), args)
 
     print(f"\n{'concurrency':>11} | {'system':>9} | {'TTFT p50':>9} | {'TTFT p99':>9} | {'TPOT p50':>9} | {'tok/s':>7}")
     for concurrency in args.concurrency:
