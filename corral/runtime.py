@@ -18,10 +18,9 @@ from corral.engine.model_runner import ModelRunner
 from corral.engine.scheduler import Scheduler
 from corral.errors import ConfigError, ModelLoadError
 from corral.layers.attention.torch_paged import TorchPagedAttention
-from corral.loader import load_checkpoint
+from corral.loader import open_checkpoint
 from corral.loader.default_model import default_model_path
-from corral.models.calibration import record_input_absmax
-from corral.models.registry import model_class
+from corral.models.loading import load_model
 from corral.platform import release_free_memory
 from corral.quantization.base import QuantMethod
 from corral.quantization.corpus import stdlib_docstrings
@@ -118,21 +117,18 @@ def load_tokenizer(model: str | None) -> Tokenizer:
 def build_engine(args: EngineArgs) -> LLMEngine:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model_config, weights = load_checkpoint(args.model, dtype)
+    model_config, weights = open_checkpoint(args.model, dtype)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
 
     quant_method = resolve_quantization(args.quantization, device, dtype)
-    model = model_class(model_config)(model_config).to(dtype)
-    model.load_weights(weights)
-    del weights
-    model.to(device).eval()
+    # Activation-quantizing methods first fold outlier channels into the weights (SmoothQuant), from
+    # statistics of a short calibration pass over built-in text, run layer by layer as the model loads.
+    calibration_ids = (
+        calibration_token_ids(tokenizer) if quant_method is not None and quant_method.quantizes_activations else None
+    )
+    model = load_model(model_config, weights, dtype, device, quant_method, calibration_ids)
+    del weights  # closes the checkpoint's file mappings
     if quant_method is not None:
-        # Outlier channels of the activations are folded into the weights first (SmoothQuant), from
-        # statistics of one short calibration pass over built-in text.
-        if quant_method.quantizes_activations:
-            model.untie_lm_head_()
-            model.smooth_(record_input_absmax(model, calibration_token_ids(tokenizer)))
-        model.quantize_(quant_method)
         logger.info("weights quantized: %s", quant_method.name)
     release_free_memory()
 

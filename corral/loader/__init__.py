@@ -11,17 +11,22 @@ import torch
 
 from corral.errors import ModelLoadError
 from corral.loader.default_model import default_model_path
-from corral.loader.gguf import load_gguf, read_gguf_config
+from corral.loader.gguf import load_gguf, open_gguf, read_gguf_config
 from corral.loader.gguf_file import GGUFFile, read_gguf_file
-from corral.loader.safetensors import load_hf_dir, save_hf_dir
+from corral.loader.lazy import LazyWeights
+from corral.loader.safetensors import load_hf_dir, open_hf_dir, save_hf_dir
 from corral.models.spec import ModelConfig
 
 __all__ = [
     "GGUFFile",
+    "LazyWeights",
     "default_model_path",
     "load_checkpoint",
     "load_gguf",
     "load_hf_dir",
+    "open_checkpoint",
+    "open_gguf",
+    "open_hf_dir",
     "read_gguf_config",
     "read_gguf_file",
     "save_hf_dir",
@@ -32,13 +37,21 @@ def load_checkpoint(
     path: str | os.PathLike[str] | None, dtype: torch.dtype = torch.float32
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Load the model at ``path``: None -> the default model, a ``.gguf`` file, or an HF directory."""
+    config, weights = open_checkpoint(path, dtype)
+    return config, weights.materialize()
+
+
+def open_checkpoint(
+    path: str | os.PathLike[str] | None, dtype: torch.dtype = torch.float32
+) -> tuple[ModelConfig, LazyWeights]:
+    """Like ``load_checkpoint``, but each weight is read and converted when it is accessed."""
     if path is None:
-        return load_gguf(default_model_path(), dtype)
+        return open_gguf(default_model_path(), dtype)
     path = os.fspath(path)
     if os.path.isfile(path) and path.lower().endswith(".gguf"):
-        return load_gguf(path, dtype)
+        return open_gguf(path, dtype)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-        return load_hf_dir(path, dtype)
+        return open_hf_dir(path, dtype)
     if not os.path.exists(path):
         raise ModelLoadError(f"model path does not exist: {path}")
     raise ModelLoadError(f"not a model: {path} (expected a .gguf file or a directory with config.json)")

@@ -26,7 +26,8 @@ from gguf.quants import dequantize
 
 from corral.errors import ModelLoadError, UnsupportedModelError
 from corral.loader.gguf_file import GGUFFile, GGUFTensor, read_gguf_file
-from corral.loader.names import check_state_dict
+from corral.loader.lazy import LazyWeights
+from corral.loader.names import check_shapes
 from corral.models.spec import ModelConfig, RopeScaling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -127,24 +128,35 @@ def load_gguf(
     path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a llama/qwen2 GGUF file: its config and dequantized weights under HF names, cast to ``dtype``."""
+    config, weights = open_gguf(path, dtype)
+    return config, weights.materialize()
+
+
+def open_gguf(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, LazyWeights]:
+    """Like ``load_gguf``, but each weight is dequantized when it is read from the returned mapping."""
     path = os.fspath(path)
     reader = read_gguf_file(path)
     config = read_gguf_config(reader)
     try:
-        named = [(hf_weight_name(t.name), t) for t in reader.tensors.values() if t.name != ROPE_FREQS]
+        named = {hf_weight_name(t.name): t for t in reader.tensors.values() if t.name != ROPE_FREQS}
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{e}: {path}") from None
-    for _, tensor in named:
+    for tensor in named.values():
         if tensor.qtype not in DEQUANTIZABLE_TYPES:
             raise UnsupportedModelError(
                 f"tensor {tensor.name!r} has type {tensor.qtype.name}, which corral cannot dequantize "
                 f"(supported: {', '.join(sorted(t.name for t in DEQUANTIZABLE_TYPES))}): {path}"
             )
+    shapes = {name: tensor.shape for name, tensor in named.items()}
+    check_shapes(config, shapes, path)
 
     # one tensor at a time: threads measured slower (gguf's kernels hold the GIL between numpy calls)
-    state_dict = {name: _to_torch(name, tensor, config, dtype) for name, tensor in named}
-    check_state_dict(config, state_dict, path)
-    return config, state_dict
+    def read(name: str) -> torch.Tensor:
+        weight = _to_torch(name, named[name], config, dtype)
+        reader.evict(named[name])
+        return weight
+
+    return config, LazyWeights(shapes, read)
 
 
 def llama3_rope_factors(scaling: RopeScaling, rope_theta: float, head_size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ class GGUFTensor:
     qtype: GGMLQuantizationType
     shape: tuple[int, ...]  # torch order, e.g. [out_features, in_features] (GGUF stores it reversed)
     data: np.ndarray
+    offset: int  # of ``data`` in the file
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,17 @@ class GGUFFile:
     version: int
     metadata: dict[str, Any]
     tensors: dict[str, GGUFTensor]
+    mapping: mmap.mmap = field(repr=False)
 
     @property
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", ""))
+
+    def evict(self, tensor: GGUFTensor) -> None:
+        """Drop ``tensor``'s file pages from this process's resident memory once it has been converted (the
+        page cache keeps them; a later read faults them back in). Loading then never holds the whole file."""
+        start = tensor.offset - tensor.offset % mmap.PAGESIZE
+        self.mapping.madvise(mmap.MADV_DONTNEED, start, tensor.offset + tensor.data.nbytes - start)
 
 
 def read_gguf_file(path: str | os.PathLike[str]) -> GGUFFile:
@@ -74,7 +82,7 @@ def _parse(path: str, buf: mmap.mmap) -> GGUFFile:
     tensors = {}
     for name, dims, type_id, offset in infos:
         tensors[name] = _map_tensor(path, buf, name, dims, type_id, data_start + offset)
-    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors)
+    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors, mapping=buf)
 
 
 def _map_tensor(
@@ -100,4 +108,6 @@ def _map_tensor(
             f"file has {len(buf)}"
         )
     raw = np.frombuffer(buf, dtype=np.uint8, count=num_bytes, offset=start)
-    return GGUFTensor(name=name, qtype=qtype, shape=shape, data=raw.reshape(*shape[:-1], bytes_per_row))
+    return GGUFTensor(
+        name=name, qtype=qtype, shape=shape, data=raw.reshape(*shape[:-1], bytes_per_row), offset=start
+    )

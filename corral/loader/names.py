@@ -45,18 +45,21 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def check_state_dict(config: ModelConfig, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise unless ``state_dict`` holds exactly the weights of ``config`` with the right shapes."""
-    shapes = expected_shapes(config)
-    unexpected = sorted(set(state_dict) - set(shapes))
+    check_shapes(config, {name: tuple(tensor.shape) for name, tensor in state_dict.items()}, source)
+
+
+def check_shapes(config: ModelConfig, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Raise unless ``shapes`` (name -> shape, read from a header) are exactly the weights of ``config``."""
+    expected = expected_shapes(config)
+    unexpected = sorted(set(shapes) - set(expected))
     if unexpected:
         raise UnsupportedModelError(f"{source}: unexpected weights {_head(unexpected)}")
-    missing = sorted(set(shapes) - set(state_dict))
+    missing = sorted(set(expected) - set(shapes))
     if missing:
         raise ModelLoadError(f"{source}: missing weights {_head(missing)}")
-    for name, shape in shapes.items():
-        if tuple(state_dict[name].shape) != shape:
-            raise ModelLoadError(
-                f"{source}: weight {name} has shape {tuple(state_dict[name].shape)}, config implies {shape}"
-            )
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ModelLoadError(f"{source}: weight {name} has shape {tuple(shapes[name])}, config implies {shape}")
 
 
 def _head(names: list[str], limit: int = 5) -> str:

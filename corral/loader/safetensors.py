@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from corral.errors import ModelLoadError, UnsupportedModelError
-from corral.loader.names import check_state_dict
+from corral.loader.lazy import LazyWeights
+from corral.loader.names import check_shapes, check_state_dict
 from corral.models.spec import ModelConfig, RopeScaling
 
 _ARCHITECTURE_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -73,6 +74,12 @@ def load_hf_dir(
     path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Load an HF llama/qwen2 checkpoint directory (config.json + safetensors shards), cast to ``dtype``."""
+    config, weights = open_hf_dir(path, dtype)
+    return config, weights.materialize()
+
+
+def open_hf_dir(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, LazyWeights]:
+    """Like ``load_hf_dir``, but each tensor is read from its shard when it is read from the returned mapping."""
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
@@ -89,20 +96,28 @@ def load_hf_dir(
     shards = sorted(glob.glob(os.path.join(glob.escape(path), "*.safetensors")))
     if not shards:
         raise ModelLoadError(f"no *.safetensors files in {path} (other weight formats are not supported)")
-    state_dict: dict[str, torch.Tensor] = {}
+    handles = {}  # name -> the open shard holding it (each maps its file; nothing is read yet)
+    shapes: dict[str, tuple[int, ...]] = {}
     for shard in shards:
         try:
-            tensors = load_file(shard)
+            handle = safe_open(shard, framework="pt")
+            names = list(handle.keys())
         except (OSError, SafetensorError) as e:
             raise ModelLoadError(f"cannot read {shard}: {e}") from e
-        for name, tensor in tensors.items():
+        for name in names:
             if name.endswith(_IGNORED_SUFFIXES):
                 continue
             if name == "lm_head.weight" and config.tie_word_embeddings:
                 continue  # some tied checkpoints also store the (identical) head
-            state_dict[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    check_state_dict(config, state_dict, path)
-    return config, state_dict
+            handles[name] = handle
+            shapes[name] = tuple(handle.get_slice(name).get_shape())
+    check_shapes(config, shapes, path)
+
+    def read(name: str) -> torch.Tensor:
+        tensor = handles[name].get_tensor(name)
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    return config, LazyWeights(shapes, read)
 
 
 def save_hf_dir(

@@ -6,7 +6,7 @@ Module names mirror the HF checkpoint, except that q/k/v and gate/up are fused i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -86,7 +86,10 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # No random init: every weight is overwritten by the checkpoint, and init would touch all the memory.
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
+        )
         self.rotary = RotaryEmbedding(
             config.head_size, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
@@ -137,54 +140,91 @@ class LlamaForCausalLM(nn.Module):
         """Fold SmoothQuant scales into each linear layer and its producer; the float model's output is
         unchanged up to rounding. ``input_absmax`` comes from ``record_input_absmax``."""
         self.untie_lm_head_()
+        for index in range(len(self.model.layers)):
+            self.smooth_layer_(index, input_absmax, alpha)
+        self.smooth_lm_head_(input_absmax["lm_head"], alpha)
 
-        def scales_for(name: str, layer: Linear) -> torch.Tensor:
-            return smoothing_scales(input_absmax[name], layer.weight, alpha)
+    @torch.no_grad()
+    def smooth_layer_(self, index: int, input_absmax: Mapping[str, torch.Tensor], alpha: float = 0.5) -> None:
+        """``smooth_`` for decoder layer ``index`` alone (``input_absmax`` keyed by full module names)."""
+        prefix = f"model.layers.{index}."
+        layer = self.model.layers[index]
+        attn, mlp = layer.self_attn, layer.mlp
 
-        for i, layer in enumerate(self.model.layers):
-            prefix = f"model.layers.{i}."
-            attn, mlp = layer.self_attn, layer.mlp
-            scales = scales_for(prefix + "self_attn.qkv_proj", attn.qkv_proj)
-            layer.input_layernorm.weight.div_(scales)
-            attn.qkv_proj.weight.mul_(scales)
+        def scales_for(name: str, linear: Linear) -> torch.Tensor:
+            return smoothing_scales(input_absmax[prefix + name], linear.weight, alpha)
 
-            scales = scales_for(prefix + "mlp.gate_up_proj", mlp.gate_up_proj)
-            layer.post_attention_layernorm.weight.div_(scales)
-            mlp.gate_up_proj.weight.mul_(scales)
+        scales = scales_for("self_attn.qkv_proj", attn.qkv_proj)
+        layer.input_layernorm.weight.div_(scales)
+        attn.qkv_proj.weight.mul_(scales)
 
-            # o_proj's input channel (head h, dim d) is a mix of V rows of KV head h // group: the query
-            # heads sharing a KV head must share a scale, which is then folded into that V row.
-            group = attn.num_heads // attn.num_kv_heads
-            scales = scales_for(prefix + "self_attn.o_proj", attn.o_proj)
-            scales = scales.view(attn.num_kv_heads, group, attn.head_size).amax(dim=1)
-            v_rows = slice(attn.q_size + attn.kv_size, None)
-            attn.qkv_proj.weight[v_rows].div_(scales.reshape(-1, 1))
-            if attn.qkv_proj.bias is not None:
-                attn.qkv_proj.bias[v_rows].div_(scales.reshape(-1))
-            attn.o_proj.weight.mul_(scales[:, None, :].expand(-1, group, -1).reshape(-1))
+        scales = scales_for("mlp.gate_up_proj", mlp.gate_up_proj)
+        layer.post_attention_layernorm.weight.div_(scales)
+        mlp.gate_up_proj.weight.mul_(scales)
 
-            # down_proj's input is silu(gate) * up: scaling up's rows scales it exactly.
-            scales = scales_for(prefix + "mlp.down_proj", mlp.down_proj)
-            mlp.gate_up_proj.weight[mlp.down_proj.in_features :].div_(scales[:, None])
-            mlp.down_proj.weight.mul_(scales)
+        # o_proj's input channel (head h, dim d) is a mix of V rows of KV head h // group: the query
+        # heads sharing a KV head must share a scale, which is then folded into that V row.
+        group = attn.num_heads // attn.num_kv_heads
+        scales = scales_for("self_attn.o_proj", attn.o_proj)
+        scales = scales.view(attn.num_kv_heads, group, attn.head_size).amax(dim=1)
+        v_rows = slice(attn.q_size + attn.kv_size, None)
+        attn.qkv_proj.weight[v_rows].div_(scales.reshape(-1, 1))
+        if attn.qkv_proj.bias is not None:
+            attn.qkv_proj.bias[v_rows].div_(scales.reshape(-1))
+        attn.o_proj.weight.mul_(scales[:, None, :].expand(-1, group, -1).reshape(-1))
 
-        scales = scales_for("lm_head", self.lm_head)
+        # down_proj's input is silu(gate) * up: scaling up's rows scales it exactly.
+        scales = scales_for("mlp.down_proj", mlp.down_proj)
+        mlp.gate_up_proj.weight[mlp.down_proj.in_features :].div_(scales[:, None])
+        mlp.down_proj.weight.mul_(scales)
+
+    @torch.no_grad()
+    def smooth_lm_head_(self, input_absmax: torch.Tensor, alpha: float = 0.5) -> None:
+        """``smooth_`` for the LM head, whose producer is the final norm (the head must be untied)."""
+        scales = smoothing_scales(input_absmax, self.lm_head.weight, alpha)
         self.model.norm.weight.div_(scales)
         self.lm_head.weight.mul_(scales)
 
     def quantize_(self, method: QuantMethod) -> None:
         """Pack every linear layer, the LM head included (a tied head gets its own packed copy)."""
         self.untie_lm_head_()
-        for module in self.modules():
+        for index in range(len(self.model.layers)):
+            self.quantize_layer_(index, method)
+        self.lm_head.quantize_(method)
+
+    def quantize_layer_(self, index: int, method: QuantMethod) -> None:
+        for module in self.model.layers[index].modules():
             if isinstance(module, Linear):
                 module.quantize_(method)
 
-    @torch.no_grad()
     def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Copy HF-named weights in, fusing q/k/v and gate/up. Every parameter must be covered."""
-        params = dict(self.named_parameters())
+        self.check_layer_names(weights)
+        self.load_global_weights(weights)
+        for index in range(len(self.model.layers)):
+            self.load_layer_weights(index, weights)
+
+    def check_layer_names(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Raise if ``weights`` names a decoder layer this model does not have (reads no tensor)."""
+        num_layers = len(self.model.layers)
+        stray = sorted(n for n in weights if n.startswith("model.layers.") and _layer_index(n) >= num_layers)
+        if stray:
+            raise ModelLoadError(f"checkpoint has an unexpected tensor {stray[0]!r}")
+
+    def load_global_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """The embedding, final norm and LM head: everything outside the decoder layers."""
+        self._load_part(weights, lambda name: not name.startswith("model.layers."))
+
+    def load_layer_weights(self, index: int, weights: Mapping[str, torch.Tensor]) -> None:
+        """Decoder layer ``index`` alone; of a lazy mapping, only its tensors are read."""
+        prefix = f"model.layers.{index}."
+        self._load_part(weights, lambda name: name.startswith(prefix))
+
+    @torch.no_grad()
+    def _load_part(self, weights: Mapping[str, torch.Tensor], belongs: Callable[[str], bool]) -> None:
+        params = {name: p for name, p in self.named_parameters() if belongs(name)}
+        fused = _fuse_hf_weights({name: weights[name] for name in weights if belongs(name)}, self.config)
         loaded: set[str] = set()
-        fused = _fuse_hf_weights(weights, self.config)
         for name, tensor in fused.items():
             if name not in params:
                 if name == "lm_head.weight" and self.lm_head is None:
@@ -199,6 +239,12 @@ class LlamaForCausalLM(nn.Module):
         missing = sorted(set(params) - loaded)
         if missing:
             raise ModelLoadError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
+
+
+def _layer_index(name: str) -> int:
+    """``i`` of ``model.layers.{i}.*``; a malformed index counts as out of range."""
+    part = name.split(".")[2] if name.count(".") >= 2 else ""
+    return int(part) if part.isdigit() else 1 << 62
 
 
 def _fuse_hf_weights(weights: Mapping[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

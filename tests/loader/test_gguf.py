@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as QType
 
 from corral.errors import ModelLoadError, UnsupportedModelError
 from corral.loader import gguf_writer
-from corral.loader.gguf import load_gguf, read_gguf_config
+from corral.loader.gguf import load_gguf, open_gguf, read_gguf_config
 from corral.loader.gguf_file import read_gguf_file
 from corral.loader.gguf_writer import write_gguf_tensors, write_tiny_gguf
 from corral.loader.names import expected_shapes
@@ -231,3 +231,19 @@ def test_linear_rope_scaling_is_refused(tmp_path, tiny_config, random_weights):
     )
     with pytest.raises(UnsupportedModelError, match="linear"):
         load_gguf(str(path))
+
+
+def test_open_gguf_reads_each_tensor_on_access_and_again_after_eviction(tmp_path, tiny_config, random_weights):
+    config = tiny_config("llama")
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, config, random_weights(config), QType.Q8_0)
+    _, eager = load_gguf(str(path))
+
+    _, lazy = open_gguf(str(path))
+    assert set(lazy) == set(eager) and lazy.shapes == {n: tuple(t.shape) for n, t in eager.items()}
+    name = "model.layers.1.mlp.down_proj.weight"
+    first = lazy[name]  # its file pages are dropped from memory after the read ...
+    assert torch.equal(first, eager[name])
+    assert torch.equal(lazy[name], first)  # ... and fault back in on the next
+    with pytest.raises(KeyError):
+        lazy["model.layers.2.mlp.down_proj.weight"]
