@@ -41,7 +41,8 @@ def main() -> None:
     result = run_job(job, generate)
     result.update(system="corral", version=getattr(corral, "__version__", "?"), load_s=load_s,
                   threads=torch.get_num_threads(), batching="continuous",
-                  options={k: str(v) for k, v in options.items()}, torch=torch.__version__)
+                  options={k: str(v) for k, v in options.items()}, torch=torch.__version__,
+                  kv_waste=llm.engine.core.kv_manager.occupancy.waste)
     emit(result)
 
 

@@ -133,12 +133,16 @@ def serve_one(spec: ServerSpec, prompts: list[str], args: argparse.Namespace, ex
             warmup = [f"Warm-up {i}. Say something about the sea." for i in range(2)]
             asyncio.run(run_benchmark(server.base_url, "m", warmup, 16, max_concurrency=2, show_progress=False,
                                       extra_body=spec.extra_body))
+            slots_before = server.kv_slot_steps()
             report: BenchmarkReport = asyncio.run(run_benchmark(
                 server.base_url, "m", prompts, args.max_tokens, max_concurrency=args.serve_concurrency,
                 show_progress=False, extra_body=spec.extra_body, timeout_s=args.timeout))
+            slots_after = server.kv_slot_steps()
             result = report.to_dict()
             result.update(startup_s=server.startup_s, peak_rss_mib=server.peak_rss_mib(),
                           prompt_tokens_seen=seen, concurrency=args.serve_concurrency)
+            if slots_before and slots_after and slots_after[0] > slots_before[0]:
+                result["kv_waste"] = (slots_after[1] - slots_before[1]) / (slots_after[0] - slots_before[0])
     except RuntimeError as exc:
         print(f"[serve] {spec.name}: FAILED: {exc}", flush=True)
         return None
@@ -205,6 +209,9 @@ def offline_rows(offline: dict[str, dict | None], num_prompts: int) -> list[Row]
         Row(f"TTFT offline, {short_len}-token prompt (ms)", False, single("short", "ttft_s", 1000.0)),
         Row(f"TTFT offline, {long_len}-token prompt (ms)", False, single("long", "ttft_s", 1000.0)),
         Row("offline peak RSS (MiB)", False, rss, "process tree, VmHWM"),
+        Row("offline KV waste (% of allocated slots empty)", False,
+            {s: 100 * res["kv_waste"] if res and "kv_waste" in res else None for s, res in offline.items()},
+            "corral only: over the whole job"),
     ]
 
 
@@ -218,6 +225,8 @@ def serve_rows(serve: dict[str, dict | None], startups: list[float], concurrency
         Row(f"server, {concurrency} streams, TTFT p50 (ms)", False, pick(lambda r: r["ttft"]["median_ms"])),
         Row(f"server, {concurrency} streams, TPOT p50 (ms)", False, pick(lambda r: r["tpot"]["median_ms"])),
         Row("server peak RSS (MiB)", False, pick(lambda r: r["peak_rss_mib"]), "process tree, VmHWM"),
+        Row("server KV waste (% of allocated slots empty)", False,
+            pick(lambda r: 100 * r["kv_waste"] if "kv_waste" in r else None), "corral only: /metrics over the run"),
         Row("server start-up until healthy (s)", False,
             {**pick(lambda r: r["startup_s"]), CORRAL: median(startups) if startups else None},
             f"corral: median of {len(startups)}"),
@@ -269,6 +278,9 @@ def headline(rows_by_label: dict[str, Row], concurrency: int) -> list[str]:
         ("serve peak RSS corral/llama-cpp-python (lower is better)", get("server peak RSS"), LLAMA),
     ]
     out = [f"- {label}: {ratio(row, peer) if row else '-'}" for label, row, peer in items]
+    for prefix in ("server KV waste", "offline KV waste"):
+        waste = get(prefix)
+        out.append(f"- corral {prefix.split()[0]} KV waste: {fmt(waste.values.get(CORRAL)) if waste else '-'}% (target < 4%)")
     startup = get("server start-up")
     out.append(f"- corral serve start-up: {fmt(startup.values.get(CORRAL)) if startup else '-'} s")
     return out

@@ -126,6 +126,21 @@ class Server:
         except (httpx.HTTPError, KeyError, TypeError, ValueError):
             return None
 
+    def kv_slot_steps(self) -> tuple[float, float] | None:
+        """corral's (allocated, empty) KV slot-step counters from /metrics; None for other servers."""
+        try:
+            text = httpx.get(self.base_url + "/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return None
+        values = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("corral:kv_cache_allocated_slot_steps_total", "corral:kv_cache_empty_slot_steps_total"):
+                values[name] = float(value)
+        if len(values) != 2:
+            return None
+        return values["corral:kv_cache_allocated_slot_steps_total"], values["corral:kv_cache_empty_slot_steps_total"]
+
     def peak_rss_mib(self) -> float:
         return tree_peak_rss_mib(self.proc.pid)
 

@@ -27,6 +27,19 @@ class PrefixCacheStats:
     hits: int = 0
 
 
+@dataclass
+class SlotOccupancy:
+    """KV slots in blocks held by live requests, summed over engine steps, and how many held no token
+    (the tail of each request's last block). ``waste`` is the run's time-weighted fraction of empty slots."""
+
+    allocated_slot_steps: int = 0
+    empty_slot_steps: int = 0
+
+    @property
+    def waste(self) -> float:
+        return self.empty_slot_steps / self.allocated_slot_steps if self.allocated_slot_steps else 0.0
+
+
 class BlockPool:
     """Reference counts, the free queue (LRU order) and the hash -> block map."""
 
@@ -90,6 +103,7 @@ class KVCacheManager:
         self._block_hashes: dict[str, list[int]] = {}
         self._num_registered: dict[str, int] = {}
         self.stats = PrefixCacheStats()
+        self.occupancy = SlotOccupancy()
 
     @property
     def num_blocks(self) -> int:
@@ -147,6 +161,19 @@ class KVCacheManager:
     def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
         self.stats.queries += num_query_tokens
         self.stats.hits += num_hit_tokens
+
+    def record_occupancy(self, live_requests: Sequence[Request]) -> None:
+        """Add this step's allocated and empty slots to ``occupancy``; call once per step, after the
+        requests' computed-token counts are updated. Shared prefix blocks are full, so counting them
+        once per owner leaves the empty count exact."""
+        num_allocated = (self.num_blocks - self.num_free_blocks) * self.block_size
+        num_empty = sum(
+            len(self.block_tables[r.request_id]) * self.block_size - r.num_computed_tokens
+            for r in live_requests
+            if r.request_id in self.block_tables
+        )
+        self.occupancy.allocated_slot_steps += num_allocated
+        self.occupancy.empty_slot_steps += num_empty
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first, so a sequence's last blocks are evicted first."""

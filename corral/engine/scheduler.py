@@ -126,6 +126,7 @@ class Scheduler:
                     num_cached_tokens=request.num_cached_tokens,
                 )
             )
+        self.kv_manager.record_occupancy(self.running)
         return outputs
 
     def _scheduled(self, request: Request, num_computed: int, num_new: int) -> ScheduledRequest:

@@ -41,12 +41,19 @@ class EngineMetrics:
                                       registry=r)
         self.prefix_hits = Counter("corral:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
                                    registry=r)
+        self.kv_allocated_slots = Counter(
+            "corral:kv_cache_allocated_slot_steps", "KV slots held by live requests, summed over steps.", registry=r
+        )
+        self.kv_empty_slots = Counter(
+            "corral:kv_cache_empty_slot_steps",
+            "Of those, slots holding no token (waste = empty / allocated over an interval).", registry=r,
+        )
         self.prompt_tokens = Counter("corral:prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("corral:generation_tokens", "Tokens generated.", registry=r)
         self.preemptions = Counter("corral:num_preemptions", "Preemptions.", registry=r)
         self.success = Counter("corral:request_success", "Finished requests.", ["finished_reason"], registry=r)
         self._timings: dict[str, _Timing] = {}
-        self._seen = {"queries": 0, "hits": 0, "preemptions": 0}
+        self._seen = {"queries": 0, "hits": 0, "preemptions": 0, "allocated": 0, "empty": 0}
 
     def on_add(self, request_id: str) -> None:
         self._timings[request_id] = _Timing(time.monotonic())
@@ -88,6 +95,8 @@ class EngineMetrics:
             ("queries", self.prefix_queries, kv.stats.queries),
             ("hits", self.prefix_hits, kv.stats.hits),
             ("preemptions", self.preemptions, scheduler.num_preemptions),
+            ("allocated", self.kv_allocated_slots, kv.occupancy.allocated_slot_steps),
+            ("empty", self.kv_empty_slots, kv.occupancy.empty_slot_steps),
         ):
             counter.inc(value - self._seen[key])
             self._seen[key] = value

@@ -129,3 +129,18 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
 TestBlockManagerMachine = BlockManagerMachine.TestCase
 TestBlockManagerMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_occupancy_counts_empty_tail_slots_once_with_shared_prefix_blocks():
+    manager = KVCacheManager(num_blocks=16, block_size=4)
+    first = make_request("a", list(range(10)))  # blocks [0-3] [4-7] [8, 9, _, _]
+    assert admit(manager, first)
+    second = make_request("b", list(range(8)) + [50, 51, 52])  # shares two full blocks, then [50, 51, 52, _]
+    assert admit(manager, second)
+    manager.record_occupancy([first, second])
+    # 4 blocks held (16 slots), 13 distinct tokens in them
+    assert (manager.occupancy.allocated_slot_steps, manager.occupancy.empty_slot_steps) == (16, 3)
+    manager.free(first)
+    manager.record_occupancy([second])
+    assert (manager.occupancy.allocated_slot_steps, manager.occupancy.empty_slot_steps) == (28, 4)
+    assert manager.occupancy.waste == 4 / 28

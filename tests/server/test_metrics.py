@@ -12,6 +12,7 @@ EXPECTED = [
     "corral:time_to_first_token_seconds", "corral:inter_token_latency_seconds",
     "corral:e2e_request_latency_seconds", "corral:num_requests_running", "corral:num_requests_waiting",
     "corral:kv_cache_usage_perc", "corral:prefix_cache_queries", "corral:prefix_cache_hits",
+    "corral:kv_cache_allocated_slot_steps", "corral:kv_cache_empty_slot_steps",
     "corral:prompt_tokens", "corral:generation_tokens", "corral:num_preemptions", "corral:request_success",
 ]
 
@@ -55,3 +56,6 @@ def test_metrics_names_parse_and_counters_move(server):
     assert delta("corral:prefix_cache_hits_total") >= 48  # the second prompt reuses the first's full blocks
     assert delta("corral:prefix_cache_queries_total") == num_prompt
     assert after["corral:num_requests_running"] == 0 and after["corral:kv_cache_usage_perc"] == 0
+    # Blocks of 16 slots: each request's last block is partly empty while it runs.
+    allocated, empty = delta("corral:kv_cache_allocated_slot_steps_total"), delta("corral:kv_cache_empty_slot_steps_total")
+    assert allocated > 0 and 0 < empty < 16 * 10
