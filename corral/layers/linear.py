@@ -33,8 +33,9 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
     @torch.no_grad()
-    def quantize_(self, method: QuantMethod) -> None:
-        self.packed = method.quantize(self.weight, self.bias)
+    def quantize_(self, method: QuantMethod, input_scales: torch.Tensor | None = None) -> None:
+        """Pack ``weight`` (times ``input_scales`` per input channel, if given) and drop the float one."""
+        self.packed = method.quantize(self.weight, self.bias, input_scales)
         self.weight = None
         self.bias = None
 

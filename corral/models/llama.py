@@ -15,6 +15,7 @@ from corral.errors import ModelLoadError
 from corral.layers.activation import silu_and_mul
 from corral.layers.attention.backend import AttentionBackend
 from corral.layers.attention.metadata import AttentionMetadata
+from corral.layers.embedding import Embedding
 from corral.layers.linear import Linear
 from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
@@ -86,10 +87,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        # No random init: every weight is overwritten by the checkpoint, and init would touch all the memory.
-        self.embed_tokens = nn.Embedding(
-            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
-        )
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(
             config.head_size, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
@@ -185,12 +183,30 @@ class LlamaForCausalLM(nn.Module):
         self.model.norm.weight.div_(scales)
         self.lm_head.weight.mul_(scales)
 
+    @torch.no_grad()
+    def quantize_lm_head_(
+        self, method: QuantMethod, input_absmax: torch.Tensor | None = None, alpha: float = 0.5
+    ) -> None:
+        """Pack the LM head, smoothed first if ``input_absmax`` is given. A tied head is packed straight
+        from the embedding's weight: it gets its own packed copy, never a float one."""
+        head = self.lm_head
+        if head is None:
+            head = Linear.from_weight(self.model.embed_tokens.weight.detach())  # shares the storage
+        scales = None
+        if input_absmax is not None:
+            scales = smoothing_scales(input_absmax, head.weight, alpha)
+            self.model.norm.weight.div_(scales)
+        head.quantize_(method, input_scales=scales)
+        self.lm_head = head
+
     def quantize_(self, method: QuantMethod) -> None:
-        """Pack every linear layer, the LM head included (a tied head gets its own packed copy)."""
+        """Pack every linear layer, the LM head included (a tied head gets its own packed copy), and the
+        embedding if the method packs tables."""
         self.untie_lm_head_()
         for index in range(len(self.model.layers)):
             self.quantize_layer_(index, method)
         self.lm_head.quantize_(method)
+        self.model.embed_tokens.quantize_(method)
 
     def quantize_layer_(self, index: int, method: QuantMethod) -> None:
         for module in self.model.layers[index].modules():

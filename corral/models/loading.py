@@ -39,8 +39,6 @@ def load_model(
     calibrate = quant_method is not None and quant_method.quantizes_activations
     if calibrate and not calibration_ids:
         raise QuantizationError(f"quantization {quant_method.name} needs calibration token ids")
-    if quant_method is not None:
-        model.untie_lm_head_()
     sequence = DenseSequence(model, calibration_ids) if calibrate else None
     hidden = sequence.embed() if calibrate else None
 
@@ -55,11 +53,10 @@ def load_model(
             model.quantize_layer_(index, quant_method)
             release_free_memory()  # the layer's float weights, before the next one is read
 
-    if calibrate:
-        head_input = model.model.norm(hidden)
-        model.smooth_lm_head_(head_input.abs().amax(dim=0).float())
     if quant_method is not None:
-        model.lm_head.quantize_(quant_method)
+        head_absmax = model.model.norm(hidden).abs().amax(dim=0).float() if calibrate else None
+        model.quantize_lm_head_(quant_method, head_absmax)  # reads the embedding: pack that afterwards
+        model.model.embed_tokens.quantize_(quant_method)
         release_free_memory()
     return model.to(device)
 

@@ -26,10 +26,27 @@ class QuantizedLinear(Protocol):
         ...
 
 
+class QuantizedTable(Protocol):
+    """A packed lookup table (the token embedding)."""
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, width]
+        ...
+
+    def nbytes(self) -> int:
+        ...
+
+
 class QuantMethod(Protocol):
     name: str
     quantizes_activations: bool  # True: smooth activation outliers into the weights first
 
-    def quantize(self, weight: torch.Tensor, bias: torch.Tensor | None) -> QuantizedLinear:
-        """Pack ``weight`` ``[out_features, in_features]``; raises QuantizationError if it cannot."""
+    def quantize(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, input_scales: torch.Tensor | None = None
+    ) -> QuantizedLinear:
+        """Pack ``weight`` ``[out_features, in_features]``, times ``input_scales`` per input channel if given
+        (SmoothQuant's folding, without a float copy of the product); QuantizationError if it cannot."""
+        ...
+
+    def quantize_table(self, table: torch.Tensor) -> QuantizedTable | None:
+        """Pack an embedding table ``[num_rows, width]``, or None to keep it in float."""
         ...

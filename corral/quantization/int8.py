@@ -25,6 +25,8 @@ def fbgemm_available() -> bool:
 
 # torch.compile cannot trace fbgemm's packed weight (a TorchScript object), so compiled graphs reach it
 # through an opaque custom op that takes the layer's integer handle instead.
+_ROWS_PER_BLOCK = 4096
+
 _LAYERS: weakref.WeakValueDictionary[int, Int8DynamicLinear] = weakref.WeakValueDictionary()
 _NEXT_HANDLE = itertools.count()
 
@@ -43,15 +45,30 @@ def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
 class Int8DynamicLinear:
     """One packed linear weight; see the module docstring for how activations are quantized."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        reduce_range: bool,
+        input_scales: torch.Tensor | None = None,
+    ):
         self.out_features, self.in_features = weight.shape
-        weight = weight.detach().float()
-        # Symmetric per-channel: the largest |w| of each output row maps to 127.
-        scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-30).double()
+        qweight = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
+        scales = torch.empty(self.out_features, dtype=torch.float64)
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; fbgemm still needs one
-            qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+        # Row block by row block, so packing a large weight (or ``weight * input_scales``) never holds a
+        # float copy of it. Symmetric per-channel: the largest |w| of each output row maps to 127.
+        for start in range(0, self.out_features, _ROWS_PER_BLOCK):
+            rows = weight[start : start + _ROWS_PER_BLOCK].detach().float()
+            if input_scales is not None:
+                rows = rows * input_scales
+            row_scales = (rows.abs().amax(dim=1) / 127).clamp_min(1e-30).double()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; fbgemm still needs them
+                block = torch.quantize_per_channel(rows, row_scales, zero_points[: len(rows)], 0, torch.qint8)
+            qweight[start : start + len(rows)] = block.int_repr()
+            scales[start : start + len(rows)] = row_scales
+        qweight = torch._make_per_channel_quantized_tensor(qweight, scales, zero_points, 0)
         self._packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if bias is None else bias.detach().float().clone()
         # Without VNNI, fbgemm's u8 x s8 pairs sum in int16 and can saturate; 7-bit activations cannot.
@@ -82,6 +99,27 @@ class Int8DynamicLinear:
         return self.out_features * self.in_features + 8 * self.out_features + bias_bytes
 
 
+class Int8Rows:
+    """A lookup table (the token embedding) as int8 rows with one float scale each, symmetric: a quarter of
+    the float table's memory, and a lookup error of at most half a step (max |row| / 254) per element."""
+
+    def __init__(self, table: torch.Tensor):
+        num_rows, width = table.shape
+        self.values = torch.empty(num_rows, width, dtype=torch.int8)
+        self.scales = torch.empty(num_rows, 1, dtype=torch.float32)
+        for start in range(0, num_rows, _ROWS_PER_BLOCK):  # no float temporary of the whole table
+            rows = table[start : start + _ROWS_PER_BLOCK].detach().float()
+            scales = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-30)
+            self.values[start : start + len(rows)] = torch.round(rows / scales).to(torch.int8)
+            self.scales[start : start + len(rows)] = scales
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, width] float32
+        return self.values.index_select(0, ids).float().mul_(self.scales.index_select(0, ids))
+
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.scales.nbytes
+
+
 class Int8Method:
     """``quantization="int8"``: weight-and-activation INT8 on fbgemm, the fast path for CPU batches."""
 
@@ -93,9 +131,16 @@ class Int8Method:
             raise QuantizationError("int8 needs torch's fbgemm engine, which this build or CPU lacks")
         self.reduce_range = "avx512_vnni" not in cpu_flags()
 
-    def quantize(self, weight: torch.Tensor, bias: torch.Tensor | None) -> Int8DynamicLinear:
+    def quantize(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, input_scales: torch.Tensor | None = None
+    ) -> Int8DynamicLinear:
         if weight.dim() != 2:
             raise QuantizationError(f"int8 packs 2-D weights, got shape {tuple(weight.shape)}")
         if weight.device.type != "cpu":
             raise QuantizationError("int8 (fbgemm) runs on the CPU only")
-        return Int8DynamicLinear(weight, bias, self.reduce_range)
+        return Int8DynamicLinear(weight, bias, self.reduce_range, input_scales)
+
+    def quantize_table(self, table: torch.Tensor) -> Int8Rows:
+        if table.dim() != 2 or table.device.type != "cpu":
+            raise QuantizationError(f"int8 packs 2-D CPU tables, got shape {tuple(table.shape)} on {table.device}")
+        return Int8Rows(table)

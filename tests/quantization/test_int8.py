@@ -65,3 +65,27 @@ def test_each_row_is_bit_identical_alone_and_in_any_batch():
 def test_bad_weights_raise_quantization_error():
     with pytest.raises(QuantizationError, match="2-D"):
         Int8Method().quantize(torch.zeros(2, 3, 4), None)
+
+
+def test_input_scales_pack_the_scaled_weight_exactly_across_row_blocks(monkeypatch):
+    from corral.quantization import int8
+
+    monkeypatch.setattr(int8, "_ROWS_PER_BLOCK", 40)  # 96 rows: three blocks, the last one short
+    weight, bias, x = weight_and_inputs()
+    scales = torch.rand(weight.shape[1], generator=torch.Generator().manual_seed(1)) + 0.5
+    method = Int8Method()
+    folded = method.quantize(weight, bias, input_scales=scales)
+    assert torch.equal(folded.apply(x), method.quantize(weight * scales, bias).apply(x))
+
+
+def test_int8_rows_lookup_within_half_a_step(monkeypatch):
+    from corral.quantization import int8
+
+    monkeypatch.setattr(int8, "_ROWS_PER_BLOCK", 7)
+    table = torch.randn(50, 32, generator=torch.Generator().manual_seed(2))
+    table[3] *= 100.0  # rows are scaled on their own
+    rows = Int8Method().quantize_table(table)
+    ids = torch.tensor([3, 0, 49, 3])
+    step = table[ids].abs().amax(dim=1, keepdim=True) / 127
+    assert ((rows.lookup(ids) - table[ids]).abs() <= step / 2 + 1e-6).all()
+    assert rows.nbytes() < table.nbytes / 3
