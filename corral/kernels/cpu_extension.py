@@ -16,7 +16,10 @@ from types import ModuleType
 logger = logging.getLogger(__name__)
 
 NAME = "corral_cpu_kernels"
-SOURCES = [Path(__file__).parent / "csrc" / "paged_attention.cpp"]
+_CSRC = Path(__file__).parent / "csrc"
+SOURCES = [
+    _CSRC / name for name in ("module.cpp", "paged_attention.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp")
+]
 BUILD_DIR = Path(__file__).parent / "_build"
 HASH_FILE = BUILD_DIR / "sources.sha256"
 

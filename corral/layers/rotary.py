@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from corral.kernels.rotary import apply_rotary
 from corral.models.spec import RopeScaling
 
 
@@ -47,6 +48,4 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x: [num_tokens, num_heads, head_size]; q and k may come in together as one tensor
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        return apply_rotary(x, cos, sin)

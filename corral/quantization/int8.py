@@ -9,37 +9,19 @@ scale, and every row's result is bit-identical alone or in any batch.
 
 from __future__ import annotations
 
-import itertools
 import warnings
-import weakref
 
 import torch
 
 from corral.errors import QuantizationError
+from corral.kernels.row_scaling import rescale_rows, unit_rows_with_pin
 from corral.platform import cpu_flags
+
+_ROWS_PER_BLOCK = 4096  # rows packed per pass: bounds the float temporaries of packing
 
 
 def fbgemm_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
-
-
-# torch.compile cannot trace fbgemm's packed weight (a TorchScript object), so compiled graphs reach it
-# through an opaque custom op that takes the layer's integer handle instead.
-_ROWS_PER_BLOCK = 4096
-
-_LAYERS: weakref.WeakValueDictionary[int, Int8DynamicLinear] = weakref.WeakValueDictionary()
-_NEXT_HANDLE = itertools.count()
-
-
-@torch.library.custom_op("corral::int8_dynamic_gemm", mutates_args=())
-def _int8_dynamic_gemm(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    layer = _LAYERS[handle]
-    return torch.ops.quantized.linear_dynamic(x, layer._packed, layer.reduce_range)
-
-
-@_int8_dynamic_gemm.register_fake
-def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return x.new_empty(x.shape[0], out_features)
 
 
 class Int8DynamicLinear:
@@ -73,22 +55,11 @@ class Int8DynamicLinear:
         self.bias = None if bias is None else bias.detach().float().clone()
         # Without VNNI, fbgemm's u8 x s8 pairs sum in int16 and can saturate; 7-bit activations cannot.
         self.reduce_range = reduce_range
-        pin = torch.zeros(1, self.in_features)
-        pin[0, 0], pin[0, min(1, self.in_features - 1)] = 1.0, -1.0
-        self._pin = pin
-        self.handle = next(_NEXT_HANDLE)
-        _LAYERS[self.handle] = self
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:  # [num_rows, in_features] -> [num_rows, out_features]
-        row_absmax = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_min_(1e-30)
-        normalized = torch.cat((x / row_absmax, self._pin))
-        if torch.compiler.is_compiling():
-            y = _int8_dynamic_gemm(normalized, self.handle, self.out_features)[:-1]
-        else:  # the direct call: custom-op dispatch costs more than the product for one row
-            y = torch.ops.quantized.linear_dynamic(normalized, self._packed, self.reduce_range)[:-1]
-        if self.bias is None:
-            return y.mul_(row_absmax)
-        return torch.addcmul(self.bias, y, row_absmax)
+        normalized, row_absmax = unit_rows_with_pin(x)
+        y = torch.ops.quantized.linear_dynamic(normalized, self._packed, self.reduce_range)
+        return rescale_rows(y, row_absmax, self.bias)
 
     def dequantized_weight(self) -> torch.Tensor:
         qweight, _ = torch.ops.quantized.linear_unpack(self._packed)

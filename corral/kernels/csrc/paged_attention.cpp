@@ -139,7 +139,3 @@ torch::Tensor paged_decode_attention(
   });
   return out;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention, "decode attention over a paged fp32 KV cache");
-}
