@@ -11,7 +11,7 @@ from corral.errors import ConfigError
 class CacheConfig:
     """The paged KV cache: block size and how much memory the pool may take."""
 
-    block_size: int = 16
+    block_size: int = 8
     # Bytes for the KV pool (an int), or a fraction (0, 1] of the memory available at start-up.
     kv_cache_memory: int | float = 512 * 1024**2
     enable_prefix_caching: bool = True

@@ -47,10 +47,13 @@ class EngineArgs:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     enable_chunked_prefill: bool = True
-    block_size: int = 16
+    block_size: int = 8
     kv_cache_memory: int | float = 512 * 1024**2
     enable_prefix_caching: bool = True
     num_gpu_blocks_override: int | None = None
+    # Every token's attention through one per-token kernel, so greedy output does not depend on batching,
+    # chunking or preemption (with int8, whose rows are independent); slower prefill on long prompts.
+    batch_invariant: bool = False
 
     def cache_config(self) -> CacheConfig:
         return CacheConfig(
@@ -143,7 +146,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device)
     backend = TorchPagedAttention(
         model_config.num_attention_heads, model_config.num_key_value_heads, model_config.head_size,
-        cache.block_size,
+        cache.block_size, batch_invariant=args.batch_invariant,
     )
     runner = ModelRunner(model, kv_caches, backend, cache.block_size, model_config.vocab_size, device)
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)

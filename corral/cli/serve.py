@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-memory", type=int, default=512 * 1024**2, help="bytes for the KV pool")
     parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before 429")
     parser.add_argument("--max-tokens-cap", type=int, default=None, help="reject requests asking for more")
+    parser.add_argument("--block-size", type=int, default=8, help="KV tokens per block (a power of two)")
     parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    parser.add_argument("--batch-invariant", action="store_true",
+                        help="outputs independent of batching (per-token attention; slower long prefills)")
     parser.add_argument("--log-level", default="info")
 
 
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     engine_args = EngineArgs(
         model=args.model, dtype=args.dtype, quantization=args.quantization, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
-        enable_prefix_caching=args.enable_prefix_caching,
+        enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
+        batch_invariant=args.batch_invariant,
     )
     metrics = EngineMetrics()
     engine = AsyncEngine(build_engine(engine_args), observer=metrics)

@@ -54,8 +54,6 @@ def build_model_inputs(
 
     num_decodes = int(np.count_nonzero(lens == 1))
     context_lens = starts + lens
-    decode_ctx = context_lens[:num_decodes]
-    max_decode_blocks = -(-int(decode_ctx.max()) // block_size) if num_decodes else 0
     prefills = []
     for row in range(num_decodes, num_reqs):
         ctx = int(context_lens[row])
@@ -73,9 +71,10 @@ def build_model_inputs(
 
     metadata = AttentionMetadata(
         slot_mapping=to_tensor(slot_mapping),
+        block_tables=to_tensor(block_tables),
+        seq_of_token=to_tensor(row_of_token),
+        context_lens=to_tensor(positions + 1),
         num_decode_tokens=num_decodes,
-        decode_block_tables=to_tensor(block_tables[:num_decodes, :max_decode_blocks]),
-        decode_context_lens=to_tensor(decode_ctx),
         prefills=prefills,
     )
     return ModelInputs(

@@ -30,12 +30,12 @@ class DenseSequence:
             2, num_tokens, config.num_key_value_heads, config.head_size, dtype=param.dtype, device=device
         )
         slots = torch.arange(num_tokens, device=device)
-        empty = torch.zeros(0, dtype=torch.long, device=device)
         self.metadata = AttentionMetadata(
             slot_mapping=slots,
+            block_tables=slots.view(1, -1),  # blocks of one slot: the identity table
+            seq_of_token=torch.zeros(num_tokens, dtype=torch.long, device=device),
+            context_lens=slots + 1,
             num_decode_tokens=0,
-            decode_block_tables=empty.view(0, 1),
-            decode_context_lens=empty,
             prefills=[PrefillChunk(0, num_tokens, num_tokens, slots)],
         )
         self.backend = TorchPagedAttention(

@@ -1,4 +1,4 @@
-"""The C++ paged decode attention against the torch reference (and the reference against plain SDPA)."""
+"""The C++ paged attention against the torch reference (and the reference against plain SDPA)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from corral.kernels import cpu_extension
-from corral.kernels.paged_attention import paged_decode_attention_reference
+from corral.kernels.paged_attention import paged_attention_reference
 
 BLOCK_SIZE = 4
 
@@ -22,16 +22,16 @@ def paged_case(context_lens: list[int], num_heads: int = 6, num_kv_heads: int = 
     block_tables = torch.randperm(num_blocks, generator=generator)[: len(context_lens) * max_blocks]
     block_tables = block_tables.view(len(context_lens), max_blocks)
     query = torch.randn(len(context_lens), num_heads, head_size, generator=generator)
-    return query, key_cache, value_cache, block_tables, torch.tensor(context_lens)
+    return query, key_cache, value_cache, block_tables, torch.arange(len(context_lens)), torch.tensor(context_lens)
 
 
-def dense_attention(query, key_cache, value_cache, block_tables, context_lens):
+def dense_attention(query, key_cache, value_cache, block_tables, seq_of_query, context_lens):
     outs = []
-    for s, n in enumerate(context_lens.tolist()):
+    for s, n in zip(seq_of_query.tolist(), context_lens.tolist()):
         pos = torch.arange(n)
         slots = block_tables[s, pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE
         keys, values = key_cache[slots].transpose(0, 1), value_cache[slots].transpose(0, 1)
-        q = query[s][:, None, :]  # [num_heads, 1, head_size]
+        q = query[len(outs)][:, None, :]  # [num_heads, 1, head_size]
         out = F.scaled_dot_product_attention(q[None], keys[None], values[None], enable_gqa=True)
         outs.append(out[0, :, 0])
     return torch.stack(outs)
@@ -44,7 +44,7 @@ CONTEXTS = [[1], [5, 1, 12, 8], [33, 2]]
 def test_reference_matches_dense_attention(context_lens):
     case = paged_case(context_lens)
     expected = dense_attention(*case)
-    actual = paged_decode_attention_reference(*case, BLOCK_SIZE, case[0].shape[-1] ** -0.5)
+    actual = paged_attention_reference(*case, BLOCK_SIZE, case[0].shape[-1] ** -0.5)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -54,19 +54,33 @@ def test_reference_matches_dense_attention(context_lens):
 def test_cpp_kernel_matches_reference(context_lens, heads):
     case = paged_case(context_lens, *heads)
     scale = heads[2] ** -0.5
-    expected = paged_decode_attention_reference(*case, BLOCK_SIZE, scale)
-    actual = cpu_extension.load().paged_decode_attention(*case, BLOCK_SIZE, scale)
+    expected = paged_attention_reference(*case, BLOCK_SIZE, scale)
+    actual = cpu_extension.load().paged_attention(*case, BLOCK_SIZE, scale)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
 def test_cpp_kernel_rejects_bad_input():
-    query, key_cache, value_cache, block_tables, _ = paged_case([5])
+    query, key_cache, value_cache, block_tables, seqs, _ = paged_case([5])
+    kernel = cpu_extension.load().paged_attention
     with pytest.raises(RuntimeError, match="context length"):
-        cpu_extension.load().paged_decode_attention(
-            query, key_cache, value_cache, block_tables, torch.tensor([999]), BLOCK_SIZE, 1.0
-        )
+        kernel(query, key_cache, value_cache, block_tables, seqs, torch.tensor([999]), BLOCK_SIZE, 1.0)
+    with pytest.raises(RuntimeError, match="sequence index"):
+        kernel(query, key_cache, value_cache, block_tables, torch.tensor([1]), torch.tensor([5]), BLOCK_SIZE, 1.0)
     with pytest.raises(RuntimeError, match="fp32"):
-        cpu_extension.load().paged_decode_attention(
-            query.double(), key_cache, value_cache, block_tables, torch.tensor([5]), BLOCK_SIZE, 1.0
-        )
+        kernel(query.double(), key_cache, value_cache, block_tables, seqs, torch.tensor([5]), BLOCK_SIZE, 1.0)
+
+
+def test_several_queries_of_one_sequence_see_their_own_prefixes():
+    """Prefill tokens as rows (batch-invariant mode): row i of a sequence attends to its first i + 1 tokens."""
+    query, key_cache, value_cache, block_tables, _, _ = paged_case([9], num_heads=4, num_kv_heads=2, head_size=8)
+    query = torch.randn(9, 4, 8, generator=torch.Generator().manual_seed(3))
+    seqs, lens = torch.zeros(9, dtype=torch.long), torch.arange(1, 10)
+    case = (query, key_cache, value_cache, block_tables, seqs, lens)
+    torch.testing.assert_close(paged_attention_reference(*case, BLOCK_SIZE, 8**-0.5), dense_attention(*case),
+                               rtol=1e-5, atol=1e-5)
+    if cpu_extension.load() is not None:
+        rows = cpu_extension.load().paged_attention(*case, BLOCK_SIZE, 8**-0.5)
+        one = cpu_extension.load().paged_attention(query[4:5], key_cache, value_cache, block_tables, seqs[:1],
+                                                   lens[4:5], BLOCK_SIZE, 8**-0.5)
+        assert torch.equal(rows[4:5], one)  # a row's result does not depend on the other rows

@@ -1,5 +1,6 @@
 """The paged torch attention against dense causal attention over each sequence's full K/V."""
 
+import pytest
 import torch
 
 from corral.layers.attention.metadata import AttentionMetadata, PrefillChunk
@@ -20,7 +21,8 @@ def dense_attention(q, k, v):
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, -1)
 
 
-def test_mixed_decodes_and_chunks_match_dense_attention():
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_mixed_decodes_and_chunks_match_dense_attention(batch_invariant):
     torch.manual_seed(0)
     # (tokens already cached, new tokens this step): two decodes, a fresh prompt, a chunk after a prefix.
     seqs = [(9, 1), (4, 1), (0, 7), (6, 5)]
@@ -47,15 +49,17 @@ def test_mixed_decodes_and_chunks_match_dense_attention():
     for (cached, new), table in zip(seqs[2:], tables[2:]):
         prefills.append(PrefillChunk(start, new, cached + new, slots(table, range(cached + new))))
         start += new
-    max_blocks = max(len(t) for t in tables[:2])
+    max_blocks = max(len(t) for t in tables)
+    seq_of_token = torch.cat([torch.full((n,), i) for i, (_, n) in enumerate(seqs)])
     metadata = AttentionMetadata(
         slot_mapping=slot_mapping,
+        block_tables=torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables]),
+        seq_of_token=seq_of_token,
+        context_lens=torch.cat([torch.arange(c + 1, c + n + 1) for c, n in seqs]),
         num_decode_tokens=2,
-        decode_block_tables=torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables[:2]]),
-        decode_context_lens=torch.tensor([c + n for c, n in seqs[:2]]),
         prefills=prefills,
     )
-    backend = TorchPagedAttention(NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE)
+    backend = TorchPagedAttention(NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE, batch_invariant=batch_invariant)
     new_k = torch.cat([k[c:] for (c, _), k in zip(seqs, full_k)])
     new_v = torch.cat([v[c:] for (c, _), v in zip(seqs, full_v)])
     out = backend.forward(torch.cat(queries), new_k, new_v, kv_cache, metadata)

@@ -23,7 +23,8 @@ def client(server):
 @pytest.fixture(scope="module")
 def offline():
     return LLM(dtype=ENGINE_ARGS.dtype, quantization=ENGINE_ARGS.quantization,
-               max_model_len=ENGINE_ARGS.max_model_len, kv_cache_memory=ENGINE_ARGS.kv_cache_memory)
+               max_model_len=ENGINE_ARGS.max_model_len, kv_cache_memory=ENGINE_ARGS.kv_cache_memory,
+               batch_invariant=ENGINE_ARGS.batch_invariant)
 
 
 def offline_greedy(offline, prompt, max_tokens):

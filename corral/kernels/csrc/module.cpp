@@ -4,16 +4,17 @@
 
 #include <tuple>
 
-torch::Tensor paged_decode_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
-                                     const torch::Tensor& value_cache, const torch::Tensor& block_tables,
-                                     const torch::Tensor& context_lens, int64_t block_size, double scale);
+torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
+                              const torch::Tensor& value_cache, const torch::Tensor& block_tables,
+                              const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
+                              int64_t block_size, double scale);
 std::tuple<torch::Tensor, torch::Tensor> unit_rows_with_pin(const torch::Tensor& input);
 torch::Tensor rescale_rows(torch::Tensor y, const torch::Tensor& row_absmax, const c10::optional<torch::Tensor>& bias);
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention, "decode attention over a paged fp32 KV cache");
+  m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 KV cache");
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");

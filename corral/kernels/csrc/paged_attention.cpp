@@ -1,4 +1,5 @@
-// Decode attention straight from the paged KV cache: one query token per sequence, keys and values read
+// Attention straight from the paged KV cache, one query token per row (decodes; every token in
+// batch-invariant mode), keys and values read
 // in place through the block table (no gathered copy of the context), grouped-query heads sharing each
 // KV head's reads. fp32 only; the torch reference in corral/kernels/paged_attention.py defines the result.
 //
@@ -90,30 +91,38 @@ void attend_any(const HeadGroup& heads, const PagedKV& kv, float scale, float* s
 
 }  // namespace
 
-torch::Tensor paged_decode_attention(
-    const torch::Tensor& query,         // [num_seqs, num_heads, head_size]
+// One query token per row; row i belongs to sequence seq_of_query[i] (its block table) and attends to the
+// first context_lens[i] tokens of it. Decodes use one row per sequence; a prefill chunk in batch-invariant
+// mode one row per token, so every token is computed by the same loop whatever step, chunk or batch it is in.
+torch::Tensor paged_attention(
+    const torch::Tensor& query,         // [num_queries, num_heads, head_size]
     const torch::Tensor& key_cache,     // [num_slots, num_kv_heads, head_size]
     const torch::Tensor& value_cache,   // [num_slots, num_kv_heads, head_size]
     const torch::Tensor& block_tables,  // [num_seqs, max_blocks] int64
-    const torch::Tensor& context_lens,  // [num_seqs] int64, >= 1
+    const torch::Tensor& seq_of_query,  // [num_queries] int64, < num_seqs
+    const torch::Tensor& context_lens,  // [num_queries] int64, >= 1
     int64_t block_size, double scale) {
   TORCH_CHECK(query.dtype() == torch::kFloat32 && key_cache.dtype() == torch::kFloat32 &&
-                  value_cache.dtype() == torch::kFloat32, "paged_decode_attention: fp32 only");
-  TORCH_CHECK(block_tables.dtype() == torch::kInt64 && context_lens.dtype() == torch::kInt64,
-              "paged_decode_attention: int64 block tables and context lengths");
+                  value_cache.dtype() == torch::kFloat32, "paged_attention: fp32 only");
+  TORCH_CHECK(block_tables.dtype() == torch::kInt64 && context_lens.dtype() == torch::kInt64 &&
+                  seq_of_query.dtype() == torch::kInt64,
+              "paged_attention: int64 block tables, sequence indices and context lengths");
   TORCH_CHECK(query.dim() == 3 && key_cache.dim() == 3 && value_cache.dim() == 3, "bad ranks");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches must be contiguous");
   const auto q = query.contiguous();
   const auto tables = block_tables.contiguous();
   const auto lens = context_lens.contiguous();
-  const int64_t num_seqs = q.size(0), num_heads = q.size(1), head_size = q.size(2);
-  const int64_t num_kv_heads = key_cache.size(1);
+  const auto seqs = seq_of_query.contiguous();
+  const int64_t num_queries = q.size(0), num_heads = q.size(1), head_size = q.size(2);
+  const int64_t num_kv_heads = key_cache.size(1), num_seqs = tables.size(0);
   TORCH_CHECK(key_cache.size(2) == head_size && num_heads % num_kv_heads == 0, "shape mismatch");
-  TORCH_CHECK(tables.size(0) == num_seqs && lens.size(0) == num_seqs, "one table and length per sequence");
+  TORCH_CHECK(lens.size(0) == num_queries && seqs.size(0) == num_queries, "one sequence and length per query");
   const int64_t group = num_heads / num_kv_heads, max_blocks = tables.size(1);
   const int64_t* lens_ptr = lens.data_ptr<int64_t>();
-  for (int64_t s = 0; s < num_seqs; ++s) {
-    TORCH_CHECK(lens_ptr[s] >= 1 && lens_ptr[s] <= max_blocks * block_size, "context length out of range");
+  const int64_t* seq_ptr = seqs.data_ptr<int64_t>();
+  for (int64_t i = 0; i < num_queries; ++i) {
+    TORCH_CHECK(seq_ptr[i] >= 0 && seq_ptr[i] < num_seqs, "sequence index out of range");
+    TORCH_CHECK(lens_ptr[i] >= 1 && lens_ptr[i] <= max_blocks * block_size, "context length out of range");
   }
 
   auto out = torch::empty_like(q);
@@ -124,15 +133,15 @@ torch::Tensor paged_decode_attention(
   const int64_t* table_ptr = tables.data_ptr<int64_t>();
   const int64_t slot_stride = num_kv_heads * head_size;
 
-  at::parallel_for(0, num_seqs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_queries * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / num_kv_heads, h = task % num_kv_heads;
-      const int64_t first_head = s * num_heads + h * group;
+      const int64_t i = task / num_kv_heads, h = task % num_kv_heads;
+      const int64_t first_head = i * num_heads + h * group;
       const HeadGroup heads{q_ptr + first_head * head_size, out_ptr + first_head * head_size, head_size,
                             group, head_size};
-      const PagedKV kv{k_ptr + h * head_size, v_ptr + h * head_size, slot_stride, table_ptr + s * max_blocks,
-                       block_size, lens_ptr[s]};
+      const PagedKV kv{k_ptr + h * head_size, v_ptr + h * head_size, slot_stride,
+                       table_ptr + seq_ptr[i] * max_blocks, block_size, lens_ptr[i]};
       scores.resize(group * kv.context_len);
       attend_any(heads, kv, static_cast<float>(scale), scores.data());
     }

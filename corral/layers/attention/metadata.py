@@ -24,9 +24,10 @@ class PrefillChunk:
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] cache slot written by each token's K/V
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] the step's sequences, in token order
+    seq_of_token: torch.Tensor  # [num_tokens] row of each token's sequence in block_tables
+    context_lens: torch.Tensor  # [num_tokens] tokens each token attends to: its position + 1
     num_decode_tokens: int
-    decode_block_tables: torch.Tensor  # [num_decodes, max_blocks_per_decode]
-    decode_context_lens: torch.Tensor  # [num_decodes] tokens to attend to, the new one included
     prefills: list[PrefillChunk]
 
     @property

@@ -1,7 +1,11 @@
-"""Paged attention in plain torch: the reference every other backend must match.
+"""Paged attention on the CPU (and the reference for other backends).
 
-Decodes are batched in one call of ``kernels.paged_decode_attention`` (the C++ kernel reading K/V in
-place when built, else a gather + SDPA reference); each prefill chunk is one SDPA call.
+Decodes are batched in one call of ``kernels.paged_attention`` (the C++ kernel reading K/V in place when
+built, else a gather + SDPA reference); each prefill chunk is one SDPA call. In batch-invariant mode every
+token, prefill or decode, goes through that one-token-per-row kernel: a token's attention is then computed
+by the same loop whether it is decoded, prefilled whole, in chunks, or recomputed after preemption (SDPA's
+blocked softmax rounds differently), so with row-independent linears (int8) a sequence's tokens do not
+depend on batching. It costs prefill speed on long prompts.
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corral.kernels.paged_attention import paged_decode_attention
+from corral.kernels.paged_attention import paged_attention
 from corral.layers.attention.metadata import AttentionMetadata
 
 
 class TorchPagedAttention:
-    def __init__(self, num_heads: int, num_kv_heads: int, head_size: int, block_size: int):
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_size: int, block_size: int, batch_invariant: bool = False
+    ):
+        self.batch_invariant = batch_invariant
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_size = head_size
@@ -34,27 +41,30 @@ class TorchPagedAttention:
         value_cache.index_copy_(0, metadata.slot_mapping, value)
 
         num_tokens = query.shape[0]
+        if self.batch_invariant:
+            return self._per_token(query, key_cache, value_cache, metadata, num_tokens)
         out = query.new_empty(num_tokens, self.num_heads * self.head_size)
         num_decodes = metadata.num_decode_tokens
         if num_decodes:
-            out[:num_decodes] = self._decode(query[:num_decodes], key_cache, value_cache, metadata)
+            out[:num_decodes] = self._per_token(query, key_cache, value_cache, metadata, num_decodes)
         for chunk in metadata.prefills:
             rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
             out[rows] = self._prefill(query[rows], key_cache, value_cache, chunk.kv_slots)
         return out
 
-    def _decode(
+    def _per_token(
         self,
-        query: torch.Tensor,  # [num_decodes, num_heads, head_size]
+        query: torch.Tensor,  # [num_tokens, num_heads, head_size]
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         metadata: AttentionMetadata,
+        num_rows: int,  # the first num_rows tokens
     ) -> torch.Tensor:
-        out = paged_decode_attention(
-            query, key_cache, value_cache, metadata.decode_block_tables, metadata.decode_context_lens,
-            self.block_size, self.scale,
+        out = paged_attention(
+            query[:num_rows], key_cache, value_cache, metadata.block_tables, metadata.seq_of_token[:num_rows],
+            metadata.context_lens[:num_rows], self.block_size, self.scale,
         )
-        return out.view(query.shape[0], self.num_heads * self.head_size)
+        return out.view(num_rows, self.num_heads * self.head_size)
 
     def _prefill(
         self,
