@@ -1,7 +1,7 @@
 // Attention straight from the paged KV cache, one query token per row (decodes; every token in
-// batch-invariant mode), keys and values read
-// in place through the block table (no gathered copy of the context), grouped-query heads sharing each
-// KV head's reads. fp32 only; the torch reference in corral/kernels/paged_attention.py defines the result.
+// batch-invariant mode): keys and values read in place through the block table (no gathered copy of the
+// context), grouped-query heads sharing each KV head's reads. fp32 only; the torch reference in
+// corral/kernels/paged_attention.py defines the result.
 //
 // The hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at run time
 // (GCC target_clones), so one build runs on both the Zen 3 and the Zen 4 hosts.
