@@ -54,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs(
-        model=args.model, dtype=args.dtype, quantization=args.quantization, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
-        enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
-        batch_invariant=args.batch_invariant,
+        model=args.model, dtype=args.dtype, quantization=args.quantization, max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_cache_memory=args.kv_cache_memory, enable_prefix_caching=args.enable_prefix_caching,
+        block_size=args.block_size, batch_invariant=args.batch_invariant,
     )
     metrics = EngineMetrics()
     engine = AsyncEngine(build_engine(engine_args), observer=metrics)

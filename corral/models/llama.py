@@ -179,9 +179,7 @@ class LlamaForCausalLM(nn.Module):
     @torch.no_grad()
     def smooth_lm_head_(self, input_absmax: torch.Tensor, alpha: float = 0.5) -> None:
         """``smooth_`` for the LM head, whose producer is the final norm (the head must be untied)."""
-        scales = smoothing_scales(input_absmax, self.lm_head.weight, alpha)
-        self.model.norm.weight.div_(scales)
-        self.lm_head.weight.mul_(scales)
+        self.lm_head.weight.mul_(self._fold_head_smoothing(self.lm_head.weight, input_absmax, alpha))
 
     @torch.no_grad()
     def quantize_lm_head_(
@@ -192,12 +190,16 @@ class LlamaForCausalLM(nn.Module):
         head = self.lm_head
         if head is None:
             head = Linear.from_weight(self.model.embed_tokens.weight.detach())  # shares the storage
-        scales = None
-        if input_absmax is not None:
-            scales = smoothing_scales(input_absmax, head.weight, alpha)
-            self.model.norm.weight.div_(scales)
+        scales = None if input_absmax is None else self._fold_head_smoothing(head.weight, input_absmax, alpha)
         head.quantize_(method, input_scales=scales)
         self.lm_head = head
+
+    def _fold_head_smoothing(self, head_weight: torch.Tensor, input_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+        """SmoothQuant scales for the LM head, divided out of the final norm's weight; the caller folds them
+        into the head."""
+        scales = smoothing_scales(input_absmax, head_weight, alpha)
+        self.model.norm.weight.div_(scales)
+        return scales
 
     def quantize_(self, method: QuantMethod) -> None:
         """Pack every linear layer, the LM head included (a tied head gets its own packed copy), and the

@@ -35,22 +35,9 @@ class Int8DynamicLinear:
         input_scales: torch.Tensor | None = None,
     ):
         self.out_features, self.in_features = weight.shape
-        qweight = torch.empty(self.out_features, self.in_features, dtype=torch.int8)
-        scales = torch.empty(self.out_features, dtype=torch.float64)
+        values, scales = _int8_rows(weight, input_scales)
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        # Row block by row block, so packing a large weight (or ``weight * input_scales``) never holds a
-        # float copy of it. Symmetric per-channel: the largest |w| of each output row maps to 127.
-        for start in range(0, self.out_features, _ROWS_PER_BLOCK):
-            rows = weight[start : start + _ROWS_PER_BLOCK].detach().float()
-            if input_scales is not None:
-                rows = rows * input_scales
-            row_scales = (rows.abs().amax(dim=1) / 127).clamp_min(1e-30).double()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; fbgemm still needs them
-                block = torch.quantize_per_channel(rows, row_scales, zero_points[: len(rows)], 0, torch.qint8)
-            qweight[start : start + len(rows)] = block.int_repr()
-            scales[start : start + len(rows)] = row_scales
-        qweight = torch._make_per_channel_quantized_tensor(qweight, scales, zero_points, 0)
+        qweight = torch._make_per_channel_quantized_tensor(values, scales, zero_points, 0)
         self._packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if bias is None else bias.detach().float().clone()
         # Without VNNI, fbgemm's u8 x s8 pairs sum in int16 and can saturate; 7-bit activations cannot.
@@ -75,20 +62,35 @@ class Int8Rows:
     the float table's memory, and a lookup error of at most half a step (max |row| / 254) per element."""
 
     def __init__(self, table: torch.Tensor):
-        num_rows, width = table.shape
-        self.values = torch.empty(num_rows, width, dtype=torch.int8)
-        self.scales = torch.empty(num_rows, 1, dtype=torch.float32)
-        for start in range(0, num_rows, _ROWS_PER_BLOCK):  # no float temporary of the whole table
-            rows = table[start : start + _ROWS_PER_BLOCK].detach().float()
-            scales = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-30)
-            self.values[start : start + len(rows)] = torch.round(rows / scales).to(torch.int8)
-            self.scales[start : start + len(rows)] = scales
+        self.values, scales = _int8_rows(table)
+        self.scales = scales.float().unsqueeze(1)  # [num_rows, 1]
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, width] float32
         return self.values.index_select(0, ids).float().mul_(self.scales.index_select(0, ids))
 
     def nbytes(self) -> int:
         return self.values.nbytes + self.scales.nbytes
+
+
+def _int8_rows(matrix: torch.Tensor, column_scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 of ``matrix`` (times ``column_scales`` per column, if given): the largest |x| of
+    each row maps to 127. Returns the int8 values and the float64 scale of each row. Works a block of rows
+    at a time, so a large matrix (or its product with the scales) never gets a float copy."""
+    num_rows, width = matrix.shape
+    values = torch.empty(num_rows, width, dtype=torch.int8)
+    scales = torch.empty(num_rows, dtype=torch.float64)
+    zero_points = torch.zeros(min(num_rows, _ROWS_PER_BLOCK), dtype=torch.long)
+    for start in range(0, num_rows, _ROWS_PER_BLOCK):
+        rows = matrix[start : start + _ROWS_PER_BLOCK].detach().float()
+        if column_scales is not None:
+            rows = rows * column_scales
+        row_scales = (rows.abs().amax(dim=1) / 127).clamp_min(1e-30).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks quantized tensors deprecated; fbgemm still needs them
+            block = torch.quantize_per_channel(rows, row_scales, zero_points[: len(rows)], 0, torch.qint8)
+        values[start : start + len(rows)] = block.int_repr()
+        scales[start : start + len(rows)] = row_scales
+    return values, scales
 
 
 class Int8Method:

@@ -29,7 +29,3 @@ class AttentionMetadata:
     context_lens: torch.Tensor  # [num_tokens] tokens each token attends to: its position + 1
     num_decode_tokens: int
     prefills: list[PrefillChunk]
-
-    @property
-    def num_decodes(self) -> int:
-        return self.num_decode_tokens
