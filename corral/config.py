@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from corral.errors import ConfigError
 
+# Weight formats a model can be loaded in (EngineArgs.quantization): auto: int8 on CPUs with fbgemm, else
+# none; none: the exact float path; int8: int8 weights x int8 activations (fbgemm, fast for batches);
+# int4: weights rounded to 4 bits in groups of 32; gguf: a GGUF file's Q4_0/Q4_1/Q8_0 weights as stored.
+QUANTIZATIONS = ("auto", "none", "int8", "int4", "gguf")
+
 
 @dataclass(frozen=True)
 class CacheConfig:

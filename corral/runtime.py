@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from corral.config import CacheConfig, SchedulerConfig
+from corral.config import QUANTIZATIONS, CacheConfig, SchedulerConfig
 from corral.engine.block_manager import KVCacheManager
 from corral.engine.core import EngineCore
 from corral.engine.kv_cache import allocate_kv_caches, num_blocks_for_budget
@@ -23,6 +23,7 @@ from corral.loader.default_model import default_model_path
 from corral.models.loading import load_model
 from corral.platform import release_free_memory
 from corral.quantization.base import QuantMethod
+from corral.quantization.blockwise import BlockMethod
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.text.tokenizer import Tokenizer
@@ -40,7 +41,7 @@ class EngineArgs:
     model: str | None = None  # None: the default model (SmolLM2-135M-Instruct, GGUF Q4_1)
     tokenizer: str | None = None  # None: the model's own
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
-    # auto: int8 (fbgemm) on CPU, none elsewhere; none: the exact float path the parity tests use
+    # one of config.QUANTIZATIONS; none is the exact float path the parity tests use
     quantization: str = "auto"
     device: str = "auto"
     max_model_len: int | None = None  # None: the model's context, capped at 4096
@@ -97,11 +98,14 @@ def resolve_quantization(name: str, device: torch.device, dtype: torch.dtype) ->
         name = "int8" if device.type == "cpu" and dtype == torch.float32 and fbgemm_available() else "none"
     if name == "none":
         return None
-    if name != "int8":
-        raise ConfigError(f"unsupported quantization {name!r} (choose from auto, none, int8)")
+    if name not in QUANTIZATIONS:
+        raise ConfigError(f"unsupported quantization {name!r} (choose from {', '.join(QUANTIZATIONS)})")
     if device.type != "cpu" or dtype != torch.float32:
-        raise ConfigError("quantization int8 runs on the CPU with dtype float32")
-    return Int8Method()
+        raise ConfigError(f"quantization {name} runs on the CPU with dtype float32")
+    if name == "int8":
+        return Int8Method()
+    # int4: round-to-nearest, group 32; gguf: the file's own Q4_0/Q4_1/Q8_0 blocks, kept packed
+    return BlockMethod(name, linear_bits=4 if name == "int4" else 8)
 
 
 def calibration_token_ids(tokenizer: Tokenizer, num_tokens: int = 512) -> list[int]:
@@ -120,10 +124,13 @@ def load_tokenizer(model: str | None) -> Tokenizer:
 def build_engine(args: EngineArgs) -> LLMEngine:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model_config, weights = open_checkpoint(args.model, dtype)
+    quant_method = resolve_quantization(args.quantization, device, dtype)
+    keep_gguf_blocks = isinstance(quant_method, BlockMethod) and quant_method.keeps_gguf_blocks
+    if keep_gguf_blocks and args.model is not None and not str(args.model).lower().endswith(".gguf"):
+        raise ConfigError(f"quantization gguf keeps a GGUF file's blocks, but {args.model} is not a .gguf file")
+    model_config, weights = open_checkpoint(args.model, dtype, keep_quantized=keep_gguf_blocks)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
 
-    quant_method = resolve_quantization(args.quantization, device, dtype)
     # Activation-quantizing methods first fold outlier channels into the weights (SmoothQuant), from
     # statistics of a short calibration pass over built-in text, run layer by layer as the model loads.
     calibration_ids = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from corral.config import QUANTIZATIONS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text")
@@ -13,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int8"],
-                        help="auto: int8 on CPUs with fbgemm; none: the exact float path")
+    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS,
+                        help="auto: int8 on CPUs with fbgemm; none: the exact float path; int4: 4-bit weights; gguf: the file's own Q4_0/Q4_1/Q8_0 blocks")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
 
 

@@ -6,6 +6,8 @@ import argparse
 import os
 import re
 
+from corral.config import QUANTIZATIONS
+
 # A GGUF file's trailing quantisation tag ("Model.Q4_1.gguf", "model-f16.gguf") is not part of its name.
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
@@ -17,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="require this bearer token on /v1/*")
     parser.add_argument("--served-model-name", default=None, help="default: the model file's or folder's name")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int8"],
-                        help="auto: int8 weights and activations on CPUs with fbgemm; none: the exact float path")
+    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS,
+                        help="auto: int8 on CPUs with fbgemm; none: the exact float path; int4: 4-bit weights; gguf: the file's own Q4_0/Q4_1/Q8_0 blocks")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 NAME = "corral_cpu_kernels"
 _CSRC = Path(__file__).parent / "csrc"
 SOURCES = [
-    _CSRC / name for name in ("module.cpp", "paged_attention.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp")
+    _CSRC / name
+    for name in ("module.cpp", "paged_attention.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp", "block_linear.cpp")
 ]
 BUILD_DIR = Path(__file__).parent / "_build"
 HASH_FILE = BUILD_DIR / "sources.sha256"

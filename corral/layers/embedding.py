@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corral.quantization.base import QuantizedTable, QuantMethod
+from corral.quantization.blockwise import BlockLinear, BlockQuantized
 
 
 class Embedding(nn.Module):
@@ -27,11 +28,19 @@ class Embedding(nn.Module):
 
     @torch.no_grad()
     def quantize_(self, method: QuantMethod) -> None:
-        """Pack the table if the method packs tables; the float weight is then gone."""
+        """Pack the table if the method packs tables; the float weight is then gone. A table loaded packed
+        stays as it is."""
+        if self.packed is not None:
+            return
         packed = method.quantize_table(self.weight)
         if packed is not None:
             self.packed = packed
             self.weight = None
+
+    def load_blocks_(self, table: BlockQuantized) -> None:
+        """Take a table that the checkpoint stores packed."""
+        self.packed = BlockLinear(table, None)
+        self.weight = None
 
     def extra_repr(self) -> str:
         kind = "float" if self.packed is None else type(self.packed).__name__

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corral.quantization.base import QuantizedLinear, QuantMethod
+from corral.quantization.blockwise import BlockLinear, BlockQuantized
 
 
 class Linear(nn.Module):
@@ -27,6 +28,12 @@ class Linear(nn.Module):
         layer.weight = nn.Parameter(weight, requires_grad=False)
         return layer
 
+    @classmethod
+    def from_packed(cls, packed: QuantizedLinear) -> Linear:
+        layer = cls(packed.in_features, packed.out_features)
+        layer.packed, layer.weight = packed, None
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return self.packed.apply(x)
@@ -34,8 +41,17 @@ class Linear(nn.Module):
 
     @torch.no_grad()
     def quantize_(self, method: QuantMethod, input_scales: torch.Tensor | None = None) -> None:
-        """Pack ``weight`` (times ``input_scales`` per input channel, if given) and drop the float one."""
+        """Pack ``weight`` (times ``input_scales`` per input channel, if given) and drop the float one;
+        a layer loaded packed stays as it is."""
+        if self.packed is not None:
+            return
         self.packed = method.quantize(self.weight, self.bias, input_scales)
+        self.weight = None
+        self.bias = None
+
+    def load_blocks_(self, weight: BlockQuantized) -> None:
+        """Take weights that a checkpoint stores packed (the bias, if any, must be loaded already)."""
+        self.packed = BlockLinear(weight, self.bias)
         self.weight = None
         self.bias = None
 

@@ -42,14 +42,15 @@ def load_checkpoint(
 
 
 def open_checkpoint(
-    path: str | os.PathLike[str] | None, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike[str] | None, dtype: torch.dtype = torch.float32, keep_quantized: bool = False
 ) -> tuple[ModelConfig, LazyWeights]:
-    """Like ``load_checkpoint``, but each weight is read and converted when it is accessed."""
+    """Like ``load_checkpoint``, but each weight is read and converted when it is accessed; with
+    ``keep_quantized``, a GGUF file's Q4_0/Q4_1/Q8_0 matrices come back packed (``BlockQuantized``)."""
     if path is None:
-        return open_gguf(default_model_path(), dtype)
+        path = default_model_path()
     path = os.fspath(path)
     if os.path.isfile(path) and path.lower().endswith(".gguf"):
-        return open_gguf(path, dtype)
+        return open_gguf(path, dtype, keep_quantized)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         return open_hf_dir(path, dtype)
     if not os.path.exists(path):

@@ -1,4 +1,5 @@
-"""GGUF checkpoints: metadata -> ModelConfig, dequantized tensors under Hugging Face Llama names.
+"""GGUF checkpoints: metadata -> ModelConfig, tensors under Hugging Face Llama names: dequantized to float,
+or, with ``keep_quantized``, Q4_0/Q4_1/Q8_0 matrices handed over as packed ``BlockQuantized`` (no float copy).
 
 llama.cpp's converter permutes the rows of q_proj/k_proj (weights and biases) of ``llama`` models so
 that each head's rotary pairs are interleaved (its "normal" RoPE); ``load_gguf`` undoes that, so the
@@ -29,6 +30,7 @@ from corral.loader.gguf_file import GGUFFile, GGUFTensor, read_gguf_file
 from corral.loader.lazy import LazyWeights
 from corral.loader.names import check_shapes
 from corral.models.spec import ModelConfig, RopeScaling
+from corral.quantization.blockwise import BlockQuantized
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 DEQUANTIZABLE_TYPES = frozenset(
@@ -60,6 +62,8 @@ _LAYER_NAMES = {
 }
 _LAYER_PATTERN = re.compile(r"blk\.(\d+)\.(.+)")
 _REQUIRED = object()
+# bytes of one block of 32 weights: float16 scale [, float16 min], then the codes
+_BLOCK_LAYOUTS = {QType.Q4_0: (18, False), QType.Q4_1: (20, True), QType.Q8_0: (34, False)}
 
 
 def hf_weight_name(gguf_name: str) -> str:
@@ -132,8 +136,11 @@ def load_gguf(
     return config, weights.materialize()
 
 
-def open_gguf(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, LazyWeights]:
-    """Like ``load_gguf``, but each weight is dequantized when it is read from the returned mapping."""
+def open_gguf(
+    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, keep_quantized: bool = False
+) -> tuple[ModelConfig, LazyWeights]:
+    """Like ``load_gguf``, but each weight is converted when it is read from the returned mapping; with
+    ``keep_quantized``, Q4_0/Q4_1/Q8_0 matrices come back as ``BlockQuantized`` instead of float."""
     path = os.fspath(path)
     reader = read_gguf_file(path)
     config = read_gguf_config(reader)
@@ -151,8 +158,12 @@ def open_gguf(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) 
     check_shapes(config, shapes, path)
 
     # one tensor at a time: threads measured slower (gguf's kernels hold the GIL between numpy calls)
-    def read(name: str) -> torch.Tensor:
-        weight = _to_torch(name, named[name], config, dtype)
+    def read(name: str) -> torch.Tensor | BlockQuantized:
+        tensor = named[name]
+        if keep_quantized and tensor.qtype in _BLOCK_LAYOUTS and len(tensor.shape) == 2:
+            weight = _to_blocks(name, tensor, config)
+        else:
+            weight = _to_torch(name, tensor, config, dtype)
         reader.evict(named[name])
         return weight
 
@@ -178,6 +189,29 @@ def _to_torch(name: str, tensor: GGUFTensor, config: ModelConfig, dtype: torch.d
     if config.architecture == "llama":
         weight = _unpermute_qk(name, weight, config)
     return weight.to(dtype)
+
+
+def _to_blocks(name: str, tensor: GGUFTensor, config: ModelConfig) -> BlockQuantized:
+    """A Q4_0/Q4_1/Q8_0 matrix as blocks of group 32, copied out of the file mapping; its dequantized
+    values equal gguf's dequantization bit for bit."""
+    block_bytes, has_min = _BLOCK_LAYOUTS[tensor.qtype]
+    rows = tensor.shape[0]
+    raw = tensor.data.reshape(rows, -1, block_bytes)  # [rows, num_blocks, block_bytes]
+    scales = torch.from_numpy(np.ascontiguousarray(raw[:, :, 0:2]).view(np.float16).reshape(rows, -1))
+    codes_start = 4 if has_min else 2
+    codes = torch.from_numpy(np.ascontiguousarray(raw[:, :, codes_start:]).reshape(rows, -1))
+    if tensor.qtype == QType.Q8_0:
+        blocks = BlockQuantized(8, 32, codes.view(torch.int8), scales, None)
+    elif has_min:  # Q4_1: w = scale * q + min
+        mins = torch.from_numpy(np.ascontiguousarray(raw[:, :, 2:4]).view(np.float16).reshape(rows, -1))
+        blocks = BlockQuantized(4, 32, codes, scales, mins)
+    else:  # Q4_0: w = scale * (q - 8)
+        blocks = BlockQuantized(4, 32, codes, scales, scales * -8)
+    if config.architecture == "llama":
+        permutation = _unpermute_qk(name, torch.arange(rows), config)
+        if not torch.equal(permutation, torch.arange(rows)):
+            blocks = blocks.take_rows(permutation)
+    return blocks
 
 
 def _dequantize(tensor: GGUFTensor) -> np.ndarray:

@@ -20,7 +20,8 @@ from corral.layers.linear import Linear
 from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
 from corral.models.spec import ModelConfig
-from corral.quantization.base import QuantMethod
+from corral.quantization.base import QuantizedLinear, QuantMethod
+from corral.quantization.blockwise import BlockQuantized
 from corral.quantization.smooth import smoothing_scales
 
 
@@ -188,8 +189,14 @@ class LlamaForCausalLM(nn.Module):
         """Pack the LM head, smoothed first if ``input_absmax`` is given. A tied head is packed straight
         from the embedding's weight: it gets its own packed copy, never a float one."""
         head = self.lm_head
+        embedding = self.model.embed_tokens
+        if head is None and input_absmax is None:
+            embedding.quantize_(method)
+            if isinstance(embedding.packed, QuantizedLinear):  # the packed table computes the head too
+                self.lm_head = Linear.from_packed(embedding.packed)
+                return
         if head is None:
-            head = Linear.from_weight(self.model.embed_tokens.weight.detach())  # shares the storage
+            head = Linear.from_weight(embedding.weight.detach())  # shares the storage
         scales = None if input_absmax is None else self._fold_head_smoothing(head.weight, input_absmax, alpha)
         head.quantize_(method, input_scales=scales)
         self.lm_head = head
@@ -242,7 +249,7 @@ class LlamaForCausalLM(nn.Module):
     def _load_part(self, weights: Mapping[str, torch.Tensor], belongs: Callable[[str], bool]) -> None:
         params = {name: p for name, p in self.named_parameters() if belongs(name)}
         fused = _fuse_hf_weights({name: weights[name] for name in weights if belongs(name)}, self.config)
-        loaded: set[str] = set()
+        packed: dict[str, BlockQuantized] = {}
         for name, tensor in fused.items():
             if name not in params:
                 if name == "lm_head.weight" and self.lm_head is None:
@@ -252,11 +259,15 @@ class LlamaForCausalLM(nn.Module):
                 raise ModelLoadError(
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}"
                 )
-            params[name].copy_(tensor)
-            loaded.add(name)
-        missing = sorted(set(params) - loaded)
+            if isinstance(tensor, BlockQuantized):
+                packed[name] = tensor
+            else:
+                params[name].copy_(tensor)
+        missing = sorted(set(params) - set(fused))
         if missing:
             raise ModelLoadError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
+        for name, blocks in packed.items():  # after the floats: a packed linear takes its bias along
+            self.get_submodule(name.removesuffix(".weight")).load_blocks_(blocks)
 
 
 def _layer_index(name: str) -> int:
@@ -283,9 +294,18 @@ def _fuse_hf_weights(weights: Mapping[str, torch.Tensor], config: ModelConfig) -
                 if not all(present):
                     missing = names[present.index(False)]
                     raise ModelLoadError(f"checkpoint is missing tensor {missing!r}")
-                fused[f"{prefix}{target}.{suffix}"] = torch.cat([weights[n] for n in names], dim=0)
+                fused[f"{prefix}{target}.{suffix}"] = _cat_rows([weights[n] for n in names])
                 consumed.update(names)
     for name, tensor in weights.items():
         if name not in consumed and not name.endswith("rotary_emb.inv_freq"):
             fused[name] = tensor
     return fused
+
+
+def _cat_rows(parts: list[torch.Tensor | BlockQuantized]) -> torch.Tensor | BlockQuantized:
+    """Stack tensors along rows; packed parts stay packed when they share one format, else all go float."""
+    if all(isinstance(p, BlockQuantized) for p in parts):
+        formats = {(p.bits, p.group_size) for p in parts}
+        if len(formats) == 1:
+            return BlockQuantized.cat_rows(parts)
+    return torch.cat([p.dequantize() if isinstance(p, BlockQuantized) else p for p in parts], dim=0)

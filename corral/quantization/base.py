@@ -6,11 +6,12 @@ weights are loaded; the float weights are then dropped, so memory really shrinks
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 
+@runtime_checkable
 class QuantizedLinear(Protocol):
     """A packed linear weight. ``apply(x)`` approximates ``x @ W.T + b`` within the format's error bound
     and, for every method here, gives each row of ``x`` a result that does not depend on the other rows."""

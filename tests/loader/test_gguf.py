@@ -15,6 +15,7 @@ from corral.loader.gguf_file import read_gguf_file
 from corral.loader.gguf_writer import write_gguf_tensors, write_tiny_gguf
 from corral.loader.names import expected_shapes
 from corral.models.spec import RopeScaling
+from corral.quantization.blockwise import BlockQuantized
 
 # worst-case |dequantized - original| for uniform [-1, 1) weights
 TOLERANCE = {
@@ -247,3 +248,25 @@ def test_open_gguf_reads_each_tensor_on_access_and_again_after_eviction(tmp_path
     assert torch.equal(lazy[name], first)  # ... and fault back in on the next
     with pytest.raises(KeyError):
         lazy["model.layers.2.mlp.down_proj.weight"]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("qtype", [QType.Q4_0, QType.Q4_1, QType.Q8_0])
+def test_kept_quantized_blocks_dequantize_to_the_float_load(tmp_path, tiny_config, random_weights, architecture, qtype):
+    config = tiny_config(architecture)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, config, random_weights(config), qtype)
+    _, floats = load_gguf(str(path))
+
+    _, kept = open_gguf(str(path), keep_quantized=True)
+    packed = 0
+    for name, expected in floats.items():
+        tensor = kept[name]
+        if isinstance(tensor, BlockQuantized):  # every matrix; norms and biases stay F32
+            packed += 1
+            assert tensor.bits == (8 if qtype == QType.Q8_0 else 4) and tensor.group_size == 32
+            # bit for bit gguf's dequantization, in HF row order (llama's q/k unpermuted)
+            assert torch.equal(tensor.dequantize(), expected), name
+        else:
+            assert tensor.dim() == 1 and torch.equal(tensor, expected), name
+    assert packed == sum(1 for t in floats.values() if t.dim() == 2)

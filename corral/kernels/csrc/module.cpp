@@ -11,6 +11,9 @@ torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& k
 std::tuple<torch::Tensor, torch::Tensor> unit_rows_with_pin(const torch::Tensor& input);
 torch::Tensor rescale_rows(torch::Tensor y, const torch::Tensor& row_absmax, const c10::optional<torch::Tensor>& bias);
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
+torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
+                           const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
+                           int64_t bits, int64_t group_size);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -18,5 +21,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
+  m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, int8 activations");
   m.def("apply_rotary", &apply_rotary, "rotate-half rotary embedding of float32 [tokens, heads, head_size]");
 }

@@ -1,0 +1,167 @@
+"""Group-quantized weights that stay packed: int4 (asymmetric, with a min per group) and int8 (symmetric).
+
+Each row of a ``[rows, cols]`` weight is cut along ``cols`` into groups of ``group_size`` with a float16
+scale (and min):  int4: ``w = scale * q + min``, q in 0..15 (llama.cpp's Q4_1; its Q4_0 is the case
+``min = -8 * scale``);  int8: ``w = scale * q``, q in -127..127 (llama.cpp's Q8_0). GGUF files in those
+formats load into these blocks without a float copy, and float weights are rounded to nearest into them.
+The products run in ``kernels.block_linear`` (int8 activations in blocks of 32, integer dot products), so
+int4 weights take 5 bits per weight at group 32 (4.25 at 128) in memory, not 32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from corral.errors import QuantizationError
+from corral.kernels.block_linear import ACTIVATION_BLOCK, block_linear, pack_int4, unpack_int4
+
+GROUP_SIZES = (32, 64, 128, 256)
+_FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class BlockQuantized:
+    """A ``[rows, cols]`` matrix in groups of ``group_size`` along ``cols`` (see the module docstring)."""
+
+    bits: int  # 4 or 8
+    group_size: int
+    values: torch.Tensor  # int4: [rows, cols / 2] uint8 packed nibbles; int8: [rows, cols] int8
+    scales: torch.Tensor  # [rows, cols / group_size] float16
+    mins: torch.Tensor | None  # int4: like scales; int8: None
+
+    def __post_init__(self) -> None:
+        rows, cols = self.shape
+        if self.bits not in (4, 8) or self.group_size not in GROUP_SIZES or cols % self.group_size:
+            raise QuantizationError(f"invalid {self.bits}-bit blocks of group size {self.group_size}, shape {self.shape}")
+        if self.scales.shape != (rows, cols // self.group_size) or self.scales.dtype != torch.float16:
+            raise QuantizationError(f"scales must be float16 [{rows}, {cols // self.group_size}]")
+        if (self.mins is None) != (self.bits == 8) or (self.mins is not None and self.mins.shape != self.scales.shape):
+            raise QuantizationError("int4 blocks need mins shaped like the scales; int8 blocks have none")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, width = self.values.shape
+        return rows, width * 2 if self.bits == 4 else width
+
+    def dequantize(self) -> torch.Tensor:  # [rows, cols] float32
+        codes = unpack_int4(self.values) if self.bits == 4 else self.values
+        values = codes.float() * self.scales.float().repeat_interleave(self.group_size, dim=1)
+        if self.mins is not None:
+            values += self.mins.float().repeat_interleave(self.group_size, dim=1)
+        return values
+
+    def take_rows(self, index: torch.Tensor) -> BlockQuantized:
+        """The rows at ``index``, in that order (a permutation reorders a matrix's rows)."""
+        mins = None if self.mins is None else self.mins.index_select(0, index)
+        return BlockQuantized(
+            self.bits, self.group_size, self.values.index_select(0, index), self.scales.index_select(0, index), mins
+        )
+
+    @staticmethod
+    def cat_rows(parts: list[BlockQuantized]) -> BlockQuantized:
+        """The matrices stacked along rows (fusing q/k/v or gate/up); all must share bits and group size."""
+        first = parts[0]
+        if any((p.bits, p.group_size, p.shape[1]) != (first.bits, first.group_size, first.shape[1]) for p in parts):
+            raise QuantizationError("cannot fuse blocks of different formats or widths")
+        mins = None if first.mins is None else torch.cat([p.mins for p in parts])
+        return BlockQuantized(
+            first.bits, first.group_size, torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]), mins
+        )
+
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.scales.nbytes + (0 if self.mins is None else self.mins.nbytes)
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> BlockQuantized:
+    """Round-to-nearest asymmetric int4: each group's min maps to 0 and its max to 15 (up to the float16
+    rounding of scale and min, after which codes are clamped to 0..15)."""
+    groups = _groups(weight, group_size)  # [rows, num_groups, group_size]
+    low, high = groups.amin(dim=2), groups.amax(dim=2)
+    scales = _to_float16((high - low) / 15)
+    mins = _to_float16(low)
+    step = scales.float().unsqueeze(2)
+    codes = ((groups - mins.float().unsqueeze(2)) / torch.where(step > 0, step, 1.0)).round_().clamp_(0, 15)
+    return BlockQuantized(4, group_size, pack_int4(codes.view(weight.shape)), scales, mins)
+
+
+def quantize_int8(weight: torch.Tensor, group_size: int = 32) -> BlockQuantized:
+    """Round-to-nearest symmetric int8: each group's largest |w| maps to 127."""
+    groups = _groups(weight, group_size)
+    scales = _to_float16(groups.abs().amax(dim=2) / 127)
+    step = scales.float().unsqueeze(2)
+    codes = (groups / torch.where(step > 0, step, 1.0)).round_().clamp_(-127, 127)
+    return BlockQuantized(8, group_size, codes.to(torch.int8).view(weight.shape), scales, None)
+
+
+def _groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    if weight.dim() != 2:
+        raise QuantizationError(f"block quantization packs 2-D weights, got shape {tuple(weight.shape)}")
+    if group_size not in GROUP_SIZES:
+        raise QuantizationError(f"group size must be one of {GROUP_SIZES}, got {group_size}")
+    rows, cols = weight.shape
+    if cols % group_size:
+        raise QuantizationError(f"input width {cols} is not a multiple of the group size {group_size}")
+    return weight.detach().float().reshape(rows, cols // group_size, group_size)
+
+
+def _to_float16(values: torch.Tensor) -> torch.Tensor:
+    if values.abs().max() > _FLOAT16_MAX:
+        raise QuantizationError("a group's scale or min exceeds the float16 range")
+    return values.half()
+
+
+class BlockLinear:
+    """A packed linear layer over ``BlockQuantized`` weights; each row's result is independent of its batch."""
+
+    def __init__(self, weight: BlockQuantized, bias: torch.Tensor | None):
+        if weight.shape[1] % ACTIVATION_BLOCK:
+            raise QuantizationError(f"input width {weight.shape[1]} is not a multiple of {ACTIVATION_BLOCK}")
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:  # [num_rows, in_features] -> [num_rows, out_features]
+        w = self.weight
+        return block_linear(x, w.values, w.scales, w.mins, self.bias, w.bits, w.group_size)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, in_features]
+        """Rows of the weight itself: a tied embedding table and LM head share one packed copy."""
+        return self.weight.take_rows(ids).dequantize()
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight.dequantize()
+
+    def nbytes(self) -> int:
+        return self.weight.nbytes() + (0 if self.bias is None else self.bias.nbytes)
+
+
+class BlockMethod:
+    """Weights packed into blocks at load time: ``int4`` (round-to-nearest, group ``group_size``), or
+    ``gguf``, which keeps a GGUF file's Q4_0/Q4_1/Q8_0 tensors as they are (the loader hands them over
+    packed) and packs any float tensor as int8. Embedding tables (and so a tied LM head) are int8, group 32,
+    as llama.cpp's 4-bit files keep them at 8 bits."""
+
+    quantizes_activations = False  # activations are quantized per block of 32, no smoothing needed
+    keeps_gguf_blocks: bool
+
+    def __init__(self, name: str, linear_bits: int, group_size: int = 32):
+        if group_size not in GROUP_SIZES:
+            raise QuantizationError(f"group size must be one of {GROUP_SIZES}, got {group_size}")
+        self.name = name
+        self.linear_bits = linear_bits
+        self.group_size = group_size
+        self.keeps_gguf_blocks = name == "gguf"
+
+    def quantize(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, input_scales: torch.Tensor | None = None
+    ) -> BlockLinear:
+        if input_scales is not None:
+            weight = weight * input_scales
+        if self.linear_bits == 4:
+            return BlockLinear(quantize_int4(weight, self.group_size), bias)
+        return BlockLinear(quantize_int8(weight, self.group_size), bias)
+
+    def quantize_table(self, table: torch.Tensor) -> BlockLinear:
+        return BlockLinear(quantize_int8(table, ACTIVATION_BLOCK), None)

@@ -1,0 +1,89 @@
+"""The block-quantized linear kernel: equal to its torch reference within float summation order, each row
+independent of its batch, and the nibble packing reversible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.kernels import cpu_extension
+from corral.kernels.block_linear import (
+    block_linear,
+    block_linear_reference,
+    fake_quantize_activations,
+    pack_int4,
+    unpack_int4,
+)
+
+needs_kernels = pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install)")
+
+
+def random_blocks(bits: int, rows: int, cols: int, group_size: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    if bits == 4:
+        values = pack_int4(torch.randint(0, 16, (rows, cols), generator=generator))
+        mins = (-torch.rand(rows, cols // group_size, generator=generator) * 0.1).half()
+    else:
+        values = torch.randint(-127, 128, (rows, cols), generator=generator).to(torch.int8)
+        mins = None
+    scales = (torch.rand(rows, cols // group_size, generator=generator) * 0.02).half()
+    return values, scales, mins
+
+
+def activations(num_rows: int, cols: int, seed: int = 1) -> torch.Tensor:
+    x = torch.randn(num_rows, cols, generator=torch.Generator().manual_seed(seed))
+    if num_rows > 2:
+        x[1] *= 1e3  # an outlier row
+        x[2] = 0.0  # an all-zero row: scale 0, codes 0
+    return x
+
+
+def test_pack_int4_round_trips_and_uses_llama_cpp_nibble_order():
+    codes = torch.randint(0, 16, (3, 64), generator=torch.Generator().manual_seed(0))
+    packed = pack_int4(codes)
+    assert packed.shape == (3, 32) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_int4(packed), codes)
+    assert int(packed[0, 0]) == int(codes[0, 0]) | int(codes[0, 16]) << 4  # element j low, j + 16 high
+
+
+def test_fake_quantized_activations_are_within_half_a_step_per_block():
+    x = activations(5, 96)
+    step = x.view(5, 3, 32).abs().amax(dim=2, keepdim=True) / 127
+    error = (fake_quantize_activations(x).view(5, 3, 32) - x.view(5, 3, 32)).abs()
+    assert (error <= step / 2 * (1 + 1e-6)).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("num_rows, cols", [(1, 576), (5, 256), (9, 384), (70, 128)])
+def test_kernel_matches_the_reference(bits, group_size, num_rows, cols):
+    if cols % group_size:
+        pytest.skip("width not a multiple of the group")
+    values, scales, mins = random_blocks(bits, 48, cols, group_size)
+    bias = torch.randn(48)
+    x = activations(num_rows, cols)
+    got = block_linear(x, values, scales, mins, bias, bits, group_size)
+    want = block_linear_reference(x, values, scales, mins, bias, bits, group_size)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+def test_each_row_is_bit_identical_alone_and_in_any_batch(bits):
+    values, scales, mins = random_blocks(bits, 40, 576, 32)
+    x = activations(11, 576)
+    batch = block_linear(x, values, scales, mins, None, bits, 32)
+    for i in range(x.shape[0]):
+        alone = block_linear(x[i : i + 1], values, scales, mins, None, bits, 32)
+        assert torch.equal(alone[0], batch[i])
+    assert torch.equal(block_linear(x[3:10], values, scales, mins, None, bits, 32), batch[3:10])
+
+
+@needs_kernels
+def test_kernel_refuses_mismatched_shapes():
+    values, scales, mins = random_blocks(4, 8, 64, 32)
+    with pytest.raises(RuntimeError, match="values shape"):
+        block_linear(torch.randn(2, 128), values, scales, mins, None, 4, 32)
+    with pytest.raises(RuntimeError, match="mins"):
+        block_linear(torch.randn(2, 64), values, scales, None, None, 4, 32)

@@ -1,0 +1,97 @@
+"""Block-quantized weights: round trips within the analytic bound, packed layers equal to a dequantized
+reference, bad shapes refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.errors import QuantizationError
+from corral.kernels.block_linear import fake_quantize_activations
+from corral.quantization.blockwise import (
+    BlockLinear,
+    BlockMethod,
+    BlockQuantized,
+    quantize_int4,
+    quantize_int8,
+)
+
+
+def weight(rows: int = 24, cols: int = 256, seed: int = 0) -> torch.Tensor:
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    w[3, 17] = 12.0  # an outlier widens only its own group
+    w[5, :128] = 0.0  # a constant group: scale 0
+    return w
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_round_trip_within_half_a_step_plus_float16_rounding(group_size):
+    w = weight()
+    blocks = quantize_int4(w, group_size)
+    groups = w.view(w.shape[0], -1, group_size)
+    low, high = groups.amin(dim=2), groups.amax(dim=2)
+    scale, minimum = blocks.scales.float(), blocks.mins.float()
+    # half a step, plus what float16 rounding of the min and of the step moves the grid's ends
+    bound = scale / 2 + (minimum - low).abs() + 15 * (scale - (high - low) / 15).abs()
+    error = (blocks.dequantize() - w).view_as(groups).abs()
+    assert (error <= bound.unsqueeze(2) * (1 + 1e-3) + 1e-6).all()
+    assert torch.equal(blocks.dequantize()[5, :128], torch.zeros(128))
+    rows, cols = w.shape
+    assert blocks.nbytes() == rows * cols // 2 + 2 * 2 * rows * cols // group_size
+
+
+def test_int8_round_trip_within_half_a_step():
+    w = weight()
+    blocks = quantize_int8(w, 32)
+    scale = blocks.scales.float().repeat_interleave(32, dim=1)
+    exact_scale = w.view(24, -1, 32).abs().amax(dim=2).repeat_interleave(32, dim=1) / 127
+    bound = scale / 2 + 127 * (scale - exact_scale).abs()
+    assert ((blocks.dequantize() - w).abs() <= bound * (1 + 1e-3) + 1e-6).all()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_block_linear_equals_the_dequantized_reference_matmul(bits):
+    w, bias = weight(), torch.randn(24)
+    layer = BlockMethod("int4" if bits == 4 else "int8-blocks", linear_bits=bits).quantize(w, bias)
+    x = torch.randn(7, 256, generator=torch.Generator().manual_seed(3))
+    dequantized = layer.dequantized_weight()
+    if bits == 8:
+        reference = fake_quantize_activations(x) @ dequantized.T + bias
+    else:  # the min term multiplies the exact activations, the scaled codes the quantized ones
+        mins = layer.weight.mins.float().repeat_interleave(32, dim=1)
+        reference = fake_quantize_activations(x) @ (dequantized - mins).T + x @ mins.T + bias
+    torch.testing.assert_close(layer.apply(x), reference, rtol=1e-4, atol=1e-4)
+    # and close to the float product: activations lose at most half a step per block of 32
+    assert (layer.apply(x) - (x @ w.T + bias)).abs().max() < 0.1 * (x @ w.T).abs().max()
+
+
+def test_rows_cat_and_take():
+    a, b = quantize_int4(weight(seed=1), 32), quantize_int4(weight(rows=8, seed=2), 32)
+    both = BlockQuantized.cat_rows([a, b])
+    assert both.shape == (32, 256)
+    assert torch.equal(both.dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
+    index = torch.tensor([31, 0, 5])
+    assert torch.equal(both.take_rows(index).dequantize(), both.dequantize()[index])
+    with pytest.raises(QuantizationError, match="different formats"):
+        BlockQuantized.cat_rows([a, quantize_int8(weight(), 32)])
+
+
+def test_tied_table_lookup_returns_dequantized_rows():
+    table = BlockMethod("int4", linear_bits=4).quantize_table(weight())
+    ids = torch.tensor([3, 3, 0])
+    assert torch.equal(table.lookup(ids), table.dequantized_weight()[ids])
+    assert table.weight.bits == 8  # tables stay at 8 bits
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(QuantizationError, match="multiple of the group size"):
+        quantize_int4(torch.randn(4, 48), 32)
+    with pytest.raises(QuantizationError, match="group size must be one of"):
+        quantize_int4(torch.randn(4, 96), 48)
+    with pytest.raises(QuantizationError, match="2-D"):
+        quantize_int8(torch.randn(4, 4, 32), 32)
+    with pytest.raises(QuantizationError, match="float16 range"):
+        quantize_int8(torch.full((2, 32), 1e7), 32)
+    with pytest.raises(QuantizationError, match="group size"):
+        BlockMethod("int4", linear_bits=4, group_size=16)
+    assert isinstance(BlockMethod("int4", 4).quantize(torch.randn(8, 64), None), BlockLinear)
