@@ -30,12 +30,16 @@ constexpr int64_t kBlock = 32;        // activation block: 32 int8 values, one s
 constexpr int64_t kRowTile = 4;       // activation rows sharing one unpacked weight block
 constexpr int64_t kRowPanel = 64;     // activation rows kept hot in cache while a thread walks its weights
 
+// Rows are padded with zero blocks to a multiple of 8 blocks, so the AVX2 loop reads 8 blocks at a time.
 struct QuantizedActivations {
-  const int8_t* q;        // [rows, K]
-  const float* scale;     // [rows, K / 32]
-  const float* sum;       // [rows, K / 32]: exact float sum of each block of x
+  const int8_t* q;        // [rows, stride * 32]
+  const float* scale;     // [rows, stride]
+  const float* sum;       // [rows, stride]: exact float sum of each block of x
   int64_t K;
+  int64_t stride;         // blocks per row, padded
 };
+
+inline int64_t padded_blocks(int64_t K) { return (K / 32 + 7) / 8 * 8; }
 
 struct BlockWeights {
   const uint8_t* values;  // int4: [N, K / 2], block b of a row in bytes 16b..16b+15, q[j] low / q[j+16] high
@@ -50,7 +54,7 @@ struct BlockWeights {
 inline float half_to_float(uint16_t bits) { return c10::detail::fp16_ieee_to_fp32_value(bits); }
 
 void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, float* scale, float* sum) {
-  const int64_t blocks = K / kBlock;
+  const int64_t blocks = K / kBlock, stride = padded_blocks(K);
   at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / K), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       for (int64_t b = 0; b < blocks; ++b) {
@@ -62,11 +66,14 @@ void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, fl
         }
         const float d = absmax / 127.f;
         const float inverse = d > 0.f ? 1.f / d : 0.f;
-        int8_t* qb = q + r * K + b * kBlock;
+        int8_t* qb = q + (r * stride + b) * kBlock;
         for (int64_t i = 0; i < kBlock; ++i) qb[i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
-        scale[r * blocks + b] = d;
-        sum[r * blocks + b] = total;
+        scale[r * stride + b] = d;
+        sum[r * stride + b] = total;
       }
+      std::fill(q + (r * stride + blocks) * kBlock, q + (r + 1) * stride * kBlock, int8_t{0});
+      std::fill(scale + r * stride + blocks, scale + (r + 1) * stride, 0.f);
+      std::fill(sum + r * stride + blocks, sum + (r + 1) * stride, 0.f);
     }
   });
 }
@@ -101,9 +108,10 @@ void rows_portable(const QuantizedActivations& a, int64_t m, const BlockWeights&
     int8_t qw[kBlock];
     unpack_block(w, a.K, n, b, qw);
     for (int r = 0; r < R; ++r) {
-      const int32_t dot = block_dot(qw, a.q + (m + r) * a.K + b * kBlock);
-      acc[r] += w_scale * a.scale[(m + r) * blocks + b] * static_cast<float>(dot);
-      if (w.bits == 4) acc_min[r] += half_to_float(w.min[g]) * a.sum[(m + r) * blocks + b];
+      const int64_t i = (m + r) * a.stride + b;
+      const int32_t dot = block_dot(qw, a.q + i * kBlock);
+      acc[r] += w_scale * a.scale[i] * static_cast<float>(dot);
+      if (w.bits == 4) acc_min[r] += half_to_float(w.min[g]) * a.sum[i];
     }
   }
   for (int r = 0; r < R; ++r) *out[r] = acc[r] + acc_min[r];
@@ -118,17 +126,22 @@ __attribute__((target("avx2,fma,f16c"))) inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// The 8 groups' float16 values covering blocks b0..b0+7 of row n, as one float per block.
+// The float16 group values covering blocks b0 .. b0 + count - 1 of a row, one float per block (0 past count).
 __attribute__((target("avx2,fma,f16c")))
-inline __m256 per_block(const uint16_t* row_groups, int64_t b0, int64_t per_group) {
+inline __m256 per_block(const uint16_t* row_groups, int64_t b0, int64_t count, int64_t per_group) {
   alignas(16) uint16_t bits[8] = {};
-  std::memcpy(bits, row_groups + b0 / per_group, sizeof(uint16_t) * (8 / per_group));
+  std::memcpy(bits, row_groups + b0 / per_group, sizeof(uint16_t) * ((count + per_group - 1) / per_group));
   const __m256 groups = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(bits)));
   if (per_group == 1) return groups;
   const __m256i index = per_group == 2 ? _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
                         : per_group == 4 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)
                                          : _mm256_setzero_si256();
-  return _mm256_permutevar8x32_ps(groups, index);
+  const __m256 expanded = _mm256_permutevar8x32_ps(groups, index);
+  if (count == 8) return expanded;
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, expanded);
+  std::fill(lanes + count, lanes + 8, 0.f);
+  return _mm256_load_ps(lanes);
 }
 
 // Eight blocks' int32 dot products (8 lanes each) -> one lane per block, in block order.
@@ -140,63 +153,68 @@ inline __m256i block_totals(const __m256i d[8]) {
                           _mm256_permute2x128_si256(h0123, h4567, 0x31));
 }
 
-template <int R>
-__attribute__((target("avx2,fma,f16c")))
-void rows_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* out[R]) {
-  const int64_t blocks = a.K / kBlock, groups = a.K / w.group_size, per_group = w.group_size / kBlock;
-  const uint16_t* row_scale = w.scale + n * groups;
-  const uint16_t* row_min = w.bits == 4 ? w.min + n * groups : nullptr;
+// Blocks b0 .. b0 + count - 1 (count <= 8; FULL: exactly 8, so every loop unrolls) of activation rows
+// m .. m + R - 1 against weight rows n .. n + C - 1, added into acc and acc_min.
+template <int BITS, int R, int C, bool FULL>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void chunk_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, int64_t b0,
+                       int64_t count_if_partial, __m256 (&acc)[C][R], __m256 (&acc_min)[C][R]) {
+  const int64_t count = FULL ? 8 : count_if_partial;
+  const int64_t groups = a.K / w.group_size, per_group = w.group_size / kBlock;
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low_nibbles = _mm_set1_epi8(0x0F);
-  __m256 acc[R], acc_min[R];
-  for (int r = 0; r < R; ++r) acc[r] = acc_min[r] = _mm256_setzero_ps();
-
-  // Eight blocks at a time: integer dots per block, then one float multiply-add for all eight.
-  const int64_t full = blocks - blocks % 8;
-  for (int64_t b0 = 0; b0 < full; b0 += 8) {
+  for (int c = 0; c < C; ++c) {
+    const int64_t row = n + c;
     __m256i qw[8], qw_abs[8];
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < count; ++j) {
       const int64_t b = b0 + j;
-      if (w.bits == 4) {
+      if (BITS == 4) {
         const __m128i packed =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + n * (a.K / 2) + b * (kBlock / 2)));
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + row * (a.K / 2) + b * (kBlock / 2)));
         qw[j] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles),
                                  _mm_and_si128(packed, low_nibbles));  // unsigned 0..15
       } else {
-        qw[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + n * a.K + b * kBlock));
+        qw[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + row * a.K + b * kBlock));
         qw_abs[j] = _mm256_sign_epi8(qw[j], qw[j]);
       }
     }
-    const __m256 w_scale = per_block(row_scale, b0, per_group);
-    const __m256 w_min = w.bits == 4 ? per_block(row_min, b0, per_group) : _mm256_setzero_ps();
+    const __m256 w_scale = per_block(w.scale + row * groups, b0, count, per_group);
+    const __m256 w_min = BITS == 4 ? per_block(w.min + row * groups, b0, count, per_group) : _mm256_setzero_ps();
+    if (!FULL) {  // the padding blocks' activations are zero; keep their weights zero too
+      for (int j = count; j < 8; ++j) qw[j] = qw_abs[j] = _mm256_setzero_si256();
+    }
     for (int r = 0; r < R; ++r) {
-      const int8_t* qx = a.q + (m + r) * a.K + b0 * kBlock;
+      const int64_t first = (m + r) * a.stride + b0;
+      const int8_t* qx = a.q + first * kBlock;
       __m256i dots[8];
       for (int j = 0; j < 8; ++j) {
         const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + j * kBlock));
         // pairs of u8 x s8 products in int16: at most 2 * 15 * 127 (int4) or 2 * 127 * 127, no saturation
-        const __m256i pairs = w.bits == 4 ? _mm256_maddubs_epi16(qw[j], x)
-                                          : _mm256_maddubs_epi16(qw_abs[j], _mm256_sign_epi8(x, qw[j]));
+        const __m256i pairs = BITS == 4 ? _mm256_maddubs_epi16(qw[j], x)
+                                        : _mm256_maddubs_epi16(qw_abs[j], _mm256_sign_epi8(x, qw[j]));
         dots[j] = _mm256_madd_epi16(pairs, ones);
       }
-      const int64_t first = (m + r) * blocks + b0;
       const __m256 scale = _mm256_mul_ps(w_scale, _mm256_loadu_ps(a.scale + first));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_totals(dots)), scale, acc[r]);
-      if (w.bits == 4) acc_min[r] = _mm256_fmadd_ps(w_min, _mm256_loadu_ps(a.sum + first), acc_min[r]);
+      acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_totals(dots)), scale, acc[c][r]);
+      if (BITS == 4) acc_min[c][r] = _mm256_fmadd_ps(w_min, _mm256_loadu_ps(a.sum + first), acc_min[c][r]);
     }
   }
-  float tail[R] = {};
-  for (int64_t b = full; b < blocks; ++b) {
-    const int64_t g = n * groups + b / per_group;
-    int8_t qw[kBlock];
-    unpack_block(w, a.K, n, b, qw);
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (m + r) * blocks + b;
-      tail[r] += _cvtsh_ss(w.scale[g]) * a.scale[i] * static_cast<float>(block_dot(qw, a.q + i * kBlock));
-      if (w.bits == 4) tail[r] += _cvtsh_ss(w.min[g]) * a.sum[i];
-    }
-  }
-  for (int r = 0; r < R; ++r) *out[r] = horizontal_sum(_mm256_add_ps(acc[r], acc_min[r])) + tail[r];
+}
+
+// Outputs of activation rows m .. m + R - 1 against weight rows n .. n + C - 1. The C weight rows are
+// independent chains the CPU overlaps (one activation row would otherwise wait on each multiply-add).
+template <int BITS, int R, int C>
+__attribute__((target("avx2,fma,f16c")))
+void tile_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* y, int64_t N) {
+  const int64_t blocks = a.K / kBlock;
+  __m256 acc[C][R], acc_min[C][R];
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r) acc[c][r] = acc_min[c][r] = _mm256_setzero_ps();
+  int64_t b0 = 0;
+  for (; b0 + 8 <= blocks; b0 += 8) chunk_avx2<BITS, R, C, true>(a, m, w, n, b0, 8, acc, acc_min);
+  if (b0 < blocks) chunk_avx2<BITS, R, C, false>(a, m, w, n, b0, blocks - b0, acc, acc_min);
+  for (int c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r) y[(m + r) * N + n + c] = horizontal_sum(_mm256_add_ps(acc[c][r], acc_min[c][r]));
 }
 
 bool has_avx2() {
@@ -205,14 +223,37 @@ bool has_avx2() {
   return supported;
 }
 
-template <int R>
-inline void rows(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* y, int64_t N) {
-  float* out[R];
-  for (int r = 0; r < R; ++r) out[r] = y + (m + r) * N + n;
+template <int R, int C>
+inline void tile(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* y, int64_t N) {
   if (has_avx2()) {
-    rows_avx2<R>(a, m, w, n, out);
-  } else {
-    rows_portable<R>(a, m, w, n, out);
+    return w.bits == 4 ? tile_avx2<4, R, C>(a, m, w, n, y, N) : tile_avx2<8, R, C>(a, m, w, n, y, N);
+  }
+  for (int c = 0; c < C; ++c) {
+    float* out[R];
+    for (int r = 0; r < R; ++r) out[r] = y + (m + r) * N + n + c;
+    rows_portable<R>(a, m, w, n + c, out);
+  }
+}
+
+// Weight rows n_begin .. n_end - 1 against every activation row, a panel of rows at a time.
+void columns(const QuantizedActivations& a, int64_t M, const BlockWeights& w, int64_t n_begin, int64_t n_end,
+             float* y, int64_t N) {
+  constexpr int64_t kColumnTile = 4;
+  for (int64_t panel = 0; panel < M; panel += kRowPanel) {
+    const int64_t panel_end = std::min(M, panel + kRowPanel);
+    if (panel_end - panel < kRowTile) {  // a few rows (decode): tile the weight rows instead
+      int64_t n = n_begin;
+      for (; n + kColumnTile <= n_end; n += kColumnTile)
+        for (int64_t m = panel; m < panel_end; ++m) tile<1, kColumnTile>(a, m, w, n, y, N);
+      for (; n < n_end; ++n)
+        for (int64_t m = panel; m < panel_end; ++m) tile<1, 1>(a, m, w, n, y, N);
+      continue;
+    }
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      int64_t m = panel;
+      for (; m + kRowTile <= panel_end; m += kRowTile) tile<kRowTile, 1>(a, m, w, n, y, N);
+      for (; m < panel_end; ++m) tile<1, 1>(a, m, w, n, y, N);
+    }
   }
 }
 
@@ -244,12 +285,13 @@ torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
     b = bias->data_ptr<float>();
   }
 
-  auto q = torch::empty({M, K}, x.options().dtype(torch::kInt8));
-  auto x_scale = torch::empty({M, K / kBlock}, x.options());
-  auto x_sum = torch::empty({M, K / kBlock}, x.options());
+  const int64_t stride = padded_blocks(K);
+  auto q = torch::empty({M, stride * kBlock}, x.options().dtype(torch::kInt8));
+  auto x_scale = torch::empty({M, stride}, x.options());
+  auto x_sum = torch::empty({M, stride}, x.options());
   quantize_activations(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), x_scale.data_ptr<float>(),
                        x_sum.data_ptr<float>());
-  const QuantizedActivations a{q.data_ptr<int8_t>(), x_scale.data_ptr<float>(), x_sum.data_ptr<float>(), K};
+  const QuantizedActivations a{q.data_ptr<int8_t>(), x_scale.data_ptr<float>(), x_sum.data_ptr<float>(), K, stride};
   const BlockWeights w{reinterpret_cast<const uint8_t*>(values.data_ptr()),
                        reinterpret_cast<const uint16_t*>(scales.data_ptr()),
                        bits == 4 ? reinterpret_cast<const uint16_t*>(mins->data_ptr()) : nullptr,
@@ -258,16 +300,7 @@ torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
   auto y = torch::empty({M, N}, x.options());
   float* y_ptr = y.data_ptr<float>();
   // Threads split the output columns (weight rows): each reads its share of the weights once per panel.
-  at::parallel_for(0, N, 16, [&](int64_t n_begin, int64_t n_end) {
-    for (int64_t panel = 0; panel < M; panel += kRowPanel) {
-      const int64_t panel_end = std::min(M, panel + kRowPanel);
-      for (int64_t n = n_begin; n < n_end; ++n) {
-        int64_t m = panel;
-        for (; m + kRowTile <= panel_end; m += kRowTile) rows<kRowTile>(a, m, w, n, y_ptr, N);
-        for (; m < panel_end; ++m) rows<1>(a, m, w, n, y_ptr, N);
-      }
-    }
-  });
+  at::parallel_for(0, N, 16, [&](int64_t n_begin, int64_t n_end) { columns(a, M, w, n_begin, n_end, y_ptr, N); });
   if (b != nullptr) y.add_(bias.value());
   return y;
 }
