@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The optional C++ kernels (about a minute); without a compiler corral uses its torch reference.
-$(KERNELS): $(STAMP) $(wildcard corral/kernels/csrc/*.cpp) corral/kernels/build.py corral/kernels/cpu_extension.py
+$(KERNELS): $(STAMP) $(wildcard corral/kernels/csrc/*.cpp corral/kernels/csrc/*.h) corral/kernels/build.py corral/kernels/cpu_extension.py
 	$(BIN)/python -m corral.kernels.build
 
 serve: install

@@ -155,6 +155,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         model_config.num_attention_heads, model_config.num_key_value_heads, model_config.head_size,
         cache.block_size, batch_invariant=args.batch_invariant,
     )
+    if isinstance(quant_method, BlockMethod) and model.fuse_decode_layers_(cache.block_size):
+        logger.info("decode steps run one fused C++ call per layer")
     runner = ModelRunner(model, kv_caches, backend, cache.block_size, model_config.vocab_size, device)
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
     core = EngineCore(Scheduler(scheduler_config, kv_manager), runner)

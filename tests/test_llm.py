@@ -26,7 +26,7 @@ def assert_no_leaks(llm: LLM) -> None:
     assert not core.kv_manager.block_tables
 
 
-@pytest.mark.parametrize("quantization, batch_invariant", [("none", False), ("int8", True)])
+@pytest.mark.parametrize("quantization, batch_invariant", [("none", False), ("int8", True), ("gguf", True)])
 def test_batching_invariance_with_chunked_prefill_and_preemption(quantization, batch_invariant, default_llm):
     prompts = mixed_prompts(16)
     alone_llm = default_llm if quantization == "none" else LLM(
@@ -43,6 +43,22 @@ def test_batching_invariance_with_chunked_prefill_and_preemption(quantization, b
     assert small.engine.core.scheduler.num_preemptions > 0
     assert outputs == alone
     assert_no_leaks(small)
+
+
+def test_fused_decode_layers_give_the_module_paths_tokens():
+    # gguf keeps the file's blocks: all-decode steps run one C++ call per layer, mixed steps the modules.
+    # No prefix cache: a second run would prefill only the uncached tails, which SDPA rounds differently.
+    llm = LLM(dtype="float32", quantization="gguf", max_model_len=256, kv_cache_memory=32 * 1024**2,
+              enable_prefix_caching=False)
+    model = llm.engine.core.runner.model
+    assert model.decode_layers is not None
+    prompts = mixed_prompts(5)
+    fused = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(16), use_tqdm=False)]
+    packed, model.decode_layers = model.decode_layers, None
+    modules = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(16), use_tqdm=False)]
+    assert fused == modules
+    model.decode_layers = packed
+    assert_no_leaks(llm)
 
 
 def test_prefix_caching_on_and_off_agree_and_shared_prefix_hits():

@@ -19,15 +19,19 @@ NAME = "corral_cpu_kernels"
 _CSRC = Path(__file__).parent / "csrc"
 SOURCES = [
     _CSRC / name
-    for name in ("module.cpp", "paged_attention.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp", "block_linear.cpp")
+    for name in (
+        "module.cpp", "paged_attention.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp", "block_linear.cpp",
+        "decoder_layer.cpp",
+    )
 ]
+HEADERS = [_CSRC / "decoder_layer.h"]
 BUILD_DIR = Path(__file__).parent / "_build"
 HASH_FILE = BUILD_DIR / "sources.sha256"
 
 
 def sources_hash() -> str:
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     return digest.hexdigest()
 

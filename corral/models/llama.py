@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from corral.errors import ModelLoadError
+from corral.kernels.decoder_layer import BlockLinearParts, decoder_layer, pack_decoder_layer
 from corral.layers.activation import silu_and_mul
 from corral.layers.attention.backend import AttentionBackend
 from corral.layers.attention.metadata import AttentionMetadata
@@ -21,7 +22,7 @@ from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
 from corral.models.spec import ModelConfig
 from corral.quantization.base import QuantizedLinear, QuantMethod
-from corral.quantization.blockwise import BlockQuantized
+from corral.quantization.blockwise import BlockLinear, BlockQuantized
 from corral.quantization.smooth import smoothing_scales
 
 
@@ -84,6 +85,23 @@ class LlamaDecoderLayer(nn.Module):
         hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), kv_cache, attn_metadata, backend)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
+    def pack_for_decode(self, block_size: int) -> object | None:
+        """This layer as one C++ call for all-decode steps (``kernels.decoder_layer``), or None when its
+        linears are not all block-quantized or the C++ kernels are not built."""
+        attn, mlp = self.self_attn, self.mlp
+        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        if not all(isinstance(linear.packed, BlockLinear) for linear in linears):
+            return None
+        parts = [
+            BlockLinearParts(w.values, w.scales, w.mins, linear.packed.bias, w.bits, w.group_size)
+            for linear in linears
+            for w in [linear.packed.weight]
+        ]
+        return pack_decoder_layer(
+            *parts, self.input_layernorm.weight, self.post_attention_layernorm.weight, self.input_layernorm.eps,
+            attn.num_heads, attn.num_kv_heads, attn.head_size, block_size,
+        )
+
 
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -109,6 +127,15 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = None
         else:
             self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.decode_layers: list[object] | None = None  # see fuse_decode_layers_
+
+    def fuse_decode_layers_(self, block_size: int) -> bool:
+        """Run all-decode steps through one C++ call per layer (bit-identical; see ``kernels.decoder_layer``)
+        when every layer can be packed so. Valid with the CPU paged attention backend, whose decode kernel
+        it calls. Returns whether it did."""
+        packed = [layer.pack_for_decode(block_size) for layer in self.model.layers]
+        self.decode_layers = packed if all(p is not None for p in packed) else None
+        return self.decode_layers is not None
 
     def forward(
         self,
@@ -120,6 +147,13 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:  # [num_tokens, hidden_size]
         hidden = self.model.embed_tokens(input_ids)
         rope = self.model.rotary.cos_sin(positions, hidden.dtype)  # once per step, shared by every layer
+        if self.decode_layers is not None and attn_metadata.num_decode_tokens == input_ids.shape[0]:
+            md = attn_metadata
+            for layer, kv_cache in zip(self.decode_layers, kv_caches, strict=True):
+                hidden = decoder_layer(
+                    layer, hidden, *rope, kv_cache, md.slot_mapping, md.block_tables, md.seq_of_token, md.context_lens
+                )
+            return self.model.norm(hidden)
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
             hidden = layer(rope, hidden, kv_cache, attn_metadata, backend)
         return self.model.norm(hidden)

@@ -4,6 +4,8 @@
 
 #include <tuple>
 
+#include "decoder_layer.h"
+
 torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
                               const torch::Tensor& value_cache, const torch::Tensor& block_tables,
                               const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
@@ -15,6 +17,10 @@ torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& valu
                            const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
                            int64_t bits, int64_t group_size);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
+torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
+                            const torch::Tensor& sin, const torch::Tensor& kv_cache, const torch::Tensor& slot_mapping,
+                            const torch::Tensor& block_tables, const torch::Tensor& seq_of_token,
+                            const torch::Tensor& context_lens);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 KV cache");
@@ -22,5 +28,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
   m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, int8 activations");
+  py::class_<BlockLinearWeights>(m, "BlockLinearWeights")
+      .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t,
+                    int64_t>());
+  py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights")
+      .def(py::init<BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, torch::Tensor,
+                    torch::Tensor, double, int64_t, int64_t, int64_t, double, int64_t>());
+  m.def("decoder_layer", &decoder_layer, "one decoder layer for all-decode steps over block-quantized linears");
   m.def("apply_rotary", &apply_rotary, "rotate-half rotary embedding of float32 [tokens, heads, head_size]");
 }

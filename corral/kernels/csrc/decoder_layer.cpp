@@ -1,0 +1,54 @@
+// One Llama decoder layer in one call, for steps whose tokens are all decodes, over block-quantized
+// linears (block_linear.cpp). It runs the same kernels and ATen ops, in the same order, as the module path
+// (models/llama.py with the CPU paged backend), so its output is bit-identical; what it removes is the
+// Python between them: ~25 module and wrapper calls per layer, which cost more than the arithmetic for a
+// 135M model at one token per step.
+
+#include <torch/extension.h>
+
+#include "decoder_layer.h"
+
+torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
+                           const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
+                           int64_t bits, int64_t group_size);
+torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
+torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
+torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
+                              const torch::Tensor& value_cache, const torch::Tensor& block_tables,
+                              const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
+                              int64_t block_size, double scale);
+
+namespace {
+
+torch::Tensor linear(const BlockLinearWeights& w, const torch::Tensor& x) {
+  return block_linear(x, w.values, w.scales, w.mins, w.bias, w.bits, w.group_size);
+}
+
+}  // namespace
+
+torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden,  // [tokens, hidden]
+                            const torch::Tensor& cos, const torch::Tensor& sin,              // [tokens, 1, head_size]
+                            const torch::Tensor& kv_cache,       // [2, num_slots, num_kv_heads, head_size]
+                            const torch::Tensor& slot_mapping,   // [tokens]
+                            const torch::Tensor& block_tables, const torch::Tensor& seq_of_token,
+                            const torch::Tensor& context_lens) {
+  const int64_t tokens = hidden.size(0), head_size = layer.head_size;
+  const int64_t q_size = layer.num_heads * head_size, kv_size = layer.num_kv_heads * head_size;
+
+  const auto qkv = linear(layer.qkv_proj, rms_norm(hidden, layer.input_norm, layer.eps));
+  const auto qk = apply_rotary(qkv.narrow(1, 0, q_size + kv_size).view({tokens, -1, head_size}), cos, sin);
+  const auto q = qk.narrow(1, 0, layer.num_heads);
+  const auto k = qk.narrow(1, layer.num_heads, layer.num_kv_heads);
+  const auto v = qkv.narrow(1, q_size + kv_size, kv_size).view({tokens, layer.num_kv_heads, head_size});
+  auto key_cache = kv_cache.select(0, 0), value_cache = kv_cache.select(0, 1);
+  key_cache.index_copy_(0, slot_mapping, k);
+  value_cache.index_copy_(0, slot_mapping, v);
+  const auto attended = paged_attention(q, key_cache, value_cache, block_tables, seq_of_token, context_lens,
+                                        layer.block_size, layer.attention_scale);
+  const auto after_attention = hidden + linear(layer.o_proj, attended.view({tokens, q_size}));
+
+  const auto gate_up = linear(layer.gate_up_proj, rms_norm(after_attention, layer.post_attention_norm, layer.eps));
+  const int64_t intermediate = gate_up.size(1) / 2;
+  const auto activated = at::silu(gate_up.narrow(1, 0, intermediate)) * gate_up.narrow(1, intermediate, intermediate);
+  return after_attention + linear(layer.down_proj, activated);
+}

@@ -1,0 +1,19 @@
+// Weights of a decoder layer whose linears are block-quantized, held by the C++ side once at load time.
+#pragma once
+
+#include <torch/extension.h>
+
+struct BlockLinearWeights {
+  torch::Tensor values, scales;
+  c10::optional<torch::Tensor> mins, bias;
+  int64_t bits, group_size;
+};
+
+struct DecoderLayerWeights {
+  BlockLinearWeights qkv_proj, o_proj, gate_up_proj, down_proj;
+  torch::Tensor input_norm, post_attention_norm;
+  double eps;
+  int64_t num_heads, num_kv_heads, head_size;
+  double attention_scale;
+  int64_t block_size;  // of the paged KV cache
+};
