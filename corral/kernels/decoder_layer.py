@@ -12,17 +12,14 @@ from typing import Any, NamedTuple
 import torch
 
 from corral.kernels import cpu_extension
+from corral.kernels.block_linear import InterleavedBlocks
 
 
 class BlockLinearParts(NamedTuple):
-    """The tensors of one block-quantized linear layer (layout in ``kernels/block_linear.py``)."""
+    """One block-quantized linear layer: its weights in the kernel's layout and its bias."""
 
-    values: torch.Tensor
-    scales: torch.Tensor
-    mins: torch.Tensor | None
+    weights: InterleavedBlocks
     bias: torch.Tensor | None
-    bits: int
-    group_size: int
 
 
 def pack_decoder_layer(
@@ -42,7 +39,10 @@ def pack_decoder_layer(
     kernels = cpu_extension.load()
     if kernels is None or input_norm.dtype != torch.float32:
         return None
-    linears = [kernels.BlockLinearWeights(*parts) for parts in (qkv_proj, o_proj, gate_up_proj, down_proj)]
+    linears = [
+        kernels.BlockLinearWeights(w.values, w.scales, w.mins, bias, w.bits, w.group_size, w.out_features)
+        for w, bias in (qkv_proj, o_proj, gate_up_proj, down_proj)
+    ]
     return kernels.DecoderLayerWeights(
         *linears, input_norm, post_attention_norm, eps, num_heads, num_kv_heads, head_size, head_size**-0.5,
         block_size,

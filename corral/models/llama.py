@@ -92,11 +92,7 @@ class LlamaDecoderLayer(nn.Module):
         linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
         if not all(isinstance(linear.packed, BlockLinear) for linear in linears):
             return None
-        parts = [
-            BlockLinearParts(w.values, w.scales, w.mins, linear.packed.bias, w.bits, w.group_size)
-            for linear in linears
-            for w in [linear.packed.weight]
-        ]
+        parts = [BlockLinearParts(linear.packed.weight, linear.packed.bias) for linear in linears]
         return pack_decoder_layer(
             *parts, self.input_layernorm.weight, self.post_attention_layernorm.weight, self.input_layernorm.eps,
             attn.num_heads, attn.num_kv_heads, attn.head_size, block_size,

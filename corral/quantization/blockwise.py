@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from corral.errors import QuantizationError
-from corral.kernels.block_linear import ACTIVATION_BLOCK, block_linear, pack_int4, unpack_int4
+from corral.kernels.block_linear import (
+    ACTIVATION_BLOCK,
+    InterleavedBlocks,
+    block_linear,
+    deinterleave_rows,
+    interleave_rows,
+    pack_int4,
+    unpack_int4,
+)
 
 GROUP_SIZES = (32, 64, 128, 256)
 _FLOAT16_MAX = 65504.0
@@ -73,6 +81,15 @@ class BlockQuantized:
     def nbytes(self) -> int:
         return self.values.nbytes + self.scales.nbytes + (0 if self.mins is None else self.mins.nbytes)
 
+    def interleaved(self) -> InterleavedBlocks:
+        """The same blocks in the kernel's layout (rows interleaved 8 at a time)."""
+        return interleave_rows(self.values, self.scales, self.mins, self.bits, self.group_size)
+
+    @staticmethod
+    def from_interleaved(weights: InterleavedBlocks, rows: torch.Tensor | None = None) -> BlockQuantized:
+        """Every row of kernel-layout blocks, or the rows at index ``rows``, back in row-major blocks."""
+        return BlockQuantized(weights.bits, weights.group_size, *deinterleave_rows(weights, rows))
+
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> BlockQuantized:
     """Round-to-nearest asymmetric int4: each group's min maps to 0 and its max to 15 (up to the float16
@@ -113,28 +130,34 @@ def _to_float16(values: torch.Tensor) -> torch.Tensor:
 
 
 class BlockLinear:
-    """A packed linear layer over ``BlockQuantized`` weights; each row's result is independent of its batch."""
+    """A packed linear layer over ``BlockQuantized`` weights, held only in the kernel's layout; each row's
+    result is independent of its batch."""
 
     def __init__(self, weight: BlockQuantized, bias: torch.Tensor | None):
         if weight.shape[1] % ACTIVATION_BLOCK:
             raise QuantizationError(f"input width {weight.shape[1]} is not a multiple of {ACTIVATION_BLOCK}")
-        self.weight = weight
+        self.weight = weight.interleaved()
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else bias.detach().float().contiguous()
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:  # [num_rows, in_features] -> [num_rows, out_features]
-        w = self.weight
-        return block_linear(x, w.values, w.scales, w.mins, self.bias, w.bits, w.group_size)
+        return block_linear(x, self.weight, self.bias)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, in_features]
         """Rows of the weight itself: a tied embedding table and LM head share one packed copy."""
-        return self.weight.take_rows(ids).dequantize()
+        return BlockQuantized.from_interleaved(self.weight, ids).dequantize()
+
+    def blocks(self) -> BlockQuantized:
+        """The weight as row-major blocks (a copy)."""
+        return BlockQuantized.from_interleaved(self.weight)
 
     def dequantized_weight(self) -> torch.Tensor:
-        return self.weight.dequantize()
+        return self.blocks().dequantize()
 
     def nbytes(self) -> int:
-        return self.weight.nbytes() + (0 if self.bias is None else self.bias.nbytes)
+        w = self.weight
+        held = w.values.nbytes + w.scales.nbytes + (0 if w.mins is None else w.mins.nbytes)
+        return held + (0 if self.bias is None else self.bias.nbytes)
 
 
 class BlockMethod:

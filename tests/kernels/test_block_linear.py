@@ -10,7 +10,9 @@ from corral.kernels import cpu_extension
 from corral.kernels.block_linear import (
     block_linear,
     block_linear_reference,
+    deinterleave_rows,
     fake_quantize_activations,
+    interleave_rows,
     pack_int4,
     unpack_int4,
 )
@@ -53,17 +55,33 @@ def test_fake_quantized_activations_are_within_half_a_step_per_block():
     assert (error <= step / 2 * (1 + 1e-6)).all()
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [8, 45])
+def test_interleaving_rows_round_trips_whole_and_by_row(bits, rows):
+    values, scales, mins = random_blocks(bits, rows, 128, 64)
+    weights = interleave_rows(values, scales, mins, bits, 64)
+    assert weights.values.shape[0] == (rows + 7) // 8 and weights.out_features == rows
+    # chunk 0 of row 1 sits right after chunk 0 of row 0: 4 bytes of each of the 8 rows side by side
+    assert torch.equal(weights.values[0, 4:8], values[1, :4])
+    for got, want in zip(deinterleave_rows(weights), (values, scales, mins)):
+        assert (got is None and want is None) or torch.equal(got, want)
+    index = torch.tensor([rows - 1, 0, 3, 3])
+    for got, want in zip(deinterleave_rows(weights, index), (values, scales, mins)):
+        assert (got is None and want is None) or torch.equal(got, want[index])
+
+
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("num_rows, cols", [(1, 576), (5, 256), (9, 384), (70, 128)])
-def test_kernel_matches_the_reference(bits, group_size, num_rows, cols):
+@pytest.mark.parametrize("out_features", [48, 45])  # 45: the last group of 8 rows is padding in part
+def test_kernel_matches_the_reference(bits, group_size, num_rows, cols, out_features):
     if cols % group_size:
         pytest.skip("width not a multiple of the group")
-    values, scales, mins = random_blocks(bits, 48, cols, group_size)
-    bias = torch.randn(48)
+    values, scales, mins = random_blocks(bits, out_features, cols, group_size)
+    bias = torch.randn(out_features)
     x = activations(num_rows, cols)
-    got = block_linear(x, values, scales, mins, bias, bits, group_size)
+    got = block_linear(x, interleave_rows(values, scales, mins, bits, group_size), bias)
     want = block_linear_reference(x, values, scales, mins, bias, bits, group_size)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
@@ -71,19 +89,22 @@ def test_kernel_matches_the_reference(bits, group_size, num_rows, cols):
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
 def test_each_row_is_bit_identical_alone_and_in_any_batch(bits):
-    values, scales, mins = random_blocks(bits, 40, 576, 32)
+    weights = interleave_rows(*random_blocks(bits, 40, 576, 32), bits, 32)
     x = activations(11, 576)
-    batch = block_linear(x, values, scales, mins, None, bits, 32)
+    batch = block_linear(x, weights, None)
     for i in range(x.shape[0]):
-        alone = block_linear(x[i : i + 1], values, scales, mins, None, bits, 32)
+        alone = block_linear(x[i : i + 1], weights, None)
         assert torch.equal(alone[0], batch[i])
-    assert torch.equal(block_linear(x[3:10], values, scales, mins, None, bits, 32), batch[3:10])
+    assert torch.equal(block_linear(x[3:10], weights, None), batch[3:10])
 
 
 @needs_kernels
 def test_kernel_refuses_mismatched_shapes():
     values, scales, mins = random_blocks(4, 8, 64, 32)
+    weights = interleave_rows(values, scales, mins, 4, 32)
     with pytest.raises(RuntimeError, match="values shape"):
-        block_linear(torch.randn(2, 128), values, scales, mins, None, 4, 32)
+        block_linear(torch.randn(2, 128), weights, None)
     with pytest.raises(RuntimeError, match="mins"):
-        block_linear(torch.randn(2, 64), values, scales, None, None, 4, 32)
+        block_linear(torch.randn(2, 64), weights._replace(mins=None), None)
+    with pytest.raises(RuntimeError, match="groups of 8 rows"):
+        block_linear(torch.randn(2, 64), weights._replace(out_features=9), None)

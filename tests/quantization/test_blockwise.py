@@ -58,7 +58,7 @@ def test_block_linear_equals_the_dequantized_reference_matmul(bits):
     if bits == 8:
         reference = fake_quantize_activations(x) @ dequantized.T + bias
     else:  # the min term multiplies the exact activations, the scaled codes the quantized ones
-        mins = layer.weight.mins.float().repeat_interleave(32, dim=1)
+        mins = layer.blocks().mins.float().repeat_interleave(32, dim=1)
         reference = fake_quantize_activations(x) @ (dequantized - mins).T + x @ mins.T + bias
     torch.testing.assert_close(layer.apply(x), reference, rtol=1e-4, atol=1e-4)
     # and close to the float product: activations lose at most half a step per block of 32

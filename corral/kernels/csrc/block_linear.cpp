@@ -5,8 +5,18 @@
 // Activations are quantized per row in blocks of 32 (symmetric int8, one float scale per block), so
 //   y = sum over blocks b of  w_scale * x_scale * dot(q_w, q_x)  +  w_min * sum(x over b)
 // with the dot products in integers. The min term uses the exact float sum of x, not its quantized one.
-// Each output element is computed by the same instruction sequence whatever the other rows of the batch
-// are, so a row's result does not depend on its batch. The torch reference in
+//
+// Layout (corral/kernels/block_linear.py interleaves it at load time): weight rows come in groups of 8,
+// and each 32-byte chunk holds 4 bytes of each of the 8 rows, so one byte-wise multiply-add of a chunk
+// with 4 activation bytes broadcast gives 8 rows' partial dot products in 8 lanes, with no horizontal
+// reduction: an activation row is read once per 8 weight rows, and a tile of weights is unpacked once for
+// up to 4 activation rows.
+//   int4 values: [N / 8][blocks][4 chunks][8 rows][4 bytes]; chunk c of a row holds bytes 4c..4c+3 of its
+//                16-byte block, whose low nibbles are elements 4c..4c+3 and high nibbles 16+4c..16+4c+3
+//   int8 values: [N / 8][blocks][8 chunks][8 rows][4 bytes]; chunk c holds elements 4c..4c+3
+//   scales, mins: [N / 8][K / group_size][8 rows] float16
+// Every output is accumulated block by block in the same order, whatever the other rows of the batch are
+// and whichever tile computes it, so a row's result does not depend on its batch. The torch reference in
 // corral/kernels/block_linear.py defines the result (equal within float summation order).
 //
 // AVX2 (+FMA, F16C) loops are picked at run time; a portable loop serves other CPUs. No FMA contraction
@@ -26,98 +36,49 @@
 
 namespace {
 
-constexpr int64_t kBlock = 32;        // activation block: 32 int8 values, one scale
-constexpr int64_t kRowTile = 4;       // activation rows sharing one unpacked weight block
-constexpr int64_t kRowPanel = 64;     // activation rows kept hot in cache while a thread walks its weights
+constexpr int64_t kBlock = 32;     // activation block: 32 int8 values, one scale
+constexpr int64_t kLanes = 8;      // weight rows interleaved
+constexpr int64_t kRowTile = 4;    // activation rows sharing one unpacked weight tile
+constexpr int64_t kRowPanel = 64;  // activation rows kept hot in cache while a thread walks its weights
 
-// Rows are padded with zero blocks to a multiple of 8 blocks, so the AVX2 loop reads 8 blocks at a time.
 struct QuantizedActivations {
-  const int8_t* q;        // [rows, stride * 32]
-  const float* scale;     // [rows, stride]
-  const float* sum;       // [rows, stride]: exact float sum of each block of x
-  int64_t K;
-  int64_t stride;         // blocks per row, padded
+  const int8_t* q;     // [rows, blocks * 32]
+  const float* scale;  // [rows, blocks]
+  const float* sum;    // [rows, blocks]: exact float sum of each block of x
+  int64_t blocks;
 };
 
-inline int64_t padded_blocks(int64_t K) { return (K / 32 + 7) / 8 * 8; }
-
 struct BlockWeights {
-  const uint8_t* values;  // int4: [N, K / 2], block b of a row in bytes 16b..16b+15, q[j] low / q[j+16] high
-                          // nibble of byte j; int8: [N, K] int8
-  const uint16_t* scale;  // [N, K / group_size] float16 bits
-  const uint16_t* min;    // [N, K / group_size] float16 bits; int4 only
-  int64_t K;
-  int64_t group_size;
+  const uint8_t* values;  // see the layout above
+  const uint16_t* scale;  // float16 bits
+  const uint16_t* min;    // float16 bits; int4 only
+  int64_t blocks, groups, blocks_per_group;
   int bits;
+
+  int64_t chunks() const { return bits == 4 ? 4 : 8; }
+  const uint8_t* tile(int64_t g, int64_t b) const { return values + ((g * blocks + b) * chunks()) * kBlock; }
+  int64_t group_offset(int64_t g, int64_t b) const { return (g * groups + b / blocks_per_group) * kLanes; }
 };
 
 inline float half_to_float(uint16_t bits) { return c10::detail::fp16_ieee_to_fp32_value(bits); }
 
-void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, float* scale, float* sum) {
-  const int64_t blocks = K / kBlock, stride = padded_blocks(K);
-  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / K), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      for (int64_t b = 0; b < blocks; ++b) {
-        const float* xb = x + r * K + b * kBlock;
-        float absmax = 0.f, total = 0.f;
-        for (int64_t i = 0; i < kBlock; ++i) {
-          absmax = std::max(absmax, std::fabs(xb[i]));
-          total += xb[i];
-        }
-        const float d = absmax / 127.f;
-        const float inverse = d > 0.f ? 1.f / d : 0.f;
-        int8_t* qb = q + (r * stride + b) * kBlock;
-        for (int64_t i = 0; i < kBlock; ++i) qb[i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
-        scale[r * stride + b] = d;
-        sum[r * stride + b] = total;
-      }
-      std::fill(q + (r * stride + blocks) * kBlock, q + (r + 1) * stride * kBlock, int8_t{0});
-      std::fill(scale + r * stride + blocks, scale + (r + 1) * stride, 0.f);
-      std::fill(sum + r * stride + blocks, sum + (r + 1) * stride, 0.f);
-    }
-  });
-}
+// ---- activations ----------------------------------------------------------------------------------------
 
-// ---- portable loop ------------------------------------------------------------------------------------
-
-inline void unpack_block(const BlockWeights& w, int64_t K, int64_t n, int64_t b, int8_t* qw) {
-  if (w.bits == 4) {
-    const uint8_t* packed = w.values + n * (K / 2) + b * (kBlock / 2);
-    for (int64_t j = 0; j < kBlock / 2; ++j) {
-      qw[j] = static_cast<int8_t>(packed[j] & 0x0F);
-      qw[j + kBlock / 2] = static_cast<int8_t>(packed[j] >> 4);
-    }
-  } else {
-    std::copy_n(reinterpret_cast<const int8_t*>(w.values) + n * K + b * kBlock, kBlock, qw);
-  }
-}
-
-inline int32_t block_dot(const int8_t* qw, const int8_t* qx) {
-  int32_t dot = 0;
-  for (int64_t j = 0; j < kBlock; ++j) dot += int32_t(qw[j]) * int32_t(qx[j]);
-  return dot;
-}
-
-template <int R>
-void rows_portable(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* out[R]) {
-  const int64_t blocks = a.K / kBlock, groups = a.K / w.group_size, per_group = w.group_size / kBlock;
-  float acc[R] = {}, acc_min[R] = {};
+void quantize_row_portable(const float* x, int64_t blocks, int8_t* q, float* scale, float* sum) {
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t g = n * groups + b / per_group;
-    const float w_scale = half_to_float(w.scale[g]);
-    int8_t qw[kBlock];
-    unpack_block(w, a.K, n, b, qw);
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (m + r) * a.stride + b;
-      const int32_t dot = block_dot(qw, a.q + i * kBlock);
-      acc[r] += w_scale * a.scale[i] * static_cast<float>(dot);
-      if (w.bits == 4) acc_min[r] += half_to_float(w.min[g]) * a.sum[i];
+    const float* xb = x + b * kBlock;
+    float absmax = 0.f, total = 0.f;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      absmax = std::max(absmax, std::fabs(xb[i]));
+      total += xb[i];
     }
+    const float d = absmax / 127.f;
+    const float inverse = d > 0.f ? 1.f / d : 0.f;
+    for (int64_t i = 0; i < kBlock; ++i) q[b * kBlock + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
+    scale[b] = d;
+    sum[b] = total;
   }
-  for (int r = 0; r < R; ++r) *out[r] = acc[r] + acc_min[r];
 }
-
-// ---- AVX2 loop ------------------------------------------------------------------------------------------
 
 __attribute__((target("avx2,fma,f16c"))) inline float horizontal_sum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -126,95 +87,36 @@ __attribute__((target("avx2,fma,f16c"))) inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// The float16 group values covering blocks b0 .. b0 + count - 1 of a row, one float per block (0 past count).
-__attribute__((target("avx2,fma,f16c")))
-inline __m256 per_block(const uint16_t* row_groups, int64_t b0, int64_t count, int64_t per_group) {
-  alignas(16) uint16_t bits[8] = {};
-  std::memcpy(bits, row_groups + b0 / per_group, sizeof(uint16_t) * ((count + per_group - 1) / per_group));
-  const __m256 groups = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(bits)));
-  if (per_group == 1) return groups;
-  const __m256i index = per_group == 2 ? _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
-                        : per_group == 4 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)
-                                         : _mm256_setzero_si256();
-  const __m256 expanded = _mm256_permutevar8x32_ps(groups, index);
-  if (count == 8) return expanded;
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, expanded);
-  std::fill(lanes + count, lanes + 8, 0.f);
-  return _mm256_load_ps(lanes);
+__attribute__((target("avx2,fma,f16c"))) inline float horizontal_max(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
-// Eight blocks' int32 dot products (8 lanes each) -> one lane per block, in block order.
+// The same rounding as the portable loop (multiply by the inverse scale, round half to even).
 __attribute__((target("avx2,fma,f16c")))
-inline __m256i block_totals(const __m256i d[8]) {
-  const __m256i h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
-  const __m256i h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(d[4], d[5]), _mm256_hadd_epi32(d[6], d[7]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
-                          _mm256_permute2x128_si256(h0123, h4567, 0x31));
-}
-
-// Blocks b0 .. b0 + count - 1 (count <= 8; FULL: exactly 8, so every loop unrolls) of activation rows
-// m .. m + R - 1 against weight rows n .. n + C - 1, added into acc and acc_min.
-template <int BITS, int R, int C, bool FULL>
-__attribute__((target("avx2,fma,f16c"), always_inline))
-inline void chunk_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, int64_t b0,
-                       int64_t count_if_partial, __m256 (&acc)[C][R], __m256 (&acc_min)[C][R]) {
-  const int64_t count = FULL ? 8 : count_if_partial;
-  const int64_t groups = a.K / w.group_size, per_group = w.group_size / kBlock;
-  const __m256i ones = _mm256_set1_epi16(1);
-  const __m128i low_nibbles = _mm_set1_epi8(0x0F);
-  for (int c = 0; c < C; ++c) {
-    const int64_t row = n + c;
-    __m256i qw[8], qw_abs[8];
-    for (int j = 0; j < count; ++j) {
-      const int64_t b = b0 + j;
-      if (BITS == 4) {
-        const __m128i packed =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.values + row * (a.K / 2) + b * (kBlock / 2)));
-        qw[j] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles),
-                                 _mm_and_si128(packed, low_nibbles));  // unsigned 0..15
-      } else {
-        qw[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + row * a.K + b * kBlock));
-        qw_abs[j] = _mm256_sign_epi8(qw[j], qw[j]);
-      }
-    }
-    const __m256 w_scale = per_block(w.scale + row * groups, b0, count, per_group);
-    const __m256 w_min = BITS == 4 ? per_block(w.min + row * groups, b0, count, per_group) : _mm256_setzero_ps();
-    if (!FULL) {  // the padding blocks' activations are zero; keep their weights zero too
-      for (int j = count; j < 8; ++j) qw[j] = qw_abs[j] = _mm256_setzero_si256();
-    }
-    for (int r = 0; r < R; ++r) {
-      const int64_t first = (m + r) * a.stride + b0;
-      const int8_t* qx = a.q + first * kBlock;
-      __m256i dots[8];
-      for (int j = 0; j < 8; ++j) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + j * kBlock));
-        // pairs of u8 x s8 products in int16: at most 2 * 15 * 127 (int4) or 2 * 127 * 127, no saturation
-        const __m256i pairs = BITS == 4 ? _mm256_maddubs_epi16(qw[j], x)
-                                        : _mm256_maddubs_epi16(qw_abs[j], _mm256_sign_epi8(x, qw[j]));
-        dots[j] = _mm256_madd_epi16(pairs, ones);
-      }
-      const __m256 scale = _mm256_mul_ps(w_scale, _mm256_loadu_ps(a.scale + first));
-      acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_totals(dots)), scale, acc[c][r]);
-      if (BITS == 4) acc_min[c][r] = _mm256_fmadd_ps(w_min, _mm256_loadu_ps(a.sum + first), acc_min[c][r]);
-    }
+void quantize_row_avx2(const float* x, int64_t blocks, int8_t* q, float* scale, float* sum) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the lane-wise packs
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* xb = x + b * kBlock;
+    const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+    const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+    const float absmax =
+        horizontal_max(_mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                     _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3))));
+    const float d = absmax / 127.f;
+    const __m256 inverse = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    const __m256i q01 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v0, inverse)),
+                                           _mm256_cvtps_epi32(_mm256_mul_ps(v1, inverse)));
+    const __m256i q23 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v2, inverse)),
+                                           _mm256_cvtps_epi32(_mm256_mul_ps(v3, inverse)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock),
+                        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q01, q23), in_order));
+    scale[b] = d;
+    sum[b] = horizontal_sum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
   }
-}
-
-// Outputs of activation rows m .. m + R - 1 against weight rows n .. n + C - 1. The C weight rows are
-// independent chains the CPU overlaps (one activation row would otherwise wait on each multiply-add).
-template <int BITS, int R, int C>
-__attribute__((target("avx2,fma,f16c")))
-void tile_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* y, int64_t N) {
-  const int64_t blocks = a.K / kBlock;
-  __m256 acc[C][R], acc_min[C][R];
-  for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) acc[c][r] = acc_min[c][r] = _mm256_setzero_ps();
-  int64_t b0 = 0;
-  for (; b0 + 8 <= blocks; b0 += 8) chunk_avx2<BITS, R, C, true>(a, m, w, n, b0, 8, acc, acc_min);
-  if (b0 < blocks) chunk_avx2<BITS, R, C, false>(a, m, w, n, b0, blocks - b0, acc, acc_min);
-  for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) y[(m + r) * N + n + c] = horizontal_sum(_mm256_add_ps(acc[c][r], acc_min[c][r]));
 }
 
 bool has_avx2() {
@@ -223,36 +125,157 @@ bool has_avx2() {
   return supported;
 }
 
-template <int R, int C>
-inline void tile(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t n, float* y, int64_t N) {
-  if (has_avx2()) {
-    return w.bits == 4 ? tile_avx2<4, R, C>(a, m, w, n, y, N) : tile_avx2<8, R, C>(a, m, w, n, y, N);
+void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, float* scale, float* sum) {
+  const int64_t blocks = K / kBlock;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / K), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (has_avx2()) {
+        quantize_row_avx2(x + r * K, blocks, q + r * K, scale + r * blocks, sum + r * blocks);
+      } else {
+        quantize_row_portable(x + r * K, blocks, q + r * K, scale + r * blocks, sum + r * blocks);
+      }
+    }
+  });
+}
+
+// ---- portable loop ------------------------------------------------------------------------------------
+
+// Activation row m against the 8 weight rows of group g, into y[m, 8g .. 8g + 7].
+void tile_portable(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y) {
+  float acc[kLanes] = {};
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const uint8_t* tile = w.tile(g, b);
+    const int8_t* x = a.q + (m * a.blocks + b) * kBlock;
+    int32_t dot[kLanes] = {};
+    for (int64_t c = 0; c < w.chunks(); ++c) {
+      for (int64_t lane = 0; lane < kLanes; ++lane) {
+        for (int64_t k = 0; k < 4; ++k) {
+          const uint8_t byte = tile[(c * kLanes + lane) * 4 + k];
+          if (w.bits == 4) {
+            dot[lane] += int32_t(byte & 0x0F) * x[4 * c + k] + int32_t(byte >> 4) * x[16 + 4 * c + k];
+          } else {
+            dot[lane] += int32_t(static_cast<int8_t>(byte)) * x[4 * c + k];
+          }
+        }
+      }
+    }
+    const int64_t i = m * a.blocks + b, offset = w.group_offset(g, b);
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      acc[lane] += static_cast<float>(dot[lane]) * (half_to_float(w.scale[offset + lane]) * a.scale[i]);
+      if (w.bits == 4) acc[lane] += half_to_float(w.min[offset + lane]) * a.sum[i];
+    }
   }
-  for (int c = 0; c < C; ++c) {
-    float* out[R];
-    for (int r = 0; r < R; ++r) out[r] = y + (m + r) * N + n + c;
-    rows_portable<R>(a, m, w, n + c, out);
+  std::copy_n(acc, kLanes, y + g * kLanes);
+}
+
+// ---- AVX2 loops -----------------------------------------------------------------------------------------
+
+inline int32_t four_bytes(const int8_t* x) {
+  int32_t bytes;
+  std::memcpy(&bytes, x, sizeof(bytes));
+  return bytes;
+}
+
+// Activation rows m .. m + R - 1 against the 8 weight rows of group g. Per block, each row's 8 partial sums
+// are one register: int4 codes (0..15) are the unsigned operand of maddubs, so 16 products of at most
+// 15 * 127 add up in int16 without saturation before one widening multiply-add.
+template <int R>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void tile_int4(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y,
+                      int64_t ldy) {
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const uint8_t* tile = w.tile(g, b);
+    __m256i pairs[R];
+    for (int r = 0; r < R; ++r) pairs[r] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * kBlock));
+      const __m256i low = _mm256_and_si256(packed, nibble);
+      const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* x = a.q + ((m + r) * a.blocks + b) * kBlock;
+        const __m256i products = _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_set1_epi32(four_bytes(x + 4 * c))),
+                                                  _mm256_maddubs_epi16(high, _mm256_set1_epi32(four_bytes(x + 16 + 4 * c))));
+        pairs[r] = _mm256_add_epi16(pairs[r], products);
+      }
+    }
+    const int64_t offset = w.group_offset(g, b);
+    const __m256 w_scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + offset)));
+    const __m256 w_min = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min + offset)));
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = (m + r) * a.blocks + b;
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs[r], ones));
+      acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
+      acc[r] = _mm256_fmadd_ps(w_min, _mm256_set1_ps(a.sum[i]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+}
+
+// int8 codes are signed: maddubs takes |q_w| and q_x with q_w's sign; a pair of products reaches
+// 2 * 127 * 127, so each chunk widens to int32 at once.
+template <int R>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void tile_int8(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y,
+                      int64_t ldy) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    const uint8_t* tile = w.tile(g, b);
+    __m256i dots[R];
+    for (int r = 0; r < R; ++r) dots[r] = _mm256_setzero_si256();
+    for (int c = 0; c < 8; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * kBlock));
+      const __m256i q_abs = _mm256_sign_epi8(q, q);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* x = a.q + ((m + r) * a.blocks + b) * kBlock;
+        const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(_mm256_set1_epi32(four_bytes(x + 4 * c)), q));
+        dots[r] = _mm256_add_epi32(dots[r], _mm256_madd_epi16(pairs, ones));
+      }
+    }
+    const __m256 w_scale =
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + w.group_offset(g, b))));
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = (m + r) * a.blocks + b;
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+}
+
+template <int R>
+__attribute__((target("avx2,fma,f16c")))
+void tile_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
+  if (w.bits == 4) {
+    tile_int4<R>(a, m, w, g, y, ldy);
+  } else {
+    tile_int8<R>(a, m, w, g, y, ldy);
   }
 }
 
-// Weight rows n_begin .. n_end - 1 against every activation row, a panel of rows at a time.
-void columns(const QuantizedActivations& a, int64_t M, const BlockWeights& w, int64_t n_begin, int64_t n_end,
-             float* y, int64_t N) {
-  constexpr int64_t kColumnTile = 4;
+// Weight groups g_begin .. g_end - 1 against every activation row, a panel of rows at a time.
+void groups(const QuantizedActivations& a, int64_t M, const BlockWeights& w, int64_t g_begin, int64_t g_end,
+            float* y, int64_t ldy) {
+  const bool avx2 = has_avx2();
   for (int64_t panel = 0; panel < M; panel += kRowPanel) {
     const int64_t panel_end = std::min(M, panel + kRowPanel);
-    if (panel_end - panel < kRowTile) {  // a few rows (decode): tile the weight rows instead
-      int64_t n = n_begin;
-      for (; n + kColumnTile <= n_end; n += kColumnTile)
-        for (int64_t m = panel; m < panel_end; ++m) tile<1, kColumnTile>(a, m, w, n, y, N);
-      for (; n < n_end; ++n)
-        for (int64_t m = panel; m < panel_end; ++m) tile<1, 1>(a, m, w, n, y, N);
-      continue;
-    }
-    for (int64_t n = n_begin; n < n_end; ++n) {
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      if (!avx2) {
+        for (int64_t m = panel; m < panel_end; ++m) tile_portable(a, m, w, g, y + m * ldy);
+        continue;
+      }
       int64_t m = panel;
-      for (; m + kRowTile <= panel_end; m += kRowTile) tile<kRowTile, 1>(a, m, w, n, y, N);
-      for (; m < panel_end; ++m) tile<1, 1>(a, m, w, n, y, N);
+      for (; m + kRowTile <= panel_end; m += kRowTile) tile_avx2<kRowTile>(a, m, w, g, y, ldy);
+      switch (panel_end - m) {
+        case 3: tile_avx2<3>(a, m, w, g, y, ldy); break;
+        case 2: tile_avx2<2>(a, m, w, g, y, ldy); break;
+        case 1: tile_avx2<1>(a, m, w, g, y, ldy); break;
+        default: break;
+      }
     }
   }
 }
@@ -260,47 +283,51 @@ void columns(const QuantizedActivations& a, int64_t M, const BlockWeights& w, in
 }  // namespace
 
 torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
-                           const torch::Tensor& values,  // int4: [N, K / 2] uint8; int8: [N, K] int8
-                           const torch::Tensor& scales,  // [N, K / group_size] float16
+                           const torch::Tensor& values,  // [ceil(N / 8), K / 32 * bytes of 8 row-blocks]
+                           const torch::Tensor& scales,  // [ceil(N / 8), K / group_size, 8] float16
                            const c10::optional<torch::Tensor>& mins,  // int4: like scales
                            const c10::optional<torch::Tensor>& bias,  // [N] float32
-                           int64_t bits, int64_t group_size) {
+                           int64_t bits, int64_t group_size, int64_t out_features) {
   TORCH_CHECK(input.dim() == 2 && input.dtype() == torch::kFloat32, "block_linear: 2-D float32 input");
   TORCH_CHECK(bits == 4 || bits == 8, "block_linear: 4 or 8 bits");
   TORCH_CHECK(group_size % kBlock == 0 && group_size > 0, "block_linear: group size a multiple of 32");
   const auto x = input.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  const int64_t M = x.size(0), K = x.size(1), G = values.size(0), N = out_features;
   TORCH_CHECK(K % group_size == 0, "block_linear: input width not a multiple of the group size");
-  TORCH_CHECK(values.is_contiguous() && values.size(1) == (bits == 4 ? K / 2 : K), "block_linear: values shape");
+  TORCH_CHECK(G == (N + kLanes - 1) / kLanes, "block_linear: ", G, " groups of 8 rows for ", N, " outputs");
+  TORCH_CHECK(values.is_contiguous() && values.dim() == 2 && values.size(1) == K * kLanes / (bits == 4 ? 2 : 1),
+              "block_linear: values shape");
   TORCH_CHECK(values.dtype() == (bits == 4 ? torch::kUInt8 : torch::kInt8), "block_linear: values dtype");
-  TORCH_CHECK(scales.is_contiguous() && scales.dtype() == torch::kFloat16 && scales.size(0) == N &&
-                  scales.size(1) == K / group_size, "block_linear: scales [N, K / group_size] float16");
+  TORCH_CHECK(scales.is_contiguous() && scales.dtype() == torch::kFloat16 &&
+                  scales.sizes() == torch::IntArrayRef({G, K / group_size, kLanes}),
+              "block_linear: scales [N / 8, K / group_size, 8] float16");
   if (bits == 4) {
     TORCH_CHECK(mins.has_value() && mins->is_contiguous() && mins->dtype() == torch::kFloat16 &&
                     mins->sizes() == scales.sizes(), "block_linear: int4 needs mins like scales");
   }
-  const float* b = nullptr;
   if (bias.has_value()) {
-    TORCH_CHECK(bias->numel() == N && bias->is_contiguous() && bias->dtype() == torch::kFloat32, "block_linear: bias");
-    b = bias->data_ptr<float>();
+    TORCH_CHECK(bias->numel() == N && bias->dtype() == torch::kFloat32, "block_linear: bias");
   }
 
-  const int64_t stride = padded_blocks(K);
-  auto q = torch::empty({M, stride * kBlock}, x.options().dtype(torch::kInt8));
-  auto x_scale = torch::empty({M, stride}, x.options());
-  auto x_sum = torch::empty({M, stride}, x.options());
+  const int64_t blocks = K / kBlock;
+  auto q = torch::empty({M, K}, x.options().dtype(torch::kInt8));
+  auto x_scale = torch::empty({M, blocks}, x.options());
+  auto x_sum = torch::empty({M, blocks}, x.options());
   quantize_activations(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), x_scale.data_ptr<float>(),
                        x_sum.data_ptr<float>());
-  const QuantizedActivations a{q.data_ptr<int8_t>(), x_scale.data_ptr<float>(), x_sum.data_ptr<float>(), K, stride};
+  const QuantizedActivations a{q.data_ptr<int8_t>(), x_scale.data_ptr<float>(), x_sum.data_ptr<float>(), blocks};
   const BlockWeights w{reinterpret_cast<const uint8_t*>(values.data_ptr()),
                        reinterpret_cast<const uint16_t*>(scales.data_ptr()),
                        bits == 4 ? reinterpret_cast<const uint16_t*>(mins->data_ptr()) : nullptr,
-                       K, group_size, static_cast<int>(bits)};
+                       blocks, K / group_size, group_size / kBlock, static_cast<int>(bits)};
 
-  auto y = torch::empty({M, N}, x.options());
+  auto y = torch::empty({M, G * kLanes}, x.options());
   float* y_ptr = y.data_ptr<float>();
-  // Threads split the output columns (weight rows): each reads its share of the weights once per panel.
-  at::parallel_for(0, N, 16, [&](int64_t n_begin, int64_t n_end) { columns(a, M, w, n_begin, n_end, y_ptr, N); });
-  if (b != nullptr) y.add_(bias.value());
+  // Threads split the weight groups: each reads its share of the weights once per panel of rows.
+  at::parallel_for(0, G, 1, [&](int64_t g_begin, int64_t g_end) {
+    groups(a, M, w, g_begin, g_end, y_ptr, G * kLanes);
+  });
+  if (G * kLanes != N) y = y.narrow(1, 0, N).contiguous();  // the padding rows of the last group
+  if (bias.has_value()) y.add_(bias.value());
   return y;
 }

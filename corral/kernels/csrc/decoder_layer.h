@@ -6,7 +6,7 @@
 struct BlockLinearWeights {
   torch::Tensor values, scales;
   c10::optional<torch::Tensor> mins, bias;
-  int64_t bits, group_size;
+  int64_t bits, group_size, out_features;  // layout in block_linear.cpp
 };
 
 struct DecoderLayerWeights {

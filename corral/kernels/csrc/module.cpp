@@ -15,7 +15,7 @@ torch::Tensor rescale_rows(torch::Tensor y, const torch::Tensor& row_absmax, con
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
 torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
                            const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
-                           int64_t bits, int64_t group_size);
+                           int64_t bits, int64_t group_size, int64_t out_features);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
                             const torch::Tensor& sin, const torch::Tensor& kv_cache, const torch::Tensor& slot_mapping,
@@ -30,7 +30,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, int8 activations");
   py::class_<BlockLinearWeights>(m, "BlockLinearWeights")
       .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t,
-                    int64_t>());
+                    int64_t, int64_t>());
   py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights")
       .def(py::init<BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, torch::Tensor,
                     torch::Tensor, double, int64_t, int64_t, int64_t, double, int64_t>());
