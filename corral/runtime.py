@@ -51,6 +51,7 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     block_size: int = 8
     kv_cache_memory: int | float = 512 * 1024**2
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype; int8: codes + a float32 scale per token and KV head
     enable_prefix_caching: bool = True
     num_gpu_blocks_override: int | None = None
     # Every token's attention through one per-token kernel, so greedy output does not depend on batching,
@@ -63,6 +64,7 @@ class EngineArgs:
             kv_cache_memory=self.kv_cache_memory,
             enable_prefix_caching=self.enable_prefix_caching,
             num_gpu_blocks_override=self.num_gpu_blocks_override,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
 
     def scheduler_config(self, model_context: int) -> SchedulerConfig:
@@ -167,7 +169,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
             f"the KV cache holds {num_blocks * cache.block_size} tokens, fewer than max_model_len "
             f"{scheduler_config.max_model_len}: raise kv_cache_memory or lower max_model_len"
         )
-    kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device)
+    kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device, cache.kv_cache_dtype)
     backend = TorchPagedAttention(
         model_config.num_attention_heads, model_config.num_key_value_heads, model_config.head_size,
         cache.block_size, batch_invariant=args.batch_invariant,

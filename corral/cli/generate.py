@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import QUANTIZATIONS
+from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS,
-                        help="auto: int8 on CPUs with fbgemm; none: the exact float path; int4: 4-bit weights; gguf: the file's own Q4_0/Q4_1/Q8_0 blocks")
+                        help="auto: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks on the C++ kernels, else int8 on fbgemm; none: the exact float path; int8: int8 weights and activations (fbgemm); int4: 4-bit weights; gguf: the file's own blocks")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                        help="auto: the model's dtype; int8: 8-bit K/V with a scale per token and head (3.8x the tokens of fp32)")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
 
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed,
     )
-    llm = LLM(model=args.model, quantization=args.quantization)
+    llm = LLM(model=args.model, quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
     if args.chat:
         output = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)[0]
     else:

@@ -1,7 +1,8 @@
 """Attention over the paged KV cache, one query token per row: the C++ kernel when built, else the torch
 reference.
 
-The cache is slot-major (``[num_slots, num_kv_heads, head_size]``, slot = block id * block_size + offset);
+The cache is slot-major (``[num_slots, num_kv_heads, head_size]``, slot = block id * block_size + offset;
+int8 caches hold ``head_size + 4`` bytes per row, see ``kernels/kv_int8.py``);
 each sequence's block table lists its blocks in order. Row ``i`` of the query belongs to sequence
 ``seq_of_query[i]`` and attends to its first ``context_lens[i]`` tokens: a decode is one row, and in
 batch-invariant mode every prefill token is one row too.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from corral.kernels import cpu_extension
+from corral.kernels import cpu_extension, kv_int8
 
 
 def paged_attention_reference(
@@ -32,10 +33,14 @@ def paged_attention_reference(
     tables = block_tables.index_select(0, seq_of_query)[:, :max_blocks]
     # Gather every query's blocks: index_select is several times faster than advanced indexing here.
     blocks = tables.reshape(-1)
-    keys = key_cache.view(-1, block_size * num_kv_heads * head_size).index_select(0, blocks)
-    values = value_cache.view(-1, block_size * num_kv_heads * head_size).index_select(0, blocks)
-    keys = keys.view(num_queries, max_len, num_kv_heads, head_size).transpose(1, 2)
-    values = values.view(num_queries, max_len, num_kv_heads, head_size).transpose(1, 2)
+    keys = key_cache.view(-1, block_size * key_cache[0].numel()).index_select(0, blocks)
+    values = value_cache.view(-1, block_size * value_cache[0].numel()).index_select(0, blocks)
+    row = key_cache.shape[-1]
+    keys = keys.view(num_queries, max_len, num_kv_heads, row)
+    values = values.view(num_queries, max_len, num_kv_heads, row)
+    if kv_int8.is_int8(key_cache):
+        keys, values = kv_int8.dequantize(keys), kv_int8.dequantize(values)
+    keys, values = keys.transpose(1, 2), values.transpose(1, 2)
     mask = torch.arange(max_len, device=query.device)[None, :] < context_lens[:, None]
     # Query heads h = kv * group + g share KV head kv: [num_queries, num_kv_heads, group, head_size]
     grouped = query.view(num_queries, num_kv_heads, -1, head_size)
@@ -58,7 +63,8 @@ def paged_attention(
     if (
         kernels is not None
         and query.device.type == "cpu"
-        and query.dtype == key_cache.dtype == torch.float32
+        and query.dtype == torch.float32
+        and key_cache.dtype in (torch.float32, torch.int8)
         and key_cache.is_contiguous()
         and value_cache.is_contiguous()
     ):

@@ -67,8 +67,10 @@ def test_cpp_kernel_rejects_bad_input():
         kernel(query, key_cache, value_cache, block_tables, seqs, torch.tensor([999]), BLOCK_SIZE, 1.0)
     with pytest.raises(RuntimeError, match="sequence index"):
         kernel(query, key_cache, value_cache, block_tables, torch.tensor([1]), torch.tensor([5]), BLOCK_SIZE, 1.0)
-    with pytest.raises(RuntimeError, match="fp32"):
+    with pytest.raises(RuntimeError, match="float32 queries"):
         kernel(query.double(), key_cache, value_cache, block_tables, seqs, torch.tensor([5]), BLOCK_SIZE, 1.0)
+    with pytest.raises(RuntimeError, match="float32 or int8 cache"):
+        kernel(query, key_cache.half(), value_cache.half(), block_tables, seqs, torch.tensor([5]), BLOCK_SIZE, 1.0)
 
 
 def test_several_queries_of_one_sequence_see_their_own_prefixes():

@@ -13,6 +13,7 @@ torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& valu
                            int64_t bits, int64_t group_size, int64_t out_features);
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
+void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows);
 torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
                               const torch::Tensor& value_cache, const torch::Tensor& block_tables,
                               const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
@@ -28,7 +29,7 @@ torch::Tensor linear(const BlockLinearWeights& w, const torch::Tensor& x) {
 
 torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden,  // [tokens, hidden]
                             const torch::Tensor& cos, const torch::Tensor& sin,              // [tokens, 1, head_size]
-                            const torch::Tensor& kv_cache,       // [2, num_slots, num_kv_heads, head_size]
+                            const torch::Tensor& kv_cache,  // [2, num_slots, num_kv_heads, head_size (+ 4 if int8)]
                             const torch::Tensor& slot_mapping,   // [tokens]
                             const torch::Tensor& block_tables, const torch::Tensor& seq_of_token,
                             const torch::Tensor& context_lens) {
@@ -40,9 +41,9 @@ torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tenso
   const auto q = qk.narrow(1, 0, layer.num_heads);
   const auto k = qk.narrow(1, layer.num_heads, layer.num_kv_heads);
   const auto v = qkv.narrow(1, q_size + kv_size, kv_size).view({tokens, layer.num_kv_heads, head_size});
-  auto key_cache = kv_cache.select(0, 0), value_cache = kv_cache.select(0, 1);
-  key_cache.index_copy_(0, slot_mapping, k);
-  value_cache.index_copy_(0, slot_mapping, v);
+  const auto key_cache = kv_cache.select(0, 0), value_cache = kv_cache.select(0, 1);
+  write_kv(key_cache, slot_mapping, k);
+  write_kv(value_cache, slot_mapping, v);
   const auto attended = paged_attention(q, key_cache, value_cache, block_tables, seq_of_token, context_lens,
                                         layer.block_size, layer.attention_scale);
   const auto after_attention = hidden + linear(layer.o_proj, attended.view({tokens, q_size}));

@@ -6,6 +6,7 @@
 
 #include "decoder_layer.h"
 
+void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows);
 torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
                               const torch::Tensor& value_cache, const torch::Tensor& block_tables,
                               const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
@@ -23,7 +24,8 @@ torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tenso
                             const torch::Tensor& context_lens);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 KV cache");
+  m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 or int8 KV cache");
+  m.def("write_kv", &write_kv, "K or V rows into their cache slots (quantized into an int8 cache)");
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");

@@ -22,7 +22,7 @@ class AttentionBackend(Protocol):
         query: torch.Tensor,  # [num_tokens, num_heads, head_size]
         key: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
         value: torch.Tensor,  # [num_tokens, num_kv_heads, head_size]
-        kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_size]
+        kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_size]; int8: head_size + 4 (kernels/kv_int8.py)
         metadata: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, num_heads * head_size]
         ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from corral.kernels import kv_int8
 from corral.kernels.paged_attention import paged_attention
 from corral.layers.attention.metadata import AttentionMetadata
 
@@ -36,9 +37,9 @@ class TorchPagedAttention:
         kv_cache: torch.Tensor,
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        key_cache, value_cache = kv_cache[0], kv_cache[1]  # [num_slots, num_kv_heads, head_size]
-        key_cache.index_copy_(0, metadata.slot_mapping, key)
-        value_cache.index_copy_(0, metadata.slot_mapping, value)
+        key_cache, value_cache = kv_cache[0], kv_cache[1]  # [num_slots, num_kv_heads, head_size (+ 4 if int8)]
+        kv_int8.write_kv(key_cache, metadata.slot_mapping, key)
+        kv_int8.write_kv(value_cache, metadata.slot_mapping, value)
 
         num_tokens = query.shape[0]
         if self.batch_invariant:
@@ -75,8 +76,10 @@ class TorchPagedAttention:
     ) -> torch.Tensor:
         query_len, context_len = query.shape[0], kv_slots.shape[0]
         # [1, num_kv_heads, context_len, head_size]
-        keys = key_cache.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
-        values = value_cache.index_select(0, kv_slots).transpose(0, 1).unsqueeze(0)
+        keys, values = key_cache.index_select(0, kv_slots), value_cache.index_select(0, kv_slots)
+        if kv_int8.is_int8(key_cache):
+            keys, values = kv_int8.dequantize(keys, query.dtype), kv_int8.dequantize(values, query.dtype)
+        keys, values = keys.transpose(0, 1).unsqueeze(0), values.transpose(0, 1).unsqueeze(0)
         q = query.transpose(0, 1).unsqueeze(0)  # [1, num_heads, query_len, head_size]
         if query_len == context_len:
             out = F.scaled_dot_product_attention(
