@@ -10,7 +10,8 @@ from corral.errors import ConfigError
 # none; none: the exact float path; int8: int8 weights x int8 activations (fbgemm, fast for batches);
 # int4: weights rounded to 4 bits in groups of 32; gguf: a GGUF file's Q4_0/Q4_1/Q8_0 weights as stored.
 QUANTIZATIONS = ("auto", "none", "int8", "int4", "gguf")
-KV_CACHE_DTYPES = ("auto", "int8")
+# auto: int8 when the weights run quantized on the CPU, else the model's dtype ("model")
+KV_CACHE_DTYPES = ("auto", "model", "int8")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     # Fixes the pool size in blocks, overriding kv_cache_memory (tests use it to force preemption).
     num_gpu_blocks_override: int | None = None
-    # auto: the model's dtype; int8: codes with one float32 scale per token and KV head (kernels/kv_int8.py)
-    kv_cache_dtype: str = "auto"
+    # model: the model's dtype; int8: codes with one float32 scale per token and KV head (kernels/kv_int8.py)
+    kv_cache_dtype: str = "model"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -36,10 +37,8 @@ class CacheConfig:
             raise ConfigError(f"kv_cache_memory in bytes must be positive, got {mem}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ConfigError("num_gpu_blocks_override must be >= 1")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ConfigError(
-                f"unsupported kv_cache_dtype {self.kv_cache_dtype!r} (choose from {', '.join(KV_CACHE_DTYPES)})"
-            )
+        if self.kv_cache_dtype not in ("model", "int8"):
+            raise ConfigError(f"unsupported kv_cache_dtype {self.kv_cache_dtype!r} (choose from model, int8)")
 
 
 @dataclass(frozen=True)

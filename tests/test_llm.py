@@ -28,7 +28,7 @@ def assert_no_leaks(llm: LLM) -> None:
 
 @pytest.mark.parametrize(
     "quantization, batch_invariant, kv_cache_dtype",
-    [("none", False, "auto"), ("int8", True, "auto"), ("gguf", True, "auto"), ("gguf", True, "int8")],
+    [("none", False, "auto"), ("int8", True, "auto"), ("gguf", True, "auto"), ("gguf", True, "model")],
 )
 def test_batching_invariance_with_chunked_prefill_and_preemption(
     quantization, batch_invariant, kv_cache_dtype, default_llm
@@ -51,7 +51,7 @@ def test_batching_invariance_with_chunked_prefill_and_preemption(
     assert_no_leaks(small)
 
 
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+@pytest.mark.parametrize("kv_cache_dtype", ["model", "int8"])
 def test_fused_decode_layers_give_the_module_paths_tokens(kv_cache_dtype):
     # gguf keeps the file's blocks: all-decode steps run one C++ call per layer, mixed steps the modules.
     # No prefix cache: a second run would prefill only the uncached tails, which SDPA rounds differently.

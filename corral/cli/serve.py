@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS,
                         help="auto: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks on the C++ kernels, else int8 on fbgemm; none: the exact float path; int8: int8 weights and activations (fbgemm); int4: 4-bit weights; gguf: the file's own blocks")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
-                        help="auto: the model's dtype; int8: 8-bit K/V with a scale per token and head (3.8x the tokens of fp32)")
+                        help="auto: int8 beside quantized weights, else the model's dtype; model; int8: 8-bit K/V with a scale per token and head (3.76x the tokens of fp32)")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)

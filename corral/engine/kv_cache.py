@@ -25,7 +25,9 @@ def cache_row(model_config: ModelConfig, dtype: torch.dtype, kv_cache_dtype: str
     return model_config.head_size, dtype
 
 
-def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "auto") -> int:
+def bytes_per_block(
+    model_config: ModelConfig, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "model"
+) -> int:
     """K and V of ``block_size`` tokens across all layers."""
     row, row_dtype = cache_row(model_config, dtype, kv_cache_dtype)
     per_token = 2 * model_config.num_key_value_heads * row * row_dtype.itemsize
@@ -56,7 +58,7 @@ def allocate_kv_caches(
     model_config: ModelConfig,
     dtype: torch.dtype,
     device: torch.device,
-    kv_cache_dtype: str = "auto",
+    kv_cache_dtype: str = "model",
 ) -> list[torch.Tensor]:
     """One ``[2, num_blocks * block_size, num_kv_heads, row]`` tensor per layer (K then V); ``row`` is
     ``head_size``, or ``head_size + 4`` bytes in an int8 cache."""

@@ -37,11 +37,21 @@ struct PagedKV {
   int64_t context_len;
 };
 
+constexpr int64_t kMaxHeadSize = 512;
+
 inline float row_scale(const float*, int64_t) { return 1.f; }  // an exact no-op in the products below
 inline float row_scale(const int8_t* row, int64_t head_size) {
   float scale;
   std::memcpy(&scale, row + head_size, sizeof(scale));
   return scale;
+}
+
+// A cache row as floats: float rows as they are, int8 codes converted once into buffer (then shared by
+// every query head of the group).
+inline const float* as_floats(const float* row, int64_t, float*) { return row; }
+inline const float* as_floats(const int8_t* row, int64_t head_size, float* buffer) {
+  for (int64_t d = 0; d < head_size; ++d) buffer[d] = static_cast<float>(row[d]);
+  return buffer;
 }
 
 // Calls fn(t, slot) for the sequence's tokens in order, walking its blocks (no division per token).
@@ -60,14 +70,16 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 void attend(const HeadGroup& heads, const PagedKV<T>& kv, float scale, float* scores /* [group, context_len] */) {
   const int64_t group = heads.group, context_len = kv.context_len;
   const int64_t head_size = HEAD_SIZE > 0 ? HEAD_SIZE : heads.head_size;
+  alignas(64) float buffer[kMaxHeadSize];
   for_each_slot(kv, [&](int64_t t, int64_t slot) {
-    const T* key = kv.keys + slot * kv.slot_stride;
-    const float key_scale = row_scale(key, head_size);
+    const T* row = kv.keys + slot * kv.slot_stride;
+    const float key_scale = row_scale(row, head_size);
+    const float* key = as_floats(row, head_size, buffer);
     for (int64_t g = 0; g < group; ++g) {
       const float* q = heads.query + g * heads.query_stride;
       float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < head_size; ++d) dot += q[d] * static_cast<float>(key[d]);
+      for (int64_t d = 0; d < head_size; ++d) dot += q[d] * key[d];
       scores[g * context_len + t] = dot * key_scale * scale;
     }
   });
@@ -84,13 +96,14 @@ void attend(const HeadGroup& heads, const PagedKV<T>& kv, float scale, float* sc
     std::fill(heads.out + g * heads.query_stride, heads.out + g * heads.query_stride + head_size, 0.f);
   }
   for_each_slot(kv, [&](int64_t t, int64_t slot) {
-    const T* value = kv.values + slot * kv.slot_stride;
-    const float value_scale = row_scale(value, head_size);
+    const T* row = kv.values + slot * kv.slot_stride;
+    const float value_scale = row_scale(row, head_size);
+    const float* value = as_floats(row, head_size, buffer);
     for (int64_t g = 0; g < group; ++g) {
       const float p = scores[g * context_len + t] * value_scale;
       float* out = heads.out + g * heads.query_stride;
 #pragma omp simd
-      for (int64_t d = 0; d < head_size; ++d) out[d] += p * static_cast<float>(value[d]);
+      for (int64_t d = 0; d < head_size; ++d) out[d] += p * value[d];
     }
   });
 }
@@ -184,6 +197,7 @@ torch::Tensor paged_attention(
   const int64_t num_kv_heads = key_cache.size(1), num_seqs = tables.size(0);
   TORCH_CHECK(key_cache.size(2) == head_size + (int8_cache ? 4 : 0) && num_heads % num_kv_heads == 0,
               "shape mismatch");
+  TORCH_CHECK(head_size <= kMaxHeadSize, "paged_attention: head size above ", kMaxHeadSize);
   TORCH_CHECK(lens.size(0) == num_queries && seqs.size(0) == num_queries, "one sequence and length per query");
   const int64_t max_blocks = tables.size(1);
   const int64_t* lens_ptr = lens.data_ptr<int64_t>();

@@ -1,0 +1,43 @@
+"""What ``auto`` resolves to: the fastest weights path the machine has, and int8 K/V beside quantized weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.errors import ConfigError
+from corral.kernels import cpu_extension
+from corral.quantization.blockwise import BlockMethod
+from corral.quantization.int8 import Int8Method, fbgemm_available
+from corral.runtime import resolve_kv_cache_dtype, resolve_quantization
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install)")
+@pytest.mark.parametrize("model", [None, "/models/Model.Q4_1.GGUF"])
+def test_auto_keeps_a_gguf_files_blocks(model):
+    method = resolve_quantization("auto", CPU, torch.float32, model)
+    assert isinstance(method, BlockMethod) and method.keeps_gguf_blocks
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="fbgemm not available")
+def test_auto_quantizes_other_checkpoints_to_int8():
+    assert isinstance(resolve_quantization("auto", CPU, torch.float32, "/models/hf_dir"), Int8Method)
+
+
+def test_auto_is_exact_off_the_cpu_float32_path():
+    assert resolve_quantization("auto", CPU, torch.bfloat16) is None
+    with pytest.raises(ConfigError, match="runs on the CPU with dtype float32"):
+        resolve_quantization("gguf", CPU, torch.bfloat16)
+    with pytest.raises(ConfigError, match="unsupported quantization"):
+        resolve_quantization("fp4", CPU, torch.float32)
+
+
+def test_kv_cache_dtype_auto_follows_the_weights():
+    assert resolve_kv_cache_dtype("auto", BlockMethod("gguf", 8)) == "int8"
+    assert resolve_kv_cache_dtype("auto", None) == "model"
+    assert resolve_kv_cache_dtype("model", BlockMethod("gguf", 8)) == "model"
+    assert resolve_kv_cache_dtype("int8", None) == "int8"
+    with pytest.raises(ConfigError, match="unsupported kv_cache_dtype"):
+        resolve_kv_cache_dtype("fp8", None)
