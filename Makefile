@@ -85,8 +85,10 @@ bench-vllm: install bench-deps bench-peers bench-vllm-install  ## the same, plus
 bench-scaling: install bench-deps  ## `corral serve` throughput and TPOT vs concurrency and prompt length; PNG
 	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
 
-bench-quality: install  ## the int8 path against exact fp32: held-out perplexity and greedy agreement
-	$(BIN)/python bench/quality.py $(BENCH_ARGS)
+bench-quality: install  ## the default quantized path against exact fp32: held-out perplexity and greedy agreement
+	$(BIN)/corral eval perplexity --quantization none $(BENCH_ARGS)
+	$(BIN)/corral eval perplexity $(BENCH_ARGS)
+	$(BIN)/corral eval agreement $(BENCH_ARGS)
 
 bench-offline-hf: install  ## corral vs HF transformers, offline (the older, in-process comparison)
 	$(BIN)/python bench/offline.py

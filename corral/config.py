@@ -18,7 +18,7 @@ KV_CACHE_DTYPES = ("auto", "model", "int8")
 class CacheConfig:
     """The paged KV cache: block size and how much memory the pool may take."""
 
-    block_size: int = 8
+    block_size: int = 4
     # Bytes for the KV pool (an int), or a fraction (0, 1] of the memory available at start-up.
     kv_cache_memory: int | float = 512 * 1024**2
     enable_prefix_caching: bool = True

@@ -49,7 +49,7 @@ class EngineArgs:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     enable_chunked_prefill: bool = True
-    block_size: int = 8
+    block_size: int = 4
     kv_cache_memory: int | float = 512 * 1024**2
     # one of config.KV_CACHE_DTYPES; int8: codes + a float32 scale per token and KV head (3.76x the tokens of fp32)
     kv_cache_dtype: str = "auto"

@@ -12,6 +12,7 @@ COMMANDS = {
     "generate": ("corral.cli.generate", "generate a completion for a prompt"),
     "serve": ("corral.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
     "bench": ("corral.cli.bench", "benchmark an OpenAI-compatible server (corral bench serve ...)"),
+    "eval": ("corral.cli.eval", "perplexity or greedy agreement of a model on held-out text"),
 }
 
 

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-memory", type=int, default=512 * 1024**2, help="bytes for the KV pool")
     parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before 429")
     parser.add_argument("--max-tokens-cap", type=int, default=None, help="reject requests asking for more")
-    parser.add_argument("--block-size", type=int, default=8, help="KV tokens per block (a power of two)")
+    parser.add_argument("--block-size", type=int, default=4, help="KV tokens per block (a power of two)")
     parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     parser.add_argument("--batch-invariant", action="store_true",
                         help="outputs independent of batching (per-token attention; slower long prefills)")

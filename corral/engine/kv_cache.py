@@ -18,18 +18,11 @@ from corral.platform import available_cpu_memory
 logger = logging.getLogger(__name__)
 
 
-def cache_row(model_config: ModelConfig, dtype: torch.dtype, kv_cache_dtype: str) -> tuple[int, torch.dtype]:
-    """Elements and dtype of one (slot, KV head) row of the cache."""
-    if kv_cache_dtype == "int8":
-        return kv_int8.row_width(model_config.head_size), torch.int8
-    return model_config.head_size, dtype
-
-
 def bytes_per_block(
     model_config: ModelConfig, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "model"
 ) -> int:
     """K and V of ``block_size`` tokens across all layers."""
-    row, row_dtype = cache_row(model_config, dtype, kv_cache_dtype)
+    row, row_dtype = kv_int8.row_layout(model_config.head_size, dtype, kv_cache_dtype)
     per_token = 2 * model_config.num_key_value_heads * row * row_dtype.itemsize
     return per_token * block_size * model_config.num_hidden_layers
 
@@ -62,7 +55,7 @@ def allocate_kv_caches(
 ) -> list[torch.Tensor]:
     """One ``[2, num_blocks * block_size, num_kv_heads, row]`` tensor per layer (K then V); ``row`` is
     ``head_size``, or ``head_size + 4`` bytes in an int8 cache."""
-    row, row_dtype = cache_row(model_config, dtype, kv_cache_dtype)
+    row, row_dtype = kv_int8.row_layout(model_config.head_size, dtype, kv_cache_dtype)
     shape = (2, num_blocks * block_size, model_config.num_key_value_heads, row)
     if device.type == "cpu":
         caches = [_lazily_zeroed(shape, row_dtype) for _ in range(model_config.num_hidden_layers)]

@@ -21,6 +21,11 @@ def row_width(head_size: int) -> int:
     return head_size + SCALE_BYTES
 
 
+def row_layout(head_size: int, dtype: torch.dtype, kv_cache_dtype: str) -> tuple[int, torch.dtype]:
+    """Elements and dtype of one (slot, KV head) row: ``kv_cache_dtype`` "model" keeps ``dtype``."""
+    return (row_width(head_size), torch.int8) if kv_cache_dtype == "int8" else (head_size, dtype)
+
+
 def is_int8(cache: torch.Tensor) -> bool:
     return cache.dtype == torch.int8
 

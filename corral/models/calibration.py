@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
+from corral.kernels import kv_int8
 from corral.layers.attention.metadata import AttentionMetadata, PrefillChunk
 from corral.layers.attention.torch_paged import TorchPagedAttention
 from corral.layers.linear import Linear
@@ -20,15 +21,14 @@ class DenseSequence:
     cache is shared by all layers, since each writes its whole K/V before reading it.
     """
 
-    def __init__(self, model: torch.nn.Module, token_ids: list[int]):
+    def __init__(self, model: torch.nn.Module, token_ids: list[int], kv_cache_dtype: str = "model"):
         self.model = model
         config = model.config
         num_tokens = len(token_ids)
         param = next(model.parameters())
         device = param.device
-        self.kv_cache = torch.zeros(
-            2, num_tokens, config.num_key_value_heads, config.head_size, dtype=param.dtype, device=device
-        )
+        row, row_dtype = kv_int8.row_layout(config.head_size, param.dtype, kv_cache_dtype)
+        self.kv_cache = torch.zeros(2, num_tokens, config.num_key_value_heads, row, dtype=row_dtype, device=device)
         slots = torch.arange(num_tokens, device=device)
         self.metadata = AttentionMetadata(
             slot_mapping=slots,
@@ -55,9 +55,9 @@ class DenseSequence:
 
 
 @torch.inference_mode()
-def sequence_logits(model: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
-    """``[len(token_ids), vocab_size]`` logits of one sequence."""
-    sequence = DenseSequence(model, token_ids)
+def sequence_logits(model: torch.nn.Module, token_ids: list[int], kv_cache_dtype: str = "model") -> torch.Tensor:
+    """``[len(token_ids), vocab_size]`` logits of one sequence (K/V kept in ``kv_cache_dtype``)."""
+    sequence = DenseSequence(model, token_ids, kv_cache_dtype)
     hidden = sequence.embed()
     for index in range(len(model.model.layers)):
         hidden = sequence.layer(index, hidden)
