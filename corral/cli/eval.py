@@ -55,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dataset {args.dataset!r} is neither 'stdlib' nor a text file")
 
     def load(model: str | None, quantization: str):
-        engine_args = EngineArgs(model=model, quantization=quantization, max_model_len=max(args.window, 16),
-                                 kv_cache_memory=16 * 1024**2)
-        return build_engine(engine_args)
+        # Windows run as dense prefills with their own scratch K/V: the engine's pool stays minimal.
+        engine = build_engine(EngineArgs(model=model, quantization=quantization, max_model_len=16,
+                                         kv_cache_memory=4 * 1024**2))
+        context = engine.core.runner.model.config.max_position_embeddings
+        if args.window > context:
+            raise ConfigError(f"--window {args.window} exceeds the model's context of {context} tokens")
+        return engine
 
     engine = load(args.model, args.quantization)
     token_ids = engine.tokenizer.encode(text)[: args.tokens]

@@ -41,3 +41,5 @@ def test_bad_input_is_a_one_line_error(tmp_path):
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "dataset" in result.stderr
     result = corral("eval", "perplexity", "--window", "16", "--stride", "32")
     assert result.returncode == 1 and "stride" in result.stderr
+    result = corral("eval", "perplexity", "--quantization", "none", "--window", "100000")
+    assert result.returncode == 1 and "exceeds the model's context" in result.stderr
