@@ -54,7 +54,7 @@ def decoder_layer(
     hidden: torch.Tensor,  # [num_tokens, hidden_size]
     cos: torch.Tensor,  # [num_tokens, 1, head_size]
     sin: torch.Tensor,
-    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_size]
+    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_size (+ 4 if int8)]
     slot_mapping: torch.Tensor,
     block_tables: torch.Tensor,
     seq_of_token: torch.Tensor,

@@ -88,14 +88,14 @@ def agreement(
     reference: torch.nn.Module,
     windows: list[Window],
     kv_cache_dtype: str = "model",
-    reference_kv_cache_dtype: str = "model",
     on_window: Callable[[], None] | None = None,
 ) -> Agreement:
-    """The share of positions where both models' greedy next token is the same, on the same context."""
+    """The share of positions where both models' greedy next token is the same, on the same context (the
+    reference keeps K/V in its own dtype)."""
     agreeing = count = 0
     scored = zip(
         _scored_logits(model, windows, kv_cache_dtype, None),
-        _scored_logits(reference, windows, reference_kv_cache_dtype, on_window),
+        _scored_logits(reference, windows, "model", on_window),
         strict=True,
     )
     for (logits, targets), (reference_logits, _) in scored:
