@@ -10,6 +10,9 @@ from corral.errors import ConfigError
 # none; none: the exact float path; int8: int8 weights x int8 activations (fbgemm, fast for batches);
 # int4: weights rounded to 4 bits in groups of 32; gguf: a GGUF file's Q4_0/Q4_1/Q8_0 weights as stored.
 QUANTIZATIONS = ("auto", "none", "int8", "int4", "gguf")
+# What `corral quantize --method` writes: int8 with a scale per output channel, or int4 in groups rounded to
+# nearest, after AWQ's activation-aware scaling, or by GPTQ's error compensation.
+QUANTIZE_METHODS = ("int8", "rtn-int4", "awq-int4", "gptq-int4")
 # auto: int8 when the weights run quantized on the CPU, else the model's dtype ("model")
 KV_CACHE_DTYPES = ("auto", "model", "int8")
 

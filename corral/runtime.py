@@ -4,7 +4,6 @@ attention backend, runner, scheduler."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -16,11 +15,11 @@ from corral.engine.kv_cache import allocate_kv_caches, num_blocks_for_budget
 from corral.engine.llm_engine import LLMEngine
 from corral.engine.model_runner import ModelRunner
 from corral.engine.scheduler import Scheduler
-from corral.errors import ConfigError, ModelLoadError
+from corral.errors import ConfigError
 from corral.kernels import cpu_extension
 from corral.layers.attention.torch_paged import TorchPagedAttention
-from corral.loader import open_checkpoint
-from corral.loader.default_model import default_model_path
+from corral.loader import PackedFormat, open_checkpoint, stored_packed_format
+from corral.loader.tokenizer import load_tokenizer
 from corral.models.loading import load_model
 from corral.platform import release_free_memory
 from corral.quantization.base import QuantMethod
@@ -100,18 +99,40 @@ def resolve_device(device: str) -> torch.device:
 def resolve_quantization(
     name: str, device: torch.device, dtype: torch.dtype, model: str | None = None
 ) -> QuantMethod | None:
+    stored = stored_packed_format(None if is_gguf(model) else model)
+    if stored is not None:
+        return _stored_quantization(name, stored, device, dtype, model)
     if name == "auto":
         name = _auto_quantization(device, dtype, model)
     if name == "none":
         return None
     if name not in QUANTIZATIONS:
         raise ConfigError(f"unsupported quantization {name!r} (choose from {', '.join(QUANTIZATIONS)})")
-    if device.type != "cpu" or dtype != torch.float32:
-        raise ConfigError(f"quantization {name} runs on the CPU with dtype float32")
+    _check_cpu_float32(name, device, dtype)
     if name == "int8":
         return Int8Method()
     # int4: round-to-nearest, group 32; gguf: the file's own Q4_0/Q4_1/Q8_0 blocks, kept packed
-    return BlockMethod(name, linear_bits=4 if name == "int4" else 8)
+    return BlockMethod(name, linear_bits=4 if name == "int4" else 8, keeps_stored_blocks=name == "gguf")
+
+
+def _stored_quantization(
+    name: str, stored: PackedFormat, device: torch.device, dtype: torch.dtype, model: str | None
+) -> QuantMethod | None:
+    """A ``corral quantize`` directory runs as stored (auto) or dequantized to float (none), nothing else."""
+    if name == "none":
+        return None
+    if name != "auto":
+        raise ConfigError(
+            f"{model} is already quantized ({stored.method}): use quantization auto to run it as stored, "
+            "or none to dequantize it"
+        )
+    _check_cpu_float32(stored.method, device, dtype)
+    return BlockMethod(stored.method, linear_bits=8, keeps_stored_blocks=True)
+
+
+def _check_cpu_float32(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    if device.type != "cpu" or dtype != torch.float32:
+        raise ConfigError(f"quantization {name} runs on the CPU with dtype float32")
 
 
 def resolve_kv_cache_dtype(name: str, quant_method: QuantMethod | None) -> str:
@@ -142,23 +163,14 @@ def calibration_token_ids(tokenizer: Tokenizer, num_tokens: int = 512) -> list[i
     return tokenizer.encode(stdlib_docstrings("train")[: num_tokens * 8])[:num_tokens]
 
 
-def load_tokenizer(model: str | None) -> Tokenizer:
-    path = model if model is not None else default_model_path()
-    if os.path.isdir(path):
-        return Tokenizer.from_pretrained_dir(path)
-    if path.endswith(".gguf"):
-        return Tokenizer.from_gguf(path)
-    raise ModelLoadError(f"cannot find a tokenizer for {path!r}")
-
-
 def build_engine(args: EngineArgs) -> LLMEngine:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     quant_method = resolve_quantization(args.quantization, device, dtype, args.model)
-    keep_gguf_blocks = isinstance(quant_method, BlockMethod) and quant_method.keeps_gguf_blocks
-    if keep_gguf_blocks and not is_gguf(args.model):
+    keep_blocks = isinstance(quant_method, BlockMethod) and quant_method.keeps_stored_blocks
+    if quant_method is not None and quant_method.name == "gguf" and not is_gguf(args.model):
         raise ConfigError(f"quantization gguf keeps a GGUF file's blocks, but {args.model} is not a .gguf file")
-    model_config, weights = open_checkpoint(args.model, dtype, keep_quantized=keep_gguf_blocks)
+    model_config, weights = open_checkpoint(args.model, dtype, keep_quantized=keep_blocks)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
 
     # Activation-quantizing methods first fold outlier channels into the weights (SmoothQuant), from

@@ -1,10 +1,16 @@
-"""Shared fixtures: the default model (found through its installed package) and engines over it."""
+"""Shared fixtures: the default model (found through its installed package) and engines over it, and a
+tiny random Llama with the default model's tokenizer, saved as an HF directory (something to quantize)."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from corral.loader import save_hf_dir
 from corral.loader.default_model import default_model_path
+from corral.loader.names import expected_shapes
+from corral.models.spec import ModelConfig
+from corral.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +25,43 @@ def default_llm():
     from corral import LLM
 
     return LLM(dtype="float32", quantization="none", max_model_len=1024, kv_cache_memory=128 * 1024**2)
+
+
+TINY = ModelConfig(
+    architecture="llama",
+    vocab_size=49152,  # the default model's tokenizer, so calibration text tokenizes as it would
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_ids=(2,),
+)
+
+
+def tiny_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Gaussian weights with a few loud input channels per linear, as trained models have (what AWQ exploits)."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, shape in expected_shapes(config).items():
+        if "norm" in name:
+            weights[name] = 1 + 0.1 * torch.randn(shape, generator=generator)
+        else:
+            weights[name] = torch.randn(shape, generator=generator) * shape[-1] ** -0.5
+    for i in range(config.num_hidden_layers):
+        weights[f"model.layers.{i}.input_layernorm.weight"][:4] *= 8
+        weights[f"model.layers.{i}.post_attention_layernorm.weight"][:4] *= 8
+    return weights
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny-float")
+    save_hf_dir(path, TINY, tiny_weights(TINY))
+    Tokenizer.from_gguf(default_model_path()).save_pretrained(str(path))
+    return str(path)

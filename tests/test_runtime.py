@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("model", [None, "/models/Model.Q4_1.GGUF"])
 def test_auto_keeps_a_gguf_files_blocks(model):
     method = resolve_quantization("auto", CPU, torch.float32, model)
-    assert isinstance(method, BlockMethod) and method.keeps_gguf_blocks
+    assert isinstance(method, BlockMethod) and method.keeps_stored_blocks
 
 
 @pytest.mark.skipif(not fbgemm_available(), reason="fbgemm not available")

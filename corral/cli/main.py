@@ -13,6 +13,7 @@ COMMANDS = {
     "serve": ("corral.cli.serve", "serve a model over an OpenAI-compatible HTTP API"),
     "bench": ("corral.cli.bench", "benchmark an OpenAI-compatible server (corral bench serve ...)"),
     "eval": ("corral.cli.eval", "perplexity or greedy agreement of a model on held-out text"),
+    "quantize": ("corral.cli.quantize", "write a model's weights packed (int8, rtn/awq/gptq int4) into a directory"),
 }
 
 

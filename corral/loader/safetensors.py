@@ -20,7 +20,9 @@ from safetensors.torch import save_file
 from corral.errors import ModelLoadError, UnsupportedModelError
 from corral.loader.lazy import LazyWeights
 from corral.loader.names import check_shapes, check_state_dict
+from corral.loader.packed import PackedFormat, packed_shapes, packed_tensors, read_packed
 from corral.models.spec import ModelConfig, RopeScaling
+from corral.quantization.blockwise import BlockQuantized
 
 _ARCHITECTURE_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # HF's own defaults for keys a config.json may omit
@@ -78,26 +80,22 @@ def load_hf_dir(
     return config, weights.materialize()
 
 
-def open_hf_dir(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, LazyWeights]:
-    """Like ``load_hf_dir``, but each tensor is read from its shard when it is read from the returned mapping."""
+def open_hf_dir(
+    path: str | os.PathLike[str], dtype: torch.dtype = torch.float32, keep_quantized: bool = False
+) -> tuple[ModelConfig, LazyWeights]:
+    """Like ``load_hf_dir``, but each tensor is read from its shard when it is read from the returned mapping.
+    Packed weights (``loader.packed``) come back as ``BlockQuantized`` with ``keep_quantized``, else dequantized."""
     path = os.fspath(path)
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise ModelLoadError(f"no config.json in {path}")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"cannot read {config_path}: {e}") from e
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{config_path} is not a JSON object")
+    raw = read_hf_config(path)
     config = parse_hf_config(raw)
+    packed_format = None if raw.get("quantization_config") is None else PackedFormat.from_json(raw["quantization_config"], path)
 
     shards = sorted(glob.glob(os.path.join(glob.escape(path), "*.safetensors")))
     if not shards:
         raise ModelLoadError(f"no *.safetensors files in {path} (other weight formats are not supported)")
     handles = {}  # name -> the open shard holding it (each maps its file; nothing is read yet)
     shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
     for shard in shards:
         try:
             handle = safe_open(shard, framework="pt")
@@ -110,26 +108,77 @@ def open_hf_dir(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
             if name == "lm_head.weight" and config.tie_word_embeddings:
                 continue  # some tied checkpoints also store the (identical) head
             handles[name] = handle
-            shapes[name] = tuple(handle.get_slice(name).get_shape())
+            tensor_slice = handle.get_slice(name)
+            shapes[name], dtypes[name] = tuple(tensor_slice.get_shape()), tensor_slice.get_dtype()
+    shapes, prefixes = packed_shapes(shapes, dtypes, path)
+    if prefixes and packed_format is None:
+        raise ModelLoadError(f"{path}: packed weights but no quantization_config in config.json")
     check_shapes(config, shapes, path)
 
-    def read(name: str) -> torch.Tensor:
-        tensor = handles[name].get_tensor(name)
+    def read_tensor(name: str) -> torch.Tensor:
+        try:
+            return handles[name].get_tensor(name)
+        except (OSError, SafetensorError) as e:
+            raise ModelLoadError(f"cannot read {name} from {path}: {e}") from e
+
+    def read(name: str) -> torch.Tensor | BlockQuantized:
+        if name in prefixes:
+            stored = {part: read_tensor(f"{prefixes[name]}.{part}") for part in ("qweight", "scales", "mins")
+                      if f"{prefixes[name]}.{part}" in handles}
+            blocks = read_packed(name, stored, packed_format, path)
+            return blocks if keep_quantized else blocks.dequantize().to(dtype)
+        tensor = read_tensor(name)
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
     return config, LazyWeights(shapes, read)
 
 
+def read_hf_config(path: str) -> dict[str, Any]:
+    """The parsed ``config.json`` of the HF directory ``path``."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ModelLoadError(f"no config.json in {path}")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {config_path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{config_path} is not a JSON object")
+    return raw
+
+
+def stored_packed_format(path: str | os.PathLike[str] | None) -> PackedFormat | None:
+    """The packed format of the HF directory ``path`` (None for float checkpoints and anything else)."""
+    if path is None or not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    raw = read_hf_config(os.fspath(path)).get("quantization_config")
+    return None if raw is None else PackedFormat.from_json(raw, os.fspath(path))
+
+
 def save_hf_dir(
-    path: str | os.PathLike[str], config: ModelConfig, state_dict: Mapping[str, torch.Tensor]
+    path: str | os.PathLike[str],
+    config: ModelConfig,
+    state_dict: Mapping[str, torch.Tensor | BlockQuantized],
+    packed_format: PackedFormat | None = None,
 ) -> None:
     """Write ``config.json`` (as transformers writes it for LlamaForCausalLM / Qwen2ForCausalLM) and
-    ``model.safetensors``; used to build small random checkpoints."""
+    ``model.safetensors``. Packed weights need ``packed_format``, written as the ``quantization_config``."""
     os.makedirs(path, exist_ok=True)
     check_state_dict(config, state_dict, "save_hf_dir")
+    raw = hf_config_dict(config)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, weight in state_dict.items():
+        if isinstance(weight, BlockQuantized):
+            if packed_format is None:
+                raise ModelLoadError(f"save_hf_dir: {name} is packed but no packed format was given")
+            tensors.update(packed_tensors(name, weight))
+        else:
+            tensors[name] = weight.detach().contiguous().cpu()
+    if packed_format is not None:
+        raw["quantization_config"] = packed_format.to_json()
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config_dict(config), f, indent=2, sort_keys=True)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in state_dict.items()}
+        json.dump(raw, f, indent=2, sort_keys=True)
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 

@@ -3,7 +3,7 @@ and offline scoring."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -94,3 +94,18 @@ def record_input_absmax(model: torch.nn.Module, token_ids: list[int]) -> dict[st
     with recording_input_absmax(model) as absmax:
         sequence_logits(model, token_ids)
     return absmax
+
+
+@contextmanager
+def recording_inputs(linears: Mapping[str, Linear]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """While open, the dict collects every input ``[num_rows, in_features]`` each named linear receives."""
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
+    handles = [
+        linear.register_forward_pre_hook(lambda _, args, name=name: inputs[name].append(args[0].detach().clone()))
+        for name, linear in linears.items()
+    ]
+    try:
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -177,35 +177,59 @@ class LlamaForCausalLM(nn.Module):
     def smooth_layer_(self, index: int, input_absmax: Mapping[str, torch.Tensor], alpha: float = 0.5) -> None:
         """``smooth_`` for decoder layer ``index`` alone (``input_absmax`` keyed by full module names)."""
         prefix = f"model.layers.{index}."
+        scales = {
+            name: smoothing_scales(input_absmax[prefix + name], linear.weight, alpha)
+            for name, linear in self.input_scaled_linears(index).items()
+        }
+        self.scale_layer_inputs_(index, scales)
+
+    def input_scaled_linears(self, index: int) -> dict[str, Linear]:
+        """The linears of decoder layer ``index`` whose input channels ``scale_layer_inputs_`` can rescale,
+        by name within the layer."""
+        layer = self.model.layers[index]
+        return {
+            "self_attn.qkv_proj": layer.self_attn.qkv_proj,
+            "self_attn.o_proj": layer.self_attn.o_proj,
+            "mlp.gate_up_proj": layer.mlp.gate_up_proj,
+            "mlp.down_proj": layer.mlp.down_proj,
+        }
+
+    def share_o_proj_scales(self, scales: torch.Tensor) -> torch.Tensor:
+        """``scales`` for o_proj's input made equal across the query heads that share a KV head (their max),
+        which is the only form ``scale_layer_inputs_`` can fold into V."""
+        attn = self.model.layers[0].self_attn
+        group = attn.num_heads // attn.num_kv_heads
+        shared = scales.view(attn.num_kv_heads, group, attn.head_size).amax(dim=1)
+        return shared[:, None, :].expand(-1, group, -1).reshape(-1)
+
+    @torch.no_grad()
+    def scale_layer_inputs_(self, index: int, scales: Mapping[str, torch.Tensor]) -> None:
+        """Multiply the input channels of layer ``index``'s linears (named as in ``input_scaled_linears``)
+        by ``scales`` and divide them out of whatever produces those inputs: the float model's output is
+        unchanged up to rounding (SmoothQuant's and AWQ's folding)."""
         layer = self.model.layers[index]
         attn, mlp = layer.self_attn, layer.mlp
 
-        def scales_for(name: str, linear: Linear) -> torch.Tensor:
-            return smoothing_scales(input_absmax[prefix + name], linear.weight, alpha)
-
-        scales = scales_for("self_attn.qkv_proj", attn.qkv_proj)
-        layer.input_layernorm.weight.div_(scales)
-        attn.qkv_proj.weight.mul_(scales)
-
-        scales = scales_for("mlp.gate_up_proj", mlp.gate_up_proj)
-        layer.post_attention_layernorm.weight.div_(scales)
-        mlp.gate_up_proj.weight.mul_(scales)
-
-        # o_proj's input channel (head h, dim d) is a mix of V rows of KV head h // group: the query
-        # heads sharing a KV head must share a scale, which is then folded into that V row.
-        group = attn.num_heads // attn.num_kv_heads
-        scales = scales_for("self_attn.o_proj", attn.o_proj)
-        scales = scales.view(attn.num_kv_heads, group, attn.head_size).amax(dim=1)
-        v_rows = slice(attn.q_size + attn.kv_size, None)
-        attn.qkv_proj.weight[v_rows].div_(scales.reshape(-1, 1))
-        if attn.qkv_proj.bias is not None:
-            attn.qkv_proj.bias[v_rows].div_(scales.reshape(-1))
-        attn.o_proj.weight.mul_(scales[:, None, :].expand(-1, group, -1).reshape(-1))
-
-        # down_proj's input is silu(gate) * up: scaling up's rows scales it exactly.
-        scales = scales_for("mlp.down_proj", mlp.down_proj)
-        mlp.gate_up_proj.weight[mlp.down_proj.in_features :].div_(scales[:, None])
-        mlp.down_proj.weight.mul_(scales)
+        if "self_attn.qkv_proj" in scales:
+            layer.input_layernorm.weight.div_(scales["self_attn.qkv_proj"])
+            attn.qkv_proj.weight.mul_(scales["self_attn.qkv_proj"])
+        if "mlp.gate_up_proj" in scales:
+            layer.post_attention_layernorm.weight.div_(scales["mlp.gate_up_proj"])
+            mlp.gate_up_proj.weight.mul_(scales["mlp.gate_up_proj"])
+        if "self_attn.o_proj" in scales:
+            # o_proj's input channel (head h, dim d) is a mix of V rows of KV head h // group: the query
+            # heads sharing a KV head must share a scale, which is then folded into that V row.
+            group = attn.num_heads // attn.num_kv_heads
+            shared = scales["self_attn.o_proj"].view(attn.num_kv_heads, group, attn.head_size).amax(dim=1)
+            v_rows = slice(attn.q_size + attn.kv_size, None)
+            attn.qkv_proj.weight[v_rows].div_(shared.reshape(-1, 1))
+            if attn.qkv_proj.bias is not None:
+                attn.qkv_proj.bias[v_rows].div_(shared.reshape(-1))
+            attn.o_proj.weight.mul_(shared[:, None, :].expand(-1, group, -1).reshape(-1))
+        if "mlp.down_proj" in scales:
+            # down_proj's input is silu(gate) * up: scaling up's rows scales it exactly.
+            mlp.gate_up_proj.weight[mlp.down_proj.in_features :].div_(scales["mlp.down_proj"][:, None])
+            mlp.down_proj.weight.mul_(scales["mlp.down_proj"])
 
     @torch.no_grad()
     def smooth_lm_head_(self, input_absmax: torch.Tensor, alpha: float = 0.5) -> None:

@@ -1,7 +1,7 @@
 """Group-quantized weights that stay packed: int4 (asymmetric, with a min per group) and int8 (symmetric).
 
-Each row of a ``[rows, cols]`` weight is cut along ``cols`` into groups of ``group_size`` with a float16
-scale (and min):  int4: ``w = scale * q + min``, q in 0..15 (llama.cpp's Q4_1; its Q4_0 is the case
+Each row of a ``[rows, cols]`` weight is cut along ``cols`` into groups of ``group_size`` (a multiple of 32
+that divides ``cols``; ``cols`` itself is one scale per output channel) with a float16 scale (and min):  int4: ``w = scale * q + min``, q in 0..15 (llama.cpp's Q4_1; its Q4_0 is the case
 ``min = -8 * scale``);  int8: ``w = scale * q``, q in -127..127 (llama.cpp's Q8_0). GGUF files in those
 formats load into these blocks without a float copy, and float weights are rounded to nearest into them.
 The products run in ``kernels.block_linear`` (int8 activations in blocks of 32, integer dot products), so
@@ -25,7 +25,7 @@ from corral.kernels.block_linear import (
     unpack_int4,
 )
 
-GROUP_SIZES = (32, 64, 128, 256)
+GROUP_SIZES = (32, 64, 128, 256)  # the group sizes offered for rounding float weights
 _FLOAT16_MAX = 65504.0
 
 
@@ -41,7 +41,8 @@ class BlockQuantized:
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
-        if self.bits not in (4, 8) or self.group_size not in GROUP_SIZES or cols % self.group_size:
+        valid_group = self.group_size > 0 and self.group_size % ACTIVATION_BLOCK == 0 and cols % self.group_size == 0
+        if self.bits not in (4, 8) or not valid_group:
             raise QuantizationError(f"invalid {self.bits}-bit blocks of group size {self.group_size}, shape {self.shape}")
         if self.scales.shape != (rows, cols // self.group_size) or self.scales.dtype != torch.float16:
             raise QuantizationError(f"scales must be float16 [{rows}, {cols // self.group_size}]")
@@ -103,23 +104,27 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> BlockQuantized:
     return BlockQuantized(4, group_size, pack_int4(codes.view(weight.shape)), scales, mins)
 
 
-def quantize_int8(weight: torch.Tensor, group_size: int = 32) -> BlockQuantized:
-    """Round-to-nearest symmetric int8: each group's largest |w| maps to 127."""
-    groups = _groups(weight, group_size)
+def quantize_int8(weight: torch.Tensor, group_size: int | None = 32) -> BlockQuantized:
+    """Round-to-nearest symmetric int8: each group's largest |w| maps to 127. ``group_size=None``: one group
+    per row (a scale per output channel)."""
+    group_size = weight.shape[-1] if group_size is None else group_size
+    groups = _groups(weight, group_size, per_row=group_size == weight.shape[-1])
     scales = _to_float16(groups.abs().amax(dim=2) / 127)
     step = scales.float().unsqueeze(2)
     codes = (groups / torch.where(step > 0, step, 1.0)).round_().clamp_(-127, 127)
     return BlockQuantized(8, group_size, codes.to(torch.int8).view(weight.shape), scales, None)
 
 
-def _groups(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+def _groups(weight: torch.Tensor, group_size: int, per_row: bool = False) -> torch.Tensor:
     if weight.dim() != 2:
         raise QuantizationError(f"block quantization packs 2-D weights, got shape {tuple(weight.shape)}")
-    if group_size not in GROUP_SIZES:
+    if not per_row and group_size not in GROUP_SIZES:
         raise QuantizationError(f"group size must be one of {GROUP_SIZES}, got {group_size}")
     rows, cols = weight.shape
     if cols % group_size:
         raise QuantizationError(f"input width {cols} is not a multiple of the group size {group_size}")
+    if cols % ACTIVATION_BLOCK:
+        raise QuantizationError(f"input width {cols} is not a multiple of {ACTIVATION_BLOCK}")
     return weight.detach().float().reshape(rows, cols // group_size, group_size)
 
 
@@ -162,20 +167,20 @@ class BlockLinear:
 
 class BlockMethod:
     """Weights packed into blocks at load time: ``int4`` (round-to-nearest, group ``group_size``), or
-    ``gguf``, which keeps a GGUF file's Q4_0/Q4_1/Q8_0 tensors as they are (the loader hands them over
-    packed) and packs any float tensor as int8. Embedding tables (and so a tied LM head) are int8, group 32,
-    as llama.cpp's 4-bit files keep them at 8 bits."""
+    ``keeps_stored_blocks`` (``gguf``, or a ``corral quantize`` directory): the checkpoint's own packed
+    matrices are kept as they are (the loader hands them over packed) and any float matrix is packed as int8.
+    Embedding tables (and so a tied LM head) are int8, group 32, as llama.cpp's 4-bit files keep them at 8
+    bits."""
 
     quantizes_activations = False  # activations are quantized per block of 32, no smoothing needed
-    keeps_gguf_blocks: bool
 
-    def __init__(self, name: str, linear_bits: int, group_size: int = 32):
+    def __init__(self, name: str, linear_bits: int, group_size: int = 32, keeps_stored_blocks: bool = False):
         if group_size not in GROUP_SIZES:
             raise QuantizationError(f"group size must be one of {GROUP_SIZES}, got {group_size}")
         self.name = name
         self.linear_bits = linear_bits
         self.group_size = group_size
-        self.keeps_gguf_blocks = name == "gguf"
+        self.keeps_stored_blocks = keeps_stored_blocks
 
     def quantize(
         self, weight: torch.Tensor, bias: torch.Tensor | None, input_scales: torch.Tensor | None = None

@@ -218,6 +218,21 @@ class Tokenizer:
         template = kwargs.pop("chat_template", None) or self._chat_template
         return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, **kwargs)
 
+    def save_pretrained(self, path: str) -> None:
+        """Write this tokenizer as a Hugging Face directory holds it (``tokenizer.json``,
+        ``tokenizer_config.json``, ``chat_template.jinja``, ``generation_config.json``), so that
+        ``from_pretrained_dir(path)`` builds an equal one, whatever it was built from."""
+        os.makedirs(path, exist_ok=True)
+        self._backend.save(os.path.join(path, "tokenizer.json"))
+        config = {"bos_token": self._bos_token, "eos_token": self._eos_token, "tokenizer_class": "PreTrainedTokenizerFast"}
+        with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"eos_token_id": list(self._eos_token_ids)}, f, indent=2)
+        if self._chat_template is not None:
+            with open(os.path.join(path, "chat_template.jinja"), "w", encoding="utf-8") as f:
+                f.write(self._chat_template)
+
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, bos_token={self._bos_token!r}, "

@@ -63,7 +63,7 @@ def test_activation_quantization_needs_calibration_tokens():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("quantization", ["gguf", "int4"])
-def test_block_quantized_load_keeps_gguf_blocks_and_stays_close_to_float(tmp_path, case, quantization):
+def test_block_quantized_load_keeps_stored_blocks_and_stays_close_to_float(tmp_path, case, quantization):
     config = CASES[case]
     path = tmp_path / "model.gguf"
     # weights of a trained model's scale (std ~ 1 / sqrt(width)): larger random ones amplify each rounding
@@ -72,8 +72,8 @@ def test_block_quantized_load_keeps_gguf_blocks_and_stays_close_to_float(tmp_pat
     _, dequantized = load_gguf(str(path))
     exact = eager_model(config, dequantized, quantized=False)
 
-    method = BlockMethod(quantization, linear_bits=4 if quantization == "int4" else 8)
-    _, weights = open_gguf(str(path), keep_quantized=method.keeps_gguf_blocks)
+    method = BlockMethod(quantization, linear_bits=4 if quantization == "int4" else 8, keeps_stored_blocks=quantization == "gguf")
+    _, weights = open_gguf(str(path), keep_quantized=method.keeps_stored_blocks)
     model = load_model(config, weights, torch.float32, torch.device("cpu"), method)
 
     qkv = model.model.layers[0].self_attn.qkv_proj.packed

@@ -1,0 +1,42 @@
+"""``corral quantize``: write a checkpoint's weights packed (int8, or int4 rounded to nearest, by AWQ or by
+GPTQ) into a new directory that ``corral serve --model DIR`` and ``LLM(model=DIR)`` load as stored."""
+
+from __future__ import annotations
+
+import argparse
+
+from corral.config import QUANTIZE_METHODS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M)")
+    parser.add_argument("--method", required=True, choices=QUANTIZE_METHODS)
+    parser.add_argument("--group-size", type=int, default=64,
+                        help="int4 weights per scale and min, 32/64/128/256 dividing every layer's input "
+                             "width (default 64: SmolLM2's hidden size 576 has no group of 128); int8 has a "
+                             "scale per output channel")
+    parser.add_argument("--calibration-tokens", type=int, default=2048,
+                        help="tokens of the standard library's train-split docstrings seen by awq/gptq")
+    parser.add_argument("--out", required=True, help="the directory to create (must not exist)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from corral.compress.quantize import quantize_checkpoint
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"quantize {args.method}", total=None)
+
+        def on_layer(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = quantize_checkpoint(args.model, args.method, args.out, args.group_size,
+                                     args.calibration_tokens, on_layer=on_layer)
+    fmt = report.packed_format
+    group = "per output channel" if fmt.group_size is None else f"groups of {fmt.group_size}"
+    print(f"wrote {report.out}: {fmt.method}, {fmt.bits}-bit {group}, {report.weight_bytes / 2**20:.1f} MiB of weights")
+    if fmt.method in ("awq-int4", "gptq-int4"):
+        print(f"output error of the linears on {report.num_calibration_tokens} calibration tokens: "
+              f"{report.error_vs_rtn:.2f}x that of round-to-nearest")
+    return 0

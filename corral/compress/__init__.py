@@ -1,0 +1,1 @@
+"""Offline model compression: quantize a checkpoint into packed weights (``corral quantize``)."""
