@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
+.PHONY: install serve test lint bench bench-quant bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -84,6 +84,9 @@ bench-vllm: install bench-deps bench-peers bench-vllm-install  ## the same, plus
 
 bench-scaling: install bench-deps  ## `corral serve` throughput and TPOT vs concurrency and prompt length; PNG
 	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
+
+bench-quant: install  ## the README's weight-format table (quantizes into .bench/quantized once)
+	$(BIN)/python bench/quant_formats.py $(BENCH_ARGS)
 
 bench-quality: install  ## the default quantized path against exact fp32: held-out perplexity and greedy agreement
 	$(BIN)/corral eval perplexity --quantization none $(BENCH_ARGS)

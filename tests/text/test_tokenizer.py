@@ -267,3 +267,16 @@ def test_pretrained_dir_errors(tmp_path: Any) -> None:
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ModelLoadError):
         Tokenizer.from_pretrained_dir(str(tmp_path))
+
+
+def test_save_pretrained_round_trips(smollm2_tokenizer: Tokenizer, tmp_path: Any) -> None:
+    """A GGUF-built tokenizer saved as an HF directory (what ``corral quantize`` writes) reads back equal."""
+    smollm2_tokenizer.save_pretrained(str(tmp_path))
+    loaded = Tokenizer.from_pretrained_dir(str(tmp_path))
+    for text in TEXTS:
+        assert loaded.encode(text) == smollm2_tokenizer.encode(text)
+    assert (loaded.bos_token_id, loaded.eos_token_ids) == (smollm2_tokenizer.bos_token_id, smollm2_tokenizer.eos_token_ids)
+    assert loaded.all_special_ids == smollm2_tokenizer.all_special_ids
+    assert loaded.chat_template == smollm2_tokenizer.chat_template
+    messages = [{"role": "user", "content": "hi"}]
+    assert loaded.apply_chat_template(messages) == smollm2_tokenizer.apply_chat_template(messages)
