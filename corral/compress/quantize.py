@@ -163,9 +163,10 @@ def _pack_layer(
     method, group = packed_format.method, packed_format.group_size
     prefix = f"model.layers.{index}."
     sample = {name: x[:: max(1, len(x) // _ERROR_SAMPLE_TOKENS)] for name, x in inputs.items()}
-    for name, linear in linears.items():  # round-to-nearest, the baseline every method is compared with
-        rtn = quantize_int8(linear.weight, None) if method == "int8" else quantize_int4(linear.weight, group)
-        report.rtn_output_error[prefix + name] = _output_error(BlockLinear(rtn, linear.bias), sample[name], linear)
+    rtn: dict[str, BlockQuantized] = {}  # round-to-nearest: the baseline every method is compared with
+    for name, linear in linears.items():
+        rtn[name] = quantize_int8(linear.weight, None) if method == "int8" else quantize_int4(linear.weight, group)
+        report.rtn_output_error[prefix + name] = _output_error(BlockLinear(rtn[name], linear.bias), sample[name], linear)
     if method == "awq-int4":
         input_scales = _apply_awq_scales(model, index, inputs, group)
         inputs = {name: x / input_scales[name] for name, x in inputs.items()}
@@ -174,10 +175,8 @@ def _pack_layer(
     blocks: dict[str, BlockQuantized] = {}
     for name, linear in linears.items():
         weight = linear.weight.detach()
-        if method == "int8":
-            blocks[name] = quantize_int8(weight, None)
-        elif method == "rtn-int4":
-            blocks[name] = quantize_int4(weight, group)
+        if method in ("int8", "rtn-int4"):
+            blocks[name] = rtn[name]
         elif method == "awq-int4":
             ratios = search_clip_ratios(inputs[name], weight, group)
             if name == "self_attn.qkv_proj":  # clipping queries and keys distorts every attention score
