@@ -65,3 +65,55 @@ class SchedulerConfig:
                 "without chunked prefill, max_num_batched_tokens must be >= max_model_len "
                 f"({self.max_num_batched_tokens} < {self.max_model_len})"
             )
+
+
+SPECULATIVE_METHODS = ("ngram", "draft_model")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding (``LLM(speculative_config={...})``), fields named as vLLM names them.
+
+    A proposer guesses up to ``num_speculative_tokens`` tokens per sequence; the target model checks them
+    all in one pass and keeps the longest prefix its own sampling agrees with, so the output distribution
+    is the target's. ``ngram`` looks the last ``prompt_lookup_max`` .. ``prompt_lookup_min`` tokens up in
+    the sequence itself; ``draft_model`` runs a smaller model with the same tokenizer (``model``; None:
+    the target's own checkpoint, cut to its first ``draft_num_layers`` layers when that is set).
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 1
+    model: str | None = None
+    draft_num_layers: int | None = None
+    quantization: str = "auto"  # the draft model's weights (one of QUANTIZATIONS)
+    # Lower a sequence's speculation when its drafts keep being rejected, down to none (see engine/spec_policy).
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise ConfigError(
+                f"unsupported speculative method {self.method!r} (choose from {', '.join(SPECULATIVE_METHODS)})"
+            )
+        if not isinstance(self.num_speculative_tokens, int) or not 1 <= self.num_speculative_tokens <= 16:
+            raise ConfigError(f"num_speculative_tokens must be an integer in [1, 16], got {self.num_speculative_tokens!r}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ConfigError(
+                "prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max, "
+                f"got {self.prompt_lookup_min} and {self.prompt_lookup_max}"
+            )
+        if self.draft_num_layers is not None and self.draft_num_layers < 1:
+            raise ConfigError(f"draft_num_layers must be >= 1, got {self.draft_num_layers}")
+        if self.method == "ngram" and (self.model is not None or self.draft_num_layers is not None):
+            raise ConfigError("model and draft_num_layers apply to method draft_model, not ngram")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"unsupported draft quantization {self.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SpeculativeConfig:
+        """From ``speculative_config={...}``; an unknown key is a ConfigError, not silently ignored."""
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown speculative_config keys: {', '.join(unknown)}")
+        return cls(**values)

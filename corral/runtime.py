@@ -5,27 +5,33 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig, SchedulerConfig
+from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig, SchedulerConfig, SpeculativeConfig
 from corral.engine.block_manager import KVCacheManager
 from corral.engine.core import EngineCore
 from corral.engine.kv_cache import allocate_kv_caches, num_blocks_for_budget
 from corral.engine.llm_engine import LLMEngine
 from corral.engine.model_runner import ModelRunner
+from corral.engine.proposer import Proposer
 from corral.engine.scheduler import Scheduler
+from corral.engine.spec_policy import SpeculationPolicy
 from corral.errors import ConfigError
 from corral.kernels import cpu_extension
 from corral.layers.attention.torch_paged import TorchPagedAttention
 from corral.loader import PackedFormat, open_checkpoint, stored_packed_format
 from corral.loader.tokenizer import load_tokenizer
-from corral.models.loading import load_model
+from corral.models.loading import first_layers, load_model
+from corral.models.spec import ModelConfig
 from corral.platform import release_free_memory
 from corral.quantization.base import QuantMethod
 from corral.quantization.blockwise import BlockMethod
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
+from corral.spec_decode.draft_model import DraftModelProposer
+from corral.spec_decode.ngram import NgramProposer
 from corral.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -57,6 +63,16 @@ class EngineArgs:
     # Every token's attention through one per-token kernel, so greedy output does not depend on batching,
     # chunking or preemption (with the quantized paths, whose rows are independent); slower prefill on long prompts.
     batch_invariant: bool = False
+    # Speculative decoding, as a dict of SpeculativeConfig fields (vLLM's argument) or the config itself.
+    speculative_config: dict[str, Any] | SpeculativeConfig | None = None
+
+    def speculative(self) -> SpeculativeConfig | None:
+        spec = self.speculative_config
+        if spec is None or isinstance(spec, SpeculativeConfig):
+            return spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"speculative_config must be a dict or SpeculativeConfig, got {type(spec).__name__}")
+        return SpeculativeConfig.from_dict(spec)
 
     def cache_config(self, kv_cache_dtype: str = "model") -> CacheConfig:
         return CacheConfig(
@@ -164,25 +180,11 @@ def calibration_token_ids(tokenizer: Tokenizer, num_tokens: int = 512) -> list[i
 
 
 def build_engine(args: EngineArgs) -> LLMEngine:
+    spec = args.speculative()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    quant_method = resolve_quantization(args.quantization, device, dtype, args.model)
-    keep_blocks = isinstance(quant_method, BlockMethod) and quant_method.keeps_stored_blocks
-    if quant_method is not None and quant_method.name == "gguf" and not is_gguf(args.model):
-        raise ConfigError(f"quantization gguf keeps a GGUF file's blocks, but {args.model} is not a .gguf file")
-    model_config, weights = open_checkpoint(args.model, dtype, keep_quantized=keep_blocks)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-
-    # Activation-quantizing methods first fold outlier channels into the weights (SmoothQuant), from
-    # statistics of a short calibration pass over built-in text, run layer by layer as the model loads.
-    calibration_ids = (
-        calibration_token_ids(tokenizer) if quant_method is not None and quant_method.quantizes_activations else None
-    )
-    model = load_model(model_config, weights, dtype, device, quant_method, calibration_ids)
-    del weights  # closes the checkpoint's file mappings
-    if quant_method is not None:
-        logger.info("weights quantized: %s", quant_method.name)
-    release_free_memory()
+    model_config, model, quant_method = _load(args.model, args.quantization, dtype, device, tokenizer)
 
     scheduler_config = args.scheduler_config(model_config.max_position_embeddings)
     cache = args.cache_config(resolve_kv_cache_dtype(args.kv_cache_dtype, quant_method))
@@ -193,16 +195,86 @@ def build_engine(args: EngineArgs) -> LLMEngine:
             f"{scheduler_config.max_model_len}: raise kv_cache_memory or lower max_model_len"
         )
     kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device, cache.kv_cache_dtype)
-    backend = TorchPagedAttention(
-        model_config.num_attention_heads, model_config.num_key_value_heads, model_config.head_size,
-        cache.block_size, batch_invariant=args.batch_invariant,
+    backend = _attention_backend(model, model_config, quant_method, cache.block_size, args.batch_invariant)
+    proposer = None
+    if spec is not None:
+        proposer = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size)
+    runner = ModelRunner(
+        model, kv_caches, backend, cache.block_size, model_config.vocab_size, device,
+        proposer=proposer, num_speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
     )
-    if isinstance(quant_method, BlockMethod) and model.fuse_decode_layers_(cache.block_size):
-        logger.info("decode steps run one fused C++ call per layer")
-    runner = ModelRunner(model, kv_caches, backend, cache.block_size, model_config.vocab_size, device)
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-    core = EngineCore(Scheduler(scheduler_config, kv_manager), runner)
+    policy = None if spec is None else SpeculationPolicy(spec.num_speculative_tokens, adaptive=spec.adaptive)
+    core = EngineCore(Scheduler(scheduler_config, kv_manager), runner, policy)
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     return LLMEngine(core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos))
+
+
+def _load(
+    path: str | None,
+    quantization: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    tokenizer: Tokenizer,
+    num_layers: int | None = None,
+) -> tuple[ModelConfig, torch.nn.Module, QuantMethod | None]:
+    """A checkpoint's model (its first ``num_layers`` decoder layers, if given), packed as ``quantization`` says."""
+    quant_method = resolve_quantization(quantization, device, dtype, path)
+    keep_blocks = isinstance(quant_method, BlockMethod) and quant_method.keeps_stored_blocks
+    if quant_method is not None and quant_method.name == "gguf" and not is_gguf(path):
+        raise ConfigError(f"quantization gguf keeps a GGUF file's blocks, but {path} is not a .gguf file")
+    model_config, weights = open_checkpoint(path, dtype, keep_quantized=keep_blocks)
+    if num_layers is not None:
+        model_config, weights = first_layers(model_config, weights, num_layers)
+    # Activation-quantizing methods first fold outlier channels into the weights (SmoothQuant), from
+    # statistics of a short calibration pass over built-in text, run layer by layer as the model loads.
+    calibration_ids = (
+        calibration_token_ids(tokenizer) if quant_method is not None and quant_method.quantizes_activations else None
+    )
+    model = load_model(model_config, weights, dtype, device, quant_method, calibration_ids)
+    del weights  # closes the checkpoint's file mappings
+    if quant_method is not None:
+        logger.info("weights quantized: %s", quant_method.name)
+    release_free_memory()
+    return model_config, model, quant_method
+
+
+def _attention_backend(
+    model: torch.nn.Module, config: ModelConfig, quant_method: QuantMethod | None, block_size: int, batch_invariant: bool
+) -> TorchPagedAttention:
+    backend = TorchPagedAttention(
+        config.num_attention_heads, config.num_key_value_heads, config.head_size, block_size,
+        batch_invariant=batch_invariant,
+    )
+    if isinstance(quant_method, BlockMethod) and model.fuse_decode_layers_(block_size):
+        logger.info("decode steps run one fused C++ call per layer")
+    return backend
+
+
+def _build_proposer(
+    spec: SpeculativeConfig,
+    args: EngineArgs,
+    target_config: ModelConfig,
+    tokenizer: Tokenizer,
+    dtype: torch.dtype,
+    device: torch.device,
+    num_blocks: int,
+    block_size: int,
+) -> Proposer:
+    if spec.method == "ngram":
+        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+    # A draft model: its own weights, KV pool (as many blocks as the target's, so it never runs out first)
+    # and attention backend; it must share the target's vocabulary, token for token.
+    path = spec.model or args.model
+    config, model, quant_method = _load(path, spec.quantization, dtype, device, tokenizer, spec.draft_num_layers)
+    if config.vocab_size != target_config.vocab_size:
+        raise ConfigError(
+            f"the draft model's vocabulary ({config.vocab_size} tokens) differs from the target's "
+            f"({target_config.vocab_size}): a draft model must share the target's tokenizer"
+        )
+    kv_cache_dtype = resolve_kv_cache_dtype(args.kv_cache_dtype, quant_method)
+    kv_caches = allocate_kv_caches(num_blocks, block_size, config, dtype, device, kv_cache_dtype)
+    backend = _attention_backend(model, config, quant_method, block_size, args.batch_invariant)
+    return DraftModelProposer(model, kv_caches, backend, block_size, num_blocks, config.vocab_size, device)

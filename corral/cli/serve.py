@@ -33,7 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
     parser.add_argument("--batch-invariant", action="store_true",
                         help="outputs independent of batching (per-token attention; slower long prefills)")
+    parser.add_argument("--speculative-config", type=_json_object, default=None,
+                        help='speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\' (vLLM\'s flag)')
     parser.add_argument("--log-level", default="info")
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def served_name(model: str | None) -> str:
@@ -62,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         kv_cache_memory=args.kv_cache_memory, enable_prefix_caching=args.enable_prefix_caching,
         block_size=args.block_size, batch_invariant=args.batch_invariant, kv_cache_dtype=args.kv_cache_dtype,
+        speculative_config=args.speculative_config,
     )
     metrics = EngineMetrics()
     engine = AsyncEngine(build_engine(engine_args), observer=metrics)

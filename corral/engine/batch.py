@@ -15,11 +15,18 @@ class ScheduledRequest:
     num_computed_tokens: int
     num_new_tokens: int
     block_ids: list[int]  # the request's block table (covers the new tokens)
+    # Draft tokens checked this step: the last ``len(spec_token_ids)`` of the new tokens.
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> bool:
         """True when this step reaches the request's last known token, so its next token is sampled."""
-        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens + len(self.spec_token_ids)
+
+    @property
+    def attends_per_token(self) -> bool:
+        """Decodes and draft checks: each of their tokens is one row of the paged decode kernel."""
+        return self.num_new_tokens == 1 or bool(self.spec_token_ids)
 
 
 @dataclass
@@ -51,7 +58,24 @@ class SampledToken:
 
 @dataclass
 class ModelRunnerOutput:
-    sampled: dict[str, SampledToken] = field(default_factory=dict)
+    # The tokens each sampling request emits this step: one, or with speculation the accepted drafts then
+    # the target's own next token.
+    sampled: dict[str, list[SampledToken]] = field(default_factory=dict)
+
+
+@dataclass
+class SpecDecodeStats:
+    """Speculative decoding totals: drafts checked, draft tokens proposed and accepted, and tokens emitted by
+    those checks (accepted drafts plus the target's own token after them)."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_emitted_tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
 
 
 @dataclass
@@ -64,6 +88,8 @@ class EngineCoreOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    num_draft_tokens: int = 0  # speculative draft tokens checked for this request so far
+    num_accepted_tokens: int = 0  # of those, accepted
 
     @property
     def finished(self) -> bool:

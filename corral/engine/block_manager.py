@@ -175,6 +175,16 @@ class KVCacheManager:
         self.occupancy.allocated_slot_steps += num_allocated
         self.occupancy.empty_slot_steps += num_empty
 
+    def truncate(self, request: Request) -> None:
+        """Release the blocks past the request's computed tokens (those that held only rejected drafts). They
+        were never registered in the prefix cache: only blocks full of the request's known tokens are."""
+        table = self.block_tables[request.request_id]
+        num_kept = self.num_blocks_for(request.num_computed_tokens)
+        assert num_kept >= self._num_registered.get(request.request_id, 0), "a cached block would be released"
+        if len(table) > num_kept:
+            self.pool.release(table[num_kept:][::-1])
+            del table[num_kept:]
+
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first, so a sequence's last blocks are evicted first."""
         table = self.block_tables.pop(request.request_id, [])

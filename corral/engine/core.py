@@ -7,12 +7,14 @@ from corral.engine.block_manager import KVCacheManager
 from corral.engine.model_runner import ModelRunner
 from corral.engine.request import Request
 from corral.engine.scheduler import Scheduler
+from corral.engine.spec_policy import SpeculationPolicy
 
 
 class EngineCore:
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner):
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, spec_policy: SpeculationPolicy | None = None):
         self.scheduler = scheduler
         self.runner = runner
+        self.spec_policy = spec_policy or SpeculationPolicy(runner.num_speculative_tokens)
 
     @property
     def kv_manager(self) -> KVCacheManager:
@@ -23,6 +25,8 @@ class EngineCore:
 
     def abort_request(self, request_id: str) -> None:
         self.scheduler.abort_request(request_id)
+        if self.runner.proposer is not None:
+            self.runner.proposer.remove_requests([request_id])
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
@@ -30,4 +34,19 @@ class EngineCore:
     def step(self) -> list[EngineCoreOutput]:
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.execute(scheduler_output)
-        return self.scheduler.update_from_output(scheduler_output, runner_output)
+        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        if self.runner.proposer is not None:
+            self.runner.proposer.remove_requests(self.scheduler.finished_request_ids)
+            self._propose()
+        return outputs
+
+    def _propose(self) -> None:
+        """Draft tokens for the next step's decodes; the scheduler schedules them after each last token."""
+        requests = self.scheduler.decoding_requests()
+        limits = [self.spec_policy.num_spec_tokens(r) for r in requests]
+        wanted = [(r, n) for r, n in zip(requests, limits, strict=True) if n > 0]
+        if not wanted:
+            return
+        drafts = self.runner.propose([r for r, _ in wanted], [n for _, n in wanted])
+        for (request, _), token_ids in zip(wanted, drafts, strict=True):
+            request.spec_token_ids = token_ids

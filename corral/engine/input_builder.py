@@ -17,14 +17,15 @@ class ModelInputs:
     input_ids: torch.Tensor  # [num_tokens]
     positions: torch.Tensor  # [num_tokens]
     attn_metadata: AttentionMetadata
-    # Requests whose next token is sampled, and the row of their last token in the batch.
+    # Requests whose next token is sampled, and the rows whose logits they need: their last token's, or
+    # with draft tokens the last token's and every draft's (1 + len(spec_token_ids) rows, in order).
     sampling_requests: list[ScheduledRequest]
-    logits_indices: torch.Tensor  # [num_sampling]
+    logits_indices: torch.Tensor  # [num_logits_rows]
 
 
 def order_for_attention(scheduled: list[ScheduledRequest]) -> list[ScheduledRequest]:
-    """Single-token entries (decodes) first, then multi-token chunks, as AttentionMetadata expects."""
-    return [s for s in scheduled if s.num_new_tokens == 1] + [s for s in scheduled if s.num_new_tokens > 1]
+    """Per-token entries (decodes, draft checks) first, then prompt chunks, as AttentionMetadata expects."""
+    return [s for s in scheduled if s.attends_per_token] + [s for s in scheduled if not s.attends_per_token]
 
 
 def build_model_inputs(
@@ -50,12 +51,15 @@ def build_model_inputs(
 
     input_ids = np.empty(num_tokens, dtype=np.int64)
     for s, q0, n in zip(entries, query_starts.tolist(), lens.tolist(), strict=True):
-        input_ids[q0 : q0 + n] = s.request.all_token_ids[s.num_computed_tokens : s.num_computed_tokens + n]
+        num_known = n - len(s.spec_token_ids)
+        input_ids[q0 : q0 + num_known] = s.request.all_token_ids[s.num_computed_tokens : s.num_computed_tokens + num_known]
+        input_ids[q0 + num_known : q0 + n] = s.spec_token_ids
 
-    num_decodes = int(np.count_nonzero(lens == 1))
+    num_per_token_entries = sum(1 for s in entries if s.attends_per_token)
+    num_decodes = int(cu_lens[num_per_token_entries - 1]) if num_per_token_entries else 0
     context_lens = starts + lens
     prefills = []
-    for row in range(num_decodes, num_reqs):
+    for row in range(num_per_token_entries, num_reqs):
         ctx = int(context_lens[row])
         pos = np.arange(ctx)
         kv_slots = block_tables[row, pos // block_size] * block_size + pos % block_size
@@ -64,7 +68,11 @@ def build_model_inputs(
         )
 
     sampling_rows = [row for row, s in enumerate(entries) if s.samples]
-    logits_indices = cu_lens[sampling_rows] - 1
+    num_logits = np.fromiter((1 + len(entries[row].spec_token_ids) for row in sampling_rows), np.int64, len(sampling_rows))
+    # each sampling entry's last num_logits rows: its end minus a countdown num_logits .. 1
+    logits_indices = np.repeat(cu_lens[sampling_rows], num_logits) - (
+        np.repeat(np.cumsum(num_logits), num_logits) - np.arange(int(num_logits.sum()))
+    )
 
     def to_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
@@ -83,4 +91,34 @@ def build_model_inputs(
         attn_metadata=metadata,
         sampling_requests=[entries[row] for row in sampling_rows],
         logits_indices=to_tensor(logits_indices),
+    )
+
+
+def build_decode_inputs(
+    input_ids: list[int], positions: list[int], block_tables: list[list[int]], block_size: int, device: torch.device
+) -> ModelInputs:
+    """Inputs for one token per sequence at the given positions (a draft model's proposal steps), whose
+    block tables already cover them. Every row's logits are wanted; ``sampling_requests`` is empty."""
+    num_seqs = len(input_ids)
+    position_array = np.asarray(positions, dtype=np.int64)
+    max_blocks = max(len(table) for table in block_tables)
+    tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
+    for row, table in enumerate(block_tables):
+        tables[row, : len(table)] = table
+    rows = np.arange(num_seqs)
+    slot_mapping = tables[rows, position_array // block_size] * block_size + position_array % block_size
+    metadata = AttentionMetadata(
+        slot_mapping=torch.from_numpy(slot_mapping).to(device),
+        block_tables=torch.from_numpy(tables).to(device),
+        seq_of_token=torch.from_numpy(rows).to(device),
+        context_lens=torch.from_numpy(position_array + 1).to(device),
+        num_decode_tokens=num_seqs,
+        prefills=[],
+    )
+    return ModelInputs(
+        input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
+        positions=torch.from_numpy(position_array).to(device),
+        attn_metadata=metadata,
+        sampling_requests=[],
+        logits_indices=torch.from_numpy(rows).to(device),
     )

@@ -1,18 +1,26 @@
-"""ModelRunner: executes one scheduled step on the model and samples the next tokens."""
+"""ModelRunner: executes one scheduled step on the model and samples the next tokens (or, with speculative
+decoding, checks the step's draft tokens and keeps the accepted ones)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 
-from corral.engine.batch import ModelRunnerOutput, SampledToken, SchedulerOutput
+from corral.engine.batch import ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput
 from corral.engine.input_builder import build_model_inputs
+from corral.engine.proposer import Proposer
+from corral.engine.request import Request
 from corral.layers.attention.backend import AttentionBackend
 from corral.sample.metadata import build_sampling_metadata
+from corral.sample.rejection import RejectionSampler
 from corral.sample.sampler import Sampler
 
 
 class ModelRunner:
-    """Owns the model, its KV caches, the attention backend, the sampler and per-request RNGs."""
+    """Owns the model, its KV caches, the attention backend, the samplers, per-request RNGs and the
+    speculative proposer (if any) with the draft distributions it last proposed from."""
 
     def __init__(
         self,
@@ -22,6 +30,8 @@ class ModelRunner:
         block_size: int,
         vocab_size: int,
         device: torch.device,
+        proposer: Proposer | None = None,
+        num_speculative_tokens: int = 0,
     ):
         self.model = model
         self.kv_caches = kv_caches
@@ -30,7 +40,19 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.device = device
         self.sampler = Sampler()
+        self.rejection_sampler = RejectionSampler()
+        self.proposer = proposer
+        self.num_speculative_tokens = num_speculative_tokens
         self._generators: dict[str, torch.Generator] = {}
+        self._draft_probs: dict[str, torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[list[int]]:
+        """Draft tokens for each request (see ``Proposer``), remembering their distributions for the check."""
+        assert self.proposer is not None
+        drafts = self.proposer.propose(requests, max_num_tokens)
+        self._draft_probs = {r.request_id: d.probs for r, d in zip(requests, drafts, strict=True) if d.probs is not None}
+        return [d.token_ids for d in drafts]
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
@@ -45,7 +67,9 @@ class ModelRunner:
         )
         if not inputs.sampling_requests:
             return ModelRunnerOutput()
-        logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()  # [num_sampling, vocab]
+        logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()  # [num_logits_rows, vocab]
+        if any(s.spec_token_ids for s in inputs.sampling_requests):
+            return self._verify(inputs.sampling_requests, logits)
 
         requests = [s.request for s in inputs.sampling_requests]
         metadata = build_sampling_metadata(
@@ -70,23 +94,71 @@ class ModelRunner:
             self._generators[request_id] = generator
         return generator
 
+    def _verify(self, scheduled: list[ScheduledRequest], logits: torch.Tensor) -> ModelRunnerOutput:
+        """Check each request's drafts (none for some) against its ``1 + len(drafts)`` rows of logits."""
+        num_drafts = [len(s.spec_token_ids) for s in scheduled]
+        params, generators, prompts, outputs, banned = [], [], [], [], []
+        for s in scheduled:
+            request, p = s.request, s.request.sampling_params
+            generator = self._generator(request.request_id, p.seed)
+            for j in range(len(s.spec_token_ids) + 1):  # row j scores the token after j drafts
+                params.append(p)
+                generators.append(generator)
+                prompts.append(request.prompt_token_ids)
+                outputs.append(request.output_token_ids + s.spec_token_ids[:j] if p.has_penalties else ())
+                banned.append(request.banned_token_ids(num_pending=j))
+        metadata = build_sampling_metadata(params, generators, prompts, outputs, banned, self.vocab_size, self.device)
+        draft_ids = torch.tensor([t for s in scheduled for t in s.spec_token_ids], dtype=torch.int64, device=self.device)
+        result = self.rejection_sampler(
+            logits, metadata, num_drafts, draft_ids, self._stacked_draft_probs(scheduled),
+            {
+                i: g for i, s in enumerate(scheduled)
+                if not s.request.sampling_params.is_greedy
+                and (g := self._generator(s.request.request_id, s.request.sampling_params.seed)) is not None
+            },
+        )
+        token_ids, num_emitted = result.token_ids.tolist(), result.num_emitted.tolist()
+        first_rows = [end - count - 1 for end, count in zip(itertools.accumulate(k + 1 for k in num_drafts), num_drafts)]
+        logprob_rows = _logprob_rows(result)
+        output = ModelRunnerOutput()
+        for i, s in enumerate(scheduled):
+            num = s.request.sampling_params.logprobs
+            output.sampled[s.request.request_id] = [
+                _sampled(token_ids[i][j], num, logprob_rows, first_rows[i] + j) for j in range(num_emitted[i])
+            ]
+        return output
+
+    def _stacked_draft_probs(self, scheduled: list[ScheduledRequest]) -> torch.Tensor | None:
+        """[D, V] q of every scheduled draft, or None when the proposer's drafts are deterministic. Rows of
+        greedy requests (no q needed) are zeros."""
+        if not self._draft_probs:
+            return None
+        parts = []
+        for s in scheduled:
+            k = len(s.spec_token_ids)
+            probs = self._draft_probs.get(s.request.request_id)
+            parts.append(probs[:k] if probs is not None else torch.zeros(k, self.vocab_size, device=self.device))
+        return torch.cat(parts)
+
     @staticmethod
     def _to_output(requests: list, result) -> ModelRunnerOutput:
         token_ids = result.sampled_token_ids.tolist()
+        logprob_rows = _logprob_rows(result)
         output = ModelRunnerOutput()
-        if result.logprobs is None:
-            for request, token_id in zip(requests, token_ids, strict=True):
-                output.sampled[request.request_id] = SampledToken(token_id)
-            return output
-        top_ids = result.logprob_token_ids.tolist()
-        top_logprobs = result.logprobs.tolist()
-        ranks = result.sampled_token_ranks.tolist()
         for i, (request, token_id) in enumerate(zip(requests, token_ids, strict=True)):
-            num = request.sampling_params.logprobs
-            if num is None:
-                output.sampled[request.request_id] = SampledToken(token_id)
-            else:
-                output.sampled[request.request_id] = SampledToken(
-                    token_id, top_ids[i][: num + 1], top_logprobs[i][: num + 1], ranks[i]
-                )
+            output.sampled[request.request_id] = [_sampled(token_id, request.sampling_params.logprobs, logprob_rows, i)]
         return output
+
+
+def _logprob_rows(result) -> tuple[list, list, list] | None:
+    """A sampler result's logprob tensors as host lists (one transfer each), or None without logprobs."""
+    if result.logprobs is None:
+        return None
+    return result.logprob_token_ids.tolist(), result.logprobs.tolist(), result.sampled_token_ranks.tolist()
+
+
+def _sampled(token_id: int, num_logprobs: int | None, logprob_rows: tuple[list, list, list] | None, row: int) -> SampledToken:
+    if num_logprobs is None or logprob_rows is None:
+        return SampledToken(token_id)
+    top_ids, top_logprobs, ranks = logprob_rows
+    return SampledToken(token_id, top_ids[row][: num_logprobs + 1], top_logprobs[row][: num_logprobs + 1], ranks[row])

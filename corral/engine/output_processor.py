@@ -115,6 +115,8 @@ class OutputProcessor:
         if output.finished:
             return False
         output.token_ids.extend(core_output.new_token_ids)
+        output.num_draft_tokens = core_output.num_draft_tokens
+        output.num_accepted_tokens = core_output.num_accepted_tokens
         if output.logprobs is not None:
             output.logprobs.extend(self._logprobs(s) for s in core_output.new_logprobs)
         delta = completion.detokenizer.push(core_output.new_token_ids)

@@ -53,6 +53,11 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
     num_preemptions: int = 0
     stop_reason: int | str | None = None
+    # Speculative decoding: draft tokens proposed for the next step (not part of the sequence until the
+    # target model accepts them), and this request's running totals.
+    spec_token_ids: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
@@ -95,9 +100,15 @@ class Request:
             return RequestStatus.FINISHED_LENGTH
         return None
 
-    def banned_token_ids(self) -> tuple[int, ...]:
-        """Tokens the sampler must not produce now: EOS and stop tokens before ``min_tokens``."""
+    def max_num_spec_tokens(self, limit: int) -> int:
+        """Draft tokens worth checking next step: at most ``limit``, and fewer than the tokens this request may
+        still emit (a check emits the accepted drafts plus one; ``max_tokens`` already fits the context)."""
+        return max(0, min(limit, self.max_tokens - self.num_output_tokens - 1))
+
+    def banned_token_ids(self, num_pending: int = 0) -> tuple[int, ...]:
+        """Tokens the sampler must not produce at the position ``num_pending`` tokens after the last one (a
+        draft position when verifying): EOS and stop tokens before ``min_tokens``."""
         params = self.sampling_params
-        if self.num_output_tokens >= params.min_tokens:
+        if self.num_output_tokens + num_pending >= params.min_tokens:
             return ()
         return tuple(self.eos_token_ids) + params.stop_token_ids

@@ -4,6 +4,10 @@ requests as the token budget, the sequence limit and the KV pool allow. Plain Py
 Running requests go first (so decodes never stall behind a long prompt), then waiting ones are
 admitted, their prompts chunked to fit the budget. When the pool runs dry the lowest-priority,
 most recently admitted request is preempted: its blocks are freed and it is recomputed later.
+
+With speculative decoding a decoding request also carries draft tokens: they are scheduled after its last
+token (dropped first when the budget or the pool is short), and after the step the KV of rejected drafts
+is rolled back: ``num_computed_tokens`` moves back and blocks past it return to the pool.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from __future__ import annotations
 import bisect
 
 from corral.config import SchedulerConfig
-from corral.engine.batch import EngineCoreOutput, ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from corral.engine.batch import (
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    SampledToken,
+    ScheduledRequest,
+    SchedulerOutput,
+    SpecDecodeStats,
+)
 from corral.engine.block_manager import KVCacheManager
 from corral.engine.request import Request, RequestStatus
 
@@ -29,6 +40,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self._finished_ids: list[str] = []
         self.num_preemptions = 0
+        self.spec_decode_stats = SpecDecodeStats()
 
     @property
     def num_unfinished(self) -> int:
@@ -51,6 +63,15 @@ class Scheduler:
         self._finish(request, RequestStatus.FINISHED_ABORTED)
         return request
 
+    @property
+    def finished_request_ids(self) -> list[str]:
+        """Requests finished since the last ``schedule()`` (the next SchedulerOutput reports them too)."""
+        return list(self._finished_ids)
+
+    def decoding_requests(self) -> list[Request]:
+        """Running requests whose every known token but the last is computed: the ones a proposer drafts for."""
+        return [r for r in self.running if r.num_computed_tokens == r.num_tokens - 1]
+
     def schedule(self) -> SchedulerOutput:
         output = SchedulerOutput(finished_request_ids=self._finished_ids)
         self._finished_ids = []
@@ -66,15 +87,21 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            while not self.kv_manager.allocate_slots(request, num_new):
+            num_gap = request.num_tokens - request.num_computed_tokens
+            num_new = min(num_gap, budget)
+            spec = request.spec_token_ids[: max(0, budget - num_gap)]
+            request.spec_token_ids = []
+            while not self.kv_manager.allocate_slots(request, num_new + len(spec)):
+                if spec:  # drafts are the first thing to give up
+                    spec = []
+                    continue
                 victim = self.running.pop()
                 self._preempt(victim)
                 output.preempted_request_ids.append(victim.request_id)
                 if victim is request:
                     return budget
-            output.scheduled.append(self._scheduled(request, request.num_computed_tokens, num_new))
-            budget -= num_new
+            output.scheduled.append(self._scheduled(request, request.num_computed_tokens, num_new + len(spec), spec))
+            budget -= num_new + len(spec)
             index += 1
         return budget
 
@@ -111,30 +138,56 @@ class Scheduler:
             sampled = runner_output.sampled.get(request.request_id)
             if sampled is None:
                 continue  # a prefill chunk that does not reach the end of the prompt yet
-            request.append_token(sampled.token_id)
-            status = request.check_stop()
-            if status is not None:
-                self.running.remove(request)
-                self._finish(request, status)
+            if scheduled.spec_token_ids:
+                self._roll_back_rejected(request, len(scheduled.spec_token_ids), num_accepted=len(sampled) - 1)
+            emitted = self._append_tokens(request, sampled)
             outputs.append(
                 EngineCoreOutput(
                     request_id=request.request_id,
-                    new_token_ids=[sampled.token_id],
-                    new_logprobs=[sampled] if sampled.logprobs is not None else [],
+                    new_token_ids=[s.token_id for s in emitted],
+                    new_logprobs=[s for s in emitted if s.logprobs is not None],
                     finish_reason=request.status.finish_reason,
                     stop_reason=request.stop_reason,
                     num_cached_tokens=request.num_cached_tokens,
+                    num_draft_tokens=request.num_draft_tokens,
+                    num_accepted_tokens=request.num_accepted_tokens,
                 )
             )
         self.kv_manager.record_occupancy(self.running)
         return outputs
 
-    def _scheduled(self, request: Request, num_computed: int, num_new: int) -> ScheduledRequest:
+    def _append_tokens(self, request: Request, sampled: list[SampledToken]) -> list[SampledToken]:
+        """Append tokens until one finishes the request; the ones after it are dropped."""
+        for count, token in enumerate(sampled, start=1):
+            request.append_token(token.token_id)
+            status = request.check_stop()
+            if status is not None:
+                self.running.remove(request)
+                self._finish(request, status)
+                return sampled[:count]
+        return sampled
+
+    def _roll_back_rejected(self, request: Request, num_drafts: int, num_accepted: int) -> None:
+        """The rejected drafts' K/V is stale: forget it, and return blocks that now hold no computed token."""
+        request.num_computed_tokens -= num_drafts - num_accepted
+        self.kv_manager.truncate(request)
+        request.num_draft_tokens += num_drafts
+        request.num_accepted_tokens += num_accepted
+        stats = self.spec_decode_stats
+        stats.num_drafts += 1
+        stats.num_draft_tokens += num_drafts
+        stats.num_accepted_tokens += num_accepted
+        stats.num_emitted_tokens += num_accepted + 1
+
+    def _scheduled(
+        self, request: Request, num_computed: int, num_new: int, spec_token_ids: list[int] | None = None
+    ) -> ScheduledRequest:
         block_ids = self.kv_manager.block_tables[request.request_id]
-        return ScheduledRequest(request, num_computed, num_new, block_ids)
+        return ScheduledRequest(request, num_computed, num_new, block_ids, spec_token_ids or [])
 
     def _preempt(self, request: Request) -> None:
         self.kv_manager.free(request)
+        request.spec_token_ids = []
         request.status = RequestStatus.WAITING
         request.num_computed_tokens = 0
         request.num_preemptions += 1

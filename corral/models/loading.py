@@ -9,11 +9,12 @@ The result is identical to loading everything, then ``smooth_(record_input_absma
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 import torch
 
-from corral.errors import QuantizationError
+from corral.errors import ConfigError, QuantizationError
 from corral.models.calibration import DenseSequence, recording_input_absmax
 from corral.models.registry import model_class
 from corral.models.spec import ModelConfig
@@ -60,3 +61,37 @@ def load_model(
         release_free_memory()
     return model.to(device)
 
+
+
+def first_layers(
+    config: ModelConfig, weights: Mapping[str, torch.Tensor], num_layers: int
+) -> tuple[ModelConfig, Mapping[str, torch.Tensor]]:
+    """The model cut to its first ``num_layers`` decoder layers (embedding, final norm and head kept): a
+    cheap draft model of the same vocabulary. The later layers' tensors are never read."""
+    if not 1 <= num_layers <= config.num_hidden_layers:
+        raise ConfigError(f"draft_num_layers must be in [1, {config.num_hidden_layers}], got {num_layers}")
+    return replace(config, num_hidden_layers=num_layers), _FirstLayers(weights, num_layers)
+
+
+class _FirstLayers(Mapping[str, torch.Tensor]):
+    def __init__(self, weights: Mapping[str, torch.Tensor], num_layers: int):
+        self._weights = weights
+        self._names = [n for n in weights if _layer_of(n) < num_layers]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._weights[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _layer_of(name: str) -> int:
+    """``i`` of ``model.layers.{i}.*``, -1 outside the decoder layers (a malformed index is kept, and refused
+    by the model's own name check)."""
+    parts = name.split(".")
+    if len(parts) < 3 or parts[:2] != ["model", "layers"] or not parts[2].isdigit():
+        return -1
+    return int(parts[2])

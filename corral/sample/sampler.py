@@ -57,12 +57,7 @@ class Sampler(torch.nn.Module):
         if metadata.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
 
-        if metadata.banned_token_coords is not None:
-            rows, token_ids = metadata.banned_token_coords
-            logits = logits.index_put((rows, token_ids), logits.new_full((), float("-inf")))
-        logits = apply_penalties(logits, metadata)
-
-        sampled = self._sample(logits, metadata)  # [B] int64
+        sampled = self._sample(constrain_logits(logits, metadata), metadata)  # [B] int64
 
         if raw_logprobs is None:
             return SamplerOutput(sampled, None, None, None)
@@ -78,15 +73,28 @@ class Sampler(torch.nn.Module):
             if metadata.all_greedy:
                 return greedy_ids
 
-        logits = apply_temperature(logits, metadata.temperature)
-        logits = apply_top_k_top_p(logits, metadata.top_k, metadata.max_top_k, metadata.top_p)
-        if metadata.min_p is not None:
-            logits = apply_min_p(logits, metadata.min_p)
-        random_ids = random_sample(logits.softmax(dim=-1), metadata.generators)
-
+        random_ids = random_sample(sampling_probs(logits, metadata), metadata.generators)
         if greedy_ids is None:
             return random_ids
         return torch.where(metadata.temperature == 0, greedy_ids, random_ids)
+
+
+def constrain_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+    """Steps 2-3: banned tokens to -inf, then penalties. Greedy rows take the argmax of the result."""
+    if metadata.banned_token_coords is not None:
+        rows, token_ids = metadata.banned_token_coords
+        logits = logits.index_put((rows, token_ids), logits.new_full((), float("-inf")))
+    return apply_penalties(logits, metadata)
+
+
+def sampling_probs(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+    """Step 5's distribution [B, V] from constrained logits: temperature, top-k, top-p, min-p, softmax. The
+    distribution random rows sample from; greedy rows' rows are meaningless."""
+    logits = apply_temperature(logits, metadata.temperature)
+    logits = apply_top_k_top_p(logits, metadata.top_k, metadata.max_top_k, metadata.top_p)
+    if metadata.min_p is not None:
+        logits = apply_min_p(logits, metadata.min_p)
+    return logits.softmax(dim=-1)
 
 
 def gather_logprobs(
@@ -105,4 +113,4 @@ def gather_logprobs(
     return token_ids, torch.cat([sampled_logprobs, top_logprobs], dim=1), ranks
 
 
-__all__ = ["Sampler", "SamplerOutput", "gather_logprobs"]
+__all__ = ["Sampler", "SamplerOutput", "constrain_logits", "gather_logprobs", "sampling_probs"]

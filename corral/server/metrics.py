@@ -51,9 +51,21 @@ class EngineMetrics:
         self.prompt_tokens = Counter("corral:prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("corral:generation_tokens", "Tokens generated.", registry=r)
         self.preemptions = Counter("corral:num_preemptions", "Preemptions.", registry=r)
+        self.spec_drafts = Counter("corral:spec_decode_num_drafts", "Speculative draft checks.", registry=r)
+        self.spec_draft_tokens = Counter("corral:spec_decode_num_draft_tokens", "Draft tokens proposed and checked.",
+                                         registry=r)
+        self.spec_accepted_tokens = Counter("corral:spec_decode_num_accepted_tokens", "Draft tokens accepted.",
+                                            registry=r)
+        self.spec_emitted_tokens = Counter(
+            "corral:spec_decode_num_emitted_tokens", "Tokens emitted by draft checks (accepted plus one each).",
+            registry=r,
+        )
+        self.spec_acceptance = Gauge("corral:spec_decode_draft_acceptance_rate",
+                                     "Accepted over proposed draft tokens since start (0-1).", registry=r)
         self.success = Counter("corral:request_success", "Finished requests.", ["finished_reason"], registry=r)
         self._timings: dict[str, _Timing] = {}
-        self._seen = {"queries": 0, "hits": 0, "preemptions": 0, "allocated": 0, "empty": 0}
+        self._seen = {key: 0 for key in ("queries", "hits", "preemptions", "allocated", "empty", "drafts",
+                                         "draft_tokens", "accepted", "emitted")}
 
     def on_add(self, request_id: str) -> None:
         self._timings[request_id] = _Timing(time.monotonic())
@@ -91,7 +103,13 @@ class EngineMetrics:
         self.running.set(len(scheduler.running))
         self.waiting.set(len(scheduler.waiting))
         self.kv_usage.set(kv.usage)
+        spec = scheduler.spec_decode_stats
+        self.spec_acceptance.set(spec.acceptance_rate)
         for key, counter, value in (
+            ("drafts", self.spec_drafts, spec.num_drafts),
+            ("draft_tokens", self.spec_draft_tokens, spec.num_draft_tokens),
+            ("accepted", self.spec_accepted_tokens, spec.num_accepted_tokens),
+            ("emitted", self.spec_emitted_tokens, spec.num_emitted_tokens),
             ("queries", self.prefix_queries, kv.stats.queries),
             ("hits", self.prefix_hits, kv.stats.hits),
             ("preemptions", self.preemptions, scheduler.num_preemptions),

@@ -24,7 +24,7 @@ def make_request(request_id, num_prompt, max_tokens=4, priority=0, arrival=0.0) 
 
 def fake_step(scheduler: Scheduler):
     out = scheduler.schedule()
-    sampled = {s.request.request_id: SampledToken(7) for s in out.scheduled if s.samples}
+    sampled = {s.request.request_id: [SampledToken(7)] for s in out.scheduled if s.samples}
     return out, scheduler.update_from_output(out, ModelRunnerOutput(sampled))
 
 
@@ -100,3 +100,91 @@ def test_stops_at_max_tokens_with_length_reason():
         _, outputs = fake_step(scheduler)
         reasons += [o.finish_reason for o in outputs]
     assert reasons == [None, "length"]
+
+
+def spec_step(scheduler: Scheduler, accepted: dict[str, int]):
+    """A step where each request with drafts gets its first ``accepted[id]`` drafts accepted, then token 7."""
+    out = scheduler.schedule()
+    sampled = {}
+    for s in out.scheduled:
+        if s.samples:
+            kept = s.spec_token_ids[: accepted.get(s.request.request_id, 0)]
+            sampled[s.request.request_id] = [SampledToken(t) for t in [*kept, 7]]
+    return out, scheduler.update_from_output(out, ModelRunnerOutput(sampled))
+
+
+def test_drafts_are_scheduled_after_the_last_token_and_rejected_ones_rolled_back():
+    scheduler = make_scheduler(num_blocks=8, block_size=4, budget=64)
+    scheduler.add_request(make_request("a", 6, max_tokens=20))
+    fake_step(scheduler)  # prompt: 6 tokens computed, token 7 sampled
+    request = scheduler.requests["a"]
+    assert scheduler.decoding_requests() == [request]
+    assert scheduler.kv_manager.block_tables["a"] == [0, 1]
+
+    request.spec_token_ids = [11, 12, 13, 14, 15]  # positions 7..11: a third block
+    out, outputs = spec_step(scheduler, {"a": 2})
+    (scheduled,) = out.scheduled
+    assert (scheduled.num_computed_tokens, scheduled.num_new_tokens, scheduled.spec_token_ids) == (6, 6, [11, 12, 13, 14, 15])
+    assert outputs[0].new_token_ids == [11, 12, 7]
+    # K/V of the last token and the two accepted drafts stays (9 tokens), the rest is stale
+    assert (request.num_computed_tokens, request.num_tokens) == (9, 10)
+    assert scheduler.kv_manager.block_tables["a"] == [0, 1, 2]
+    assert request.spec_token_ids == []
+    stats = scheduler.spec_decode_stats
+    assert (stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens, stats.num_emitted_tokens) == (1, 5, 2, 3)
+    assert (outputs[0].num_draft_tokens, outputs[0].num_accepted_tokens) == (5, 2)
+
+
+def test_blocks_holding_only_rejected_drafts_are_freed():
+    scheduler = make_scheduler(num_blocks=8, block_size=4, budget=64)
+    scheduler.add_request(make_request("a", 4, max_tokens=20))
+    fake_step(scheduler)  # 4 computed (block 0 full), 5 known
+    request = scheduler.requests["a"]
+    request.spec_token_ids = [1, 2, 3, 4, 5, 6, 7, 8]  # positions 4..12: blocks 1, 2 and 3
+    out, _ = spec_step(scheduler, {"a": 0})
+    assert out.scheduled[0].block_ids is scheduler.kv_manager.block_tables["a"]
+    assert scheduler.kv_manager.block_tables["a"] == [0, 1]  # 5 computed tokens need two blocks
+    assert scheduler.kv_manager.num_free_blocks == 6
+    assert request.num_computed_tokens == 5
+
+
+def test_drafts_fit_the_budget_and_are_dropped_before_preempting():
+    scheduler = make_scheduler(num_blocks=3, block_size=4, budget=4)
+    scheduler.add_request(make_request("a", 3, max_tokens=20))
+    fake_step(scheduler)
+    request = scheduler.requests["a"]
+    request.spec_token_ids = [1, 2, 3, 4, 5, 6]
+    out, _ = spec_step(scheduler, {"a": 3})
+    assert out.scheduled[0].spec_token_ids == [1, 2, 3]  # 1 + 3 tokens: the whole budget
+
+    big = make_scheduler(num_blocks=2, block_size=4, budget=64)
+    big.add_request(make_request("b", 3, max_tokens=20))
+    fake_step(big)
+    big.requests["b"].spec_token_ids = [1, 2, 3, 4, 5, 6]  # needs a third block: none left
+    out, _ = spec_step(big, {})
+    assert out.preempted_request_ids == [] and out.scheduled[0].spec_token_ids == []
+    assert out.scheduled[0].num_new_tokens == 1
+
+
+def test_accepted_tokens_after_a_finishing_one_are_dropped():
+    scheduler = make_scheduler(budget=64)
+    scheduler.add_request(make_request("a", 3, max_tokens=3))
+    fake_step(scheduler)  # one output token
+    scheduler.requests["a"].spec_token_ids = [21, 22, 23]
+    _, outputs = spec_step(scheduler, {"a": 3})
+    assert outputs[0].new_token_ids == [21, 22]  # max_tokens 3 reached
+    assert outputs[0].finish_reason == "length"
+    assert scheduler.kv_manager.num_free_blocks == scheduler.kv_manager.num_blocks
+
+
+def test_preemption_discards_drafts():
+    scheduler = make_scheduler(num_blocks=4, block_size=4, budget=64)
+    scheduler.add_request(make_request("a", 7, max_tokens=8, arrival=0))
+    scheduler.add_request(make_request("b", 7, max_tokens=8, arrival=1))
+    fake_step(scheduler)
+    scheduler.requests["b"].spec_token_ids = [5]
+    fake_step(scheduler)  # b's draft fits in its second block
+    scheduler.requests["b"].spec_token_ids = [5, 6]
+    out, _ = fake_step(scheduler)  # a needs a third block: b is preempted, drafts and all
+    assert out.preempted_request_ids == ["b"]
+    assert scheduler.requests["b"].spec_token_ids == []

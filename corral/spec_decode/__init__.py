@@ -1,0 +1,1 @@
+"""Proposers for speculative decoding (``engine/proposer.py``): n-gram prompt lookup and a draft model."""
