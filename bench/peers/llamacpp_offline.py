@@ -25,6 +25,12 @@ def main() -> None:
     from llama_cpp import Llama, __version__
 
     options = {"n_ctx": 2048, "n_batch": 512, "logits_all": False, "verbose": False, **parse_kv(args.arg)}
+    # --arg prompt_lookup=N: llama-cpp-python's own n-gram speculation (LlamaPromptLookupDecoding), N drafts
+    num_lookup = options.pop("prompt_lookup", None)
+    if num_lookup:
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        options["draft_model"] = LlamaPromptLookupDecoding(num_pred_tokens=int(num_lookup))
     start = time.perf_counter()
     llm = Llama(model_path=args.model, n_threads=args.threads, n_threads_batch=args.threads, **options)
     load_s = time.perf_counter() - start

@@ -43,7 +43,7 @@ class EngineCore:
     def _propose(self) -> None:
         """Draft tokens for the next step's decodes; the scheduler schedules them after each last token."""
         requests = self.scheduler.decoding_requests()
-        limits = [self.spec_policy.num_spec_tokens(r) for r in requests]
+        limits = [self.spec_policy.num_spec_tokens(r, len(self.scheduler.running)) for r in requests]
         wanted = [(r, n) for r, n in zip(requests, limits, strict=True) if n > 0]
         if not wanted:
             return

@@ -32,12 +32,15 @@ def make_request(num_output: int, drafted: int, accepted: int) -> Request:
 
 
 def test_policy_backs_off_on_rejections_and_probes_now_and_then():
-    policy = SpeculationPolicy(6, adaptive=True, draft_cost=0.15, probe_interval=16)
-    fresh = best_num_drafts(PRIOR_ACCEPTED / PRIOR_DRAFTED, 6, 0.15)
+    policy = SpeculationPolicy(6, adaptive=True, fixed_cost_rows=2.0, probe_interval=16)
+    fresh = best_num_drafts(PRIOR_ACCEPTED / PRIOR_DRAFTED, 6, 1 / 3)  # batch 1: a draft costs 1 / (2 + 1)
     assert fresh >= 3 and policy.num_spec_tokens(make_request(1, 0, 0)) == fresh  # optimistic start
     assert policy.num_spec_tokens(make_request(5, 40, 38)) == 6
     assert policy.num_spec_tokens(make_request(5, 40, 1)) == 0
     assert policy.num_spec_tokens(make_request(32, 40, 1)) == 1  # a probe on every 16th token
+    # in a big batch a draft costs almost a whole decode: only near-certain drafts are worth it
+    assert policy.num_spec_tokens(make_request(5, 40, 30), batch_size=1) > policy.num_spec_tokens(
+        make_request(5, 40, 30), batch_size=64) == 0
     fixed = SpeculationPolicy(6, adaptive=False)
     assert fixed.num_spec_tokens(make_request(5, 40, 1)) == 6
 
