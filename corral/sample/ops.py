@@ -1,7 +1,7 @@
 """Batched filtering and sampling ops: temperature, top-k, top-p, min-p, and the exponential race.
 
 All functions take and return [B, V] float tensors and never read a device value on the host, so
-they run without a device sync. Filtering writes -inf into the logits of removed tokens.
+they run without a device sync (except top-p's CPU path, where a sync costs nothing). Filtering writes -inf into the logits of removed tokens.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 _NEG_INF = float("-inf")
+_NUCLEUS_CANDIDATES = 256  # top-p looks at each row's 256 most likely tokens first (CPU)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -33,6 +34,12 @@ def apply_top_k_top_p(
             return logits
         return _apply_top_k_only(logits, top_k, max_top_k)
 
+    if logits.device.type == "cpu" and logits.shape[1] > _NUCLEUS_CANDIDATES:
+        return _top_k_top_p_from_candidates(logits, top_k, max_top_k, top_p)
+    return _top_k_top_p_sorted(logits, top_k, top_p)
+
+
+def _top_k_top_p_sorted(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor) -> torch.Tensor:
     # One ascending sort serves both filters.
     vocab_size = logits.shape[1]
     sorted_logits, sorted_ids = logits.sort(dim=-1)  # [B, V] each
@@ -47,6 +54,41 @@ def apply_top_k_top_p(
     drop[:, -1] = False
     sorted_logits = sorted_logits.masked_fill(drop, _NEG_INF)
     return torch.empty_like(logits).scatter_(1, sorted_ids, sorted_logits)
+
+
+def _top_k_top_p_from_candidates(
+    logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int, top_p: torch.Tensor
+) -> torch.Tensor:
+    """``apply_top_k_top_p`` from each row's ``_NUCLEUS_CANDIDATES`` largest logits where they decide it: a
+    full sort of a 49k vocabulary takes ~4.5 ms a row on a CPU, ``topk(256)`` ~0.2 ms. Rows whose nucleus
+    (or top-k, ties included) may reach past the candidates go through the full sort. It reads one value on
+    the host (whether any row does), hence CPU only."""
+    vocab_size = logits.shape[1]
+    values, ids = logits.topk(_NUCLEUS_CANDIDATES, dim=-1)  # [B, C] descending
+    has_top_k = torch.zeros_like(top_p, dtype=torch.bool) if top_k is None else top_k < vocab_size
+    beyond = torch.zeros_like(has_top_k)  # rows whose top-k may hold tokens outside the candidates
+    if top_k is not None:
+        kth = values.gather(1, (top_k.clamp(max=_NUCLEUS_CANDIDATES) - 1)[:, None])  # [B, 1]
+        beyond = has_top_k & ((top_k > _NUCLEUS_CANDIDATES) | (values[:, -1] >= kth[:, 0]))
+        values = values.masked_fill(has_top_k[:, None] & (values < kth), _NEG_INF)
+    # log of each row's normaliser: its top-k's (all among the candidates) or the whole vocabulary's
+    log_total = torch.where(has_top_k[:, None], values.logsumexp(dim=-1, keepdim=True),
+                            logits.logsumexp(dim=-1, keepdim=True))
+    probs = (values - log_total).exp()  # [B, C]
+    cum_probs = probs.cumsum(dim=-1)
+    keep = (cum_probs - probs) < top_p[:, None]  # the mass strictly more likely than it is below p
+    keep[:, 0] = True
+    without_top_p = top_p >= 1.0
+    # A row is decided here when its candidates' mass reaches p: every token past them has p above it.
+    needs_sort = beyond | (~without_top_p & (cum_probs[:, -1] < top_p))
+    nucleus = torch.full_like(logits, _NEG_INF).scatter_(1, ids, values.masked_fill(~keep, _NEG_INF))
+    if bool(without_top_p.any()):
+        top_k_only = logits if top_k is None else _apply_top_k_only(logits, top_k, max_top_k)
+        nucleus = torch.where(without_top_p[:, None], top_k_only, nucleus)
+    if bool(needs_sort.any()):
+        rows = needs_sort.nonzero().squeeze(1)
+        nucleus[rows] = _top_k_top_p_sorted(logits[rows], None if top_k is None else top_k[rows], top_p[rows])
+    return nucleus
 
 
 def _apply_top_k_only(logits: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:

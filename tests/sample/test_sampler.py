@@ -411,3 +411,28 @@ def test_cuda_sampler_does_not_sync() -> None:
         sampler(logits, md)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_top_p_from_candidates_equals_the_full_sort() -> None:
+    """On a CPU, top-p first looks at each row's most likely tokens; rows it cannot decide from them (a flat
+    nucleus, a top-k past them, ties at the top-k boundary) take the full sort. Either way the same tokens
+    survive, with the same logits, as through the full sort alone."""
+    from corral.sample.ops import _NUCLEUS_CANDIDATES, _top_k_top_p_sorted, apply_top_k_top_p
+
+    vocab = 2000
+    generator = torch.Generator().manual_seed(7)
+    peaked = torch.randn(8, vocab, generator=generator) * 4
+    flat = torch.randn(4, vocab, generator=generator) * 0.1  # a nucleus of most of the vocabulary
+    tied = torch.zeros(2, vocab)
+    tied[:, :3] = 5.0  # top-k 2 ties with a third token; top-k 300 ties far past the candidates
+    logits = torch.cat([peaked, flat, tied])
+    top_k = torch.tensor([vocab, 1, 5, 50, vocab, 600, vocab, 2, vocab, 10, vocab, vocab, 2, 300])
+    top_p = torch.tensor([0.9, 0.5, 1.0, 0.95, 1.0, 0.99, 1e-9, 0.3, 0.9, 0.8, 1.0, 0.5, 0.9, 0.9])
+    assert logits.shape[1] > _NUCLEUS_CANDIDATES
+    fast = apply_top_k_top_p(logits, top_k, int(top_k.max()), top_p)
+    reference = _top_k_top_p_sorted(logits, top_k, top_p)
+    assert torch.equal(torch.isfinite(fast), torch.isfinite(reference))
+    assert torch.equal(fast[torch.isfinite(fast)], reference[torch.isfinite(reference)])
+    assert int(torch.isfinite(fast[8]).sum()) > _NUCLEUS_CANDIDATES  # a flat row went through the sort
+    assert int(torch.isfinite(fast[12]).sum()) == 3  # top-k 2 keeps the tie
+    assert int(torch.isfinite(fast[13]).sum()) > _NUCLEUS_CANDIDATES  # ties past the candidates: sorted
