@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--work", default=".bench/quantized")
-    parser.add_argument("--calibration-tokens", type=int, default=2048)
+    parser.add_argument("--calibration-tokens", type=int, default=None, help="default: corral quantize's")
     parser.add_argument("--output", default="bench/results/quant.json")
     args = parser.parse_args()
 
@@ -95,9 +95,9 @@ def main() -> None:
     for method in ("int8", "rtn-int4", "awq-int4", "gptq-int4"):
         out = os.path.join(args.work, method if method == "int8" else f"{method}-g{g}")
         if not os.path.isdir(out):
+            tokens = [] if args.calibration_tokens is None else ["--calibration-tokens", str(args.calibration_tokens)]
             subprocess.run([sys.executable, "-m", "corral.cli.main", "quantize", "--method", method,
-                            "--group-size", str(g), "--calibration-tokens", str(args.calibration_tokens),
-                            "--out", out], check=True)
+                            "--group-size", str(g), *tokens, "--out", out], check=True)
         rows.append((method if method == "int8" else f"{method} g{g}", out, "auto"))
     results = [run_row(*row) for row in rows]
 

@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int4 weights per scale and min, 32/64/128/256 dividing every layer's input "
                              "width (default 64: SmolLM2's hidden size 576 has no group of 128); int8 has a "
                              "scale per output channel")
-    parser.add_argument("--calibration-tokens", type=int, default=2048,
-                        help="tokens of the standard library's train-split docstrings seen by awq/gptq")
+    parser.add_argument("--calibration-tokens", type=int, default=None,
+                        help="tokens of the standard library's train-split docstrings seen by awq/gptq "
+                             "(default: 16384 for gptq, whose Hessians need many, 2048 for the others)")
     parser.add_argument("--out", required=True, help="the directory to create (must not exist)")
 
 

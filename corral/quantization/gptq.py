@@ -4,9 +4,12 @@ For a linear layer ``y = x @ W.T`` and calibration inputs ``X``, the output erro
 ``||X W.T - X Q.T||^2``, a quadratic in each row with Hessian ``H = 2 X.T X`` (shared by all rows). GPTQ
 rounds one input column at a time and spreads that column's rounding error over the columns not yet
 rounded, weighted by the upper Cholesky factor of ``H^-1``, so correlated inputs absorb it (Optimal Brain
-Quantization, columns in order, updates batched per block). Each group's grid (scale and min, as
-``blockwise.quantize_int4`` sets them) is fixed at its first column from the weights updated so far, so the
-result is exactly the ``BlockQuantized`` int4 format of round-to-nearest and runs on the same kernels.
+Quantization, updates batched per block). Columns go in order, each group's grid (scale and min, as
+``blockwise.quantize_int4`` sets them) fixed at its first column from the weights updated so far; or, with
+``act_order``, loudest input first (descending ``H_ii``), so the columns whose error costs most are rounded
+while the most columns remain to absorb it, on grids set up front from the given weights ("static groups").
+Either way the result is exactly the ``BlockQuantized`` int4 format of round-to-nearest and runs on the
+same kernels.
 """
 
 from __future__ import annotations
@@ -48,13 +51,15 @@ def gptq_int4(
     group_size: int,
     damp: float = 0.01,
     block_size: int = 128,
+    act_order: bool = False,
 ) -> BlockQuantized:
-    """Asymmetric int4 in groups of ``group_size`` along the inputs, rounded by GPTQ (columns in order).
+    """Asymmetric int4 in groups of ``group_size`` along the inputs, rounded by GPTQ (columns in order, or
+    loudest first with ``act_order``).
 
     ``damp * mean(diag(H))`` is added to the diagonal of ``H`` (retried once at 10x if ``H`` is still not
     positive definite). Inputs that never fire (``H_ii = 0``) get weight 0. ``block_size`` columns share a
-    lazy update; it is rounded down to a multiple of ``group_size`` (at least one group), so that each
-    group's grid is set from fully updated weights.
+    lazy update; it is rounded down to a multiple of ``group_size`` (at least one group), so that in order
+    each group's grid is set from fully updated weights.
     """
     if weight.dim() != 2:
         raise QuantizationError(f"GPTQ quantizes 2-D weights, got shape {tuple(weight.shape)}")
@@ -77,32 +82,70 @@ def gptq_int4(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    num_groups = cols // group_size
+    scales = torch.empty(rows, num_groups, dtype=torch.float16, device=w.device)
+    mins = torch.empty_like(scales)
+    order = torch.arange(cols, device=w.device)
+    if act_order:
+        # Static groups: every grid is set up front from the weights as given, so the columns can be
+        # rounded in any order while the format keeps one grid per consecutive group.
+        grid = _static_grids(w, torch.diagonal(h).float(), group_size)
+        scales.copy_(grid.scales)
+        mins.copy_(grid.mins)
+        order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+        w, h = w[:, order], h[order][:, order]
     h_inv = _inverse_cholesky(h, damp).float()  # upper U with U.T U = H^-1
 
     step = max(block_size // group_size, 1) * group_size
     codes = torch.empty(rows, cols, dtype=torch.uint8, device=w.device)
-    scales = torch.empty(rows, cols // group_size, dtype=torch.float16, device=w.device)
-    mins = torch.empty_like(scales)
     for i1 in range(0, cols, step):
         i2 = min(i1 + step, cols)
         block = w[:, i1:i2].clone()  # the block's columns, updated column by column
         errors = torch.empty_like(block)
         h_inv_block = h_inv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            if i % group_size == 0:  # the group lies in this block: its columns are up to date
-                group = (i1 + i) // group_size
+            column_index = int(order[i1 + i])
+            group = column_index // group_size
+            if not act_order and i % group_size == 0:  # the group lies in this block: its columns are up to date
                 grid = quantize_int4(block[:, i : i + group_size], group_size)
                 scales[:, group], mins[:, group] = grid.scales[:, 0], grid.mins[:, 0]
-                scale, low = grid.scales[:, 0].float(), grid.mins[:, 0].float()
-                divisor = torch.where(scale > 0, scale, 1.0)
+            scale, low = scales[:, group].float(), mins[:, group].float()
+            divisor = torch.where(scale > 0, scale, 1.0)
             column = block[:, i]
             q = ((column - low) / divisor).round_().clamp_(0, 15)
-            codes[:, i1 + i] = q.to(torch.uint8)
+            codes[:, column_index] = q.to(torch.uint8)
             error = (column - (q * scale + low)) / h_inv_block[i, i]
             block[:, i:].addr_(error, h_inv_block[i, i:], alpha=-1)
             errors[:, i] = error
         w[:, i2:].addmm_(errors, h_inv[i1:i2, i2:], alpha=-1)  # the lazy update of the later columns
     return BlockQuantized(4, group_size, pack_int4(codes), scales, mins)
+
+
+_GRID_SHRINKS = tuple(1.0 - 0.02 * i for i in range(16))  # 1.0 down to 0.7
+
+
+def _static_grids(weight: torch.Tensor, input_energy: torch.Tensor, group_size: int) -> BlockQuantized:
+    """Round-to-nearest int4 of ``weight`` whose every (row, group) range ``[min, max]`` is shrunk by the
+    factor in ``_GRID_SHRINKS`` that minimises that group's rounding error weighted by ``input_energy``
+    (``H_ii``): a grid that clips a rare extreme value can round all the others more finely."""
+    rows, cols = weight.shape
+    energy = input_energy.view(1, cols // group_size, group_size)
+    groups = weight.view(rows, cols // group_size, group_size)
+    low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
+    best, best_error = None, None
+    for shrink in _GRID_SHRINKS:
+        clipped = torch.minimum(torch.maximum(groups, low * shrink), high * shrink).view(rows, cols)
+        grid = quantize_int4(clipped, group_size)
+        error = ((grid.dequantize() - weight).view_as(groups).pow(2) * energy).sum(dim=2)  # [rows, groups]
+        if best is None:
+            best, best_error = grid, error
+            continue
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best = BlockQuantized(4, group_size, best.values, torch.where(better, grid.scales, best.scales),
+                              torch.where(better, grid.mins, best.mins))
+    assert best is not None
+    return best
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

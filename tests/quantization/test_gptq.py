@@ -48,18 +48,20 @@ def test_hessian_is_two_over_n_gram_matrix_in_batches():
         HessianAccumulator(32).hessian()
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("group_size", [32, 128])
-def test_gptq_beats_round_to_nearest_on_correlated_inputs(group_size):
+def test_gptq_beats_round_to_nearest_on_correlated_inputs(group_size, act_order):
     w, x = weight(), correlated_inputs()
-    gptq = output_error(x, w, gptq_int4(w, hessian_of(x), group_size))
+    gptq = output_error(x, w, gptq_int4(w, hessian_of(x), group_size, act_order=act_order))
     rtn = output_error(x, w, quantize_int4(w, group_size))
     assert gptq < 0.8 * rtn  # measured about 0.6-0.65 over seeds and both group sizes
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
-def test_result_is_valid_int4_blocks_on_their_own_grid(group_size):
+def test_result_is_valid_int4_blocks_on_their_own_grid(group_size, act_order):
     w, x = weight(), correlated_inputs()
-    blocks = gptq_int4(w, hessian_of(x), group_size, block_size=96)  # blocks not a multiple of 256
+    blocks = gptq_int4(w, hessian_of(x), group_size, block_size=96, act_order=act_order)  # blocks not a multiple of 256
     rows, cols = w.shape
     assert (blocks.bits, blocks.group_size, blocks.shape) == (4, group_size, (rows, cols))
     assert blocks.values.dtype == torch.uint8 and blocks.values.shape == (rows, cols // 2)
@@ -73,30 +75,49 @@ def test_result_is_valid_int4_blocks_on_their_own_grid(group_size):
     assert (values >= low - 1e-6).all() and (values <= high + 1e-6).all()
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("group_size", [32, 128])
-def test_uncorrelated_inputs_give_round_to_nearest(group_size):
+def test_uncorrelated_inputs_give_round_to_nearest(group_size, act_order):
     w = weight()
-    # H = I: no error to spread, so the very same blocks as round-to-nearest
-    exact = gptq_int4(w, torch.eye(256), group_size)
+    # H = I: no error to spread, so every weight rounds to the nearest point of its group's grid; in order
+    # that grid is round-to-nearest's, with act-order the searched one
+    exact = gptq_int4(w, torch.eye(256), group_size, act_order=act_order)
     rtn = quantize_int4(w, group_size)
-    for a, b in zip((exact.values, exact.scales, exact.mins), (rtn.values, rtn.scales, rtn.mins)):
-        assert torch.equal(a, b)
+    if not act_order:
+        for a, b in zip((exact.values, exact.scales, exact.mins), (rtn.values, rtn.scales, rtn.mins)):
+            assert torch.equal(a, b)
+    scale = exact.scales.float().repeat_interleave(group_size, dim=1)
+    low = exact.mins.float().repeat_interleave(group_size, dim=1)
+    nearest = ((w - low) / scale).round().clamp(0, 15)
+    assert torch.equal(unpack_int4(exact.values).float(), nearest)
     # white noise: nearly diagonal H, no worse than round-to-nearest
     x = torch.randn(4096, 256, generator=torch.Generator().manual_seed(2))
-    gptq = output_error(x, w, gptq_int4(w, hessian_of(x), group_size))
+    gptq = output_error(x, w, gptq_int4(w, hessian_of(x), group_size, act_order=act_order))
     assert gptq <= 1.05 * output_error(x, w, rtn)  # measured about 0.99
 
 
-def test_dead_input_column_gets_zero_weight_and_stays_finite():
+@pytest.mark.parametrize("act_order", [False, True])
+def test_dead_input_column_gets_zero_weight_and_stays_finite(act_order):
     w, x = weight(), correlated_inputs()
     x[:, 40] = 0.0
     x[:, 192:224] = 0.0  # a whole dead group
-    blocks = gptq_int4(w, hessian_of(x), 32)
+    blocks = gptq_int4(w, hessian_of(x), 32, act_order=act_order)
     values = blocks.dequantize()
     assert torch.isfinite(values).all()
     assert torch.isfinite(blocks.scales.float()).all() and torch.isfinite(blocks.mins.float()).all()
     torch.testing.assert_close(values[:, 192:224], torch.zeros(64, 32))  # zero-scale groups at min 0
     assert output_error(x, w, blocks) < output_error(x, w, quantize_int4(w, 32))
+
+
+def test_act_order_rounds_loud_columns_first_and_beats_columns_in_order():
+    """With a few loud input channels late in the row, rounding them first lets the quiet ones absorb their
+    error (GPTQ's act-order); in order, the loud columns' error has no column left to go to."""
+    w, x = weight(), correlated_inputs()
+    x[:, -8:] *= 30
+    h = hessian_of(x)
+    in_order = output_error(x, w, gptq_int4(w, h, 64))
+    act_order = output_error(x, w, gptq_int4(w, h, 64, act_order=True))
+    assert act_order < 0.8 * in_order
 
 
 def test_singular_hessian_is_damped():
