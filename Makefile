@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-quant bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
+.PHONY: install serve test lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -87,6 +87,9 @@ bench-scaling: install bench-deps  ## `corral serve` throughput and TPOT vs conc
 
 bench-quant: install  ## the README's weight-format table (quantizes into .bench/quantized once)
 	$(BIN)/python bench/quant_formats.py $(BENCH_ARGS)
+
+bench-spec: install bench-peers  ## the README's speculative decoding table: off vs n-gram vs draft model, llama.cpp lookup
+	$(BIN)/python bench/spec_decode.py --llama-python $(LLAMA_VENV)/bin/python $(BENCH_ARGS)
 
 bench-quality: install  ## the default quantized path against exact fp32: held-out perplexity and greedy agreement
 	$(BIN)/corral eval perplexity --quantization none $(BENCH_ARGS)

@@ -6,9 +6,11 @@ single-request prompts in the same run, as the peer reference.
 
 Single request: decode tok/s = (tokens - 1) / (time of the request - time of a 1-token request with the
 same prompt), summed over the workload's first 3 prompts. Batch 8: output tokens / wall time of all 8
-prompts at once. Each number is the median of ``--repeats`` runs, off and on interleaved.
+prompts at once. Each rate is the median of ``--repeats`` runs, off and on interleaved; each speed-up the
+median of the repeats' on / off ratios.
 
-    .venv/bin/python bench/spec_decode.py [--repeats 3] [--max-tokens 192] [--llama-python .bench/llamacpp/bin/python]
+    .venv/bin/python bench/spec_decode.py [--repeats 5] [--max-tokens 192] [--draft-num-layers 8]
+        [--llama-python .bench/llamacpp/bin/python]
 """
 
 from __future__ import annotations
@@ -129,9 +131,11 @@ def llama_cpp(python: str, model: str, work: dict[str, Any], max_tokens: int, lo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=192)
     parser.add_argument("--num-speculative-tokens", type=int, default=5)
+    parser.add_argument("--draft-num-layers", type=int, default=8,
+                        help="also run the draft-model proposer: the target's first N layers (0: skip it)")
     parser.add_argument("--llama-python", default=".bench/llamacpp/bin/python")
     parser.add_argument("--output", default="bench/results/spec_decode.json")
     args = parser.parse_args()
@@ -142,6 +146,10 @@ def main() -> None:
         "ngram": LLM(**common, speculative_config={"method": "ngram",
                                                    "num_speculative_tokens": args.num_speculative_tokens}),
     }
+    if args.draft_num_layers:
+        engines["draft"] = LLM(**common, speculative_config={
+            "method": "draft_model", "num_speculative_tokens": args.num_speculative_tokens,
+            "draft_num_layers": args.draft_num_layers})
     work = workloads(engines["off"])
     results: dict[str, Any] = {"max_tokens": args.max_tokens, "num_speculative_tokens": args.num_speculative_tokens,
                                "threads": os.cpu_count(), "corral": {}}
@@ -160,13 +168,18 @@ def main() -> None:
         for mode in row:
             row[mode]["single_median"] = statistics.median(row[mode]["single"])
             row[mode]["batch8_median"] = statistics.median(row[mode]["batch8"])
+            for kind in ("single", "batch8"):  # runs of one repeat are neighbours in time: pair them
+                row[mode][f"{kind}_ratio"] = statistics.median(
+                    on / off for on, off in zip(row[mode][kind], row["off"][kind], strict=True))
         results["corral"][name] = row
-        on, off = row["ngram"], row["off"]
-        rate = on["accepted"] / on["drafted"] if on["drafted"] else 0.0
-        print(f"{name}: single {off['single_median']:.1f} -> {on['single_median']:.1f} tok/s "
-              f"({on['single_median'] / off['single_median']:.2f}x), batch 8 {off['batch8_median']:.1f} -> "
-              f"{on['batch8_median']:.1f} tok/s ({on['batch8_median'] / off['batch8_median']:.2f}x), "
-              f"acceptance {rate:.0%} of {on['drafted']} drafts", flush=True)
+        off = row["off"]
+        for mode in list(engines)[1:]:
+            on = row[mode]
+            rate = on["accepted"] / on["drafted"] if on["drafted"] else 0.0
+            print(f"{name}, {mode}: single {off['single_median']:.1f} -> {on['single_median']:.1f} tok/s "
+                  f"({on['single_ratio']:.2f}x), batch 8 {off['batch8_median']:.1f} -> "
+                  f"{on['batch8_median']:.1f} tok/s ({on['batch8_ratio']:.2f}x), "
+                  f"acceptance {rate:.0%} of {on['drafted']} drafts", flush=True)
 
     if os.path.exists(args.llama_python):
         from corral.loader.default_model import default_model_path

@@ -21,7 +21,8 @@ from corral.engine.request import Request
 # speculation starts long and backs off on evidence.
 PRIOR_ACCEPTED = 7.0
 PRIOR_DRAFTED = 8.0
-# F / c above, measured for the default model on the CPU kernels (bench/spec_decode.py prints it).
+# F / c above for the default model on the CPU kernels: conservative (per-step timings on the Zen 3 host give
+# 4-5: a 1-row step ~9 ms, each further row 1.5-2 ms), so drafts must be likelier to pay before they are asked for.
 FIXED_COST_ROWS = 2.0
 _RATE_STEPS = 100  # acceptance rates are looked up at a resolution of 1%
 
