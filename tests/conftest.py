@@ -1,8 +1,16 @@
-"""Shared fixtures: the default model (found through its installed package) and engines over it, and a
-tiny random Llama with the default model's tokenizer, saved as an HF directory (something to quantize)."""
+"""Shared fixtures: the default model (found through its installed package) and engines over it, a tiny
+random Llama with the default model's tokenizer, saved as an HF directory (something to quantize), and
+`corral serve` as a subprocess on a free port."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
 import pytest
 import torch
 
@@ -65,3 +73,39 @@ def tiny_model_dir(tmp_path_factory) -> str:
     save_hf_dir(path, TINY, tiny_weights(TINY))
     Tokenizer.from_gguf(default_model_path()).save_pretrained(str(path))
     return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def corral_serve() -> Iterator[Callable[..., str]]:
+    """``corral_serve(*args)`` starts ``corral serve *args`` on a free 127.0.0.1 port and returns its base URL
+    once /health answers (failing with the server's stderr if it exits first); stopped after the test."""
+    servers: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "corral.cli.main", "serve", *args, "--port", str(port), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        servers.append(server)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        raise AssertionError(f"corral serve {' '.join(args)} did not become healthy")
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=30)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 
@@ -16,43 +14,19 @@ def corral(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_quantized_directory_is_served(tiny_model_dir, tmp_path):
+def test_quantized_directory_is_served(tiny_model_dir, tmp_path, corral_serve):
     out = str(tmp_path / "awq")
     result = corral("quantize", "--model", tiny_model_dir, "--method", "awq-int4", "--group-size", "32",
                     "--calibration-tokens", "256", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and "round-to-nearest" in result.stdout
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli.main", "serve", "--model", out, "--port", str(port),
-         "--kv-cache-memory", str(8 * 1024**2), "--max-model-len", "256", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert server.poll() is None, server.stderr.read()
-        response = httpx.post(base + "/v1/completions", timeout=60, json={
-            "model": "awq", "prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0, "ignore_eos": True,
-        })
-        assert response.status_code == 200, response.text
-        assert response.json()["usage"]["completion_tokens"] == 5
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    base = corral_serve("--model", out, "--kv-cache-memory", str(8 * 1024**2), "--max-model-len", "256")
+    response = httpx.post(base + "/v1/completions", timeout=60, json={
+        "model": "awq", "prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0, "ignore_eos": True,
+    })
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 5
 
 
 def test_existing_output_and_bad_group_are_one_line_errors(tiny_model_dir, tmp_path):

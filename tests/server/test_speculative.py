@@ -6,24 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral import LLM, SamplingParams
 
-from .conftest import free_port
-
 PROMPT = "Copy this list exactly: apples, pears, plums, cherries, apples, pears, plums, cherries.\nCopy:"
 SPEC = {"method": "ngram", "num_speculative_tokens": 4}
-
-
-def corral_serve(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "corral.cli.main", "serve", *args, "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
 
 
 def metric(base: str, name: str) -> float:
@@ -35,43 +25,29 @@ def metric(base: str, name: str) -> float:
     raise AssertionError(f"{name} not on /metrics")
 
 
-def test_speculative_server_matches_plain_greedy_text_and_counts_drafts():
+def test_speculative_server_matches_plain_greedy_text_and_counts_drafts(corral_serve):
     want = LLM(max_model_len=512, kv_cache_memory=32 * 1024**2, batch_invariant=True).generate(
         PROMPT, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), use_tqdm=False
     )[0].outputs[0].text
-    port = free_port()
-    server = corral_serve("--port", str(port), "--max-model-len", "512", "--kv-cache-memory", str(32 * 1024**2),
-                          "--batch-invariant", "--speculative-config", json.dumps(SPEC))
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert server.poll() is None, server.stderr.read()
-        body = {"model": "SmolLM2-135M-Instruct", "prompt": PROMPT, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
-        response = httpx.post(base + "/v1/completions", json=body, timeout=60)
-        assert response.status_code == 200, response.text
-        assert response.json()["choices"][0]["text"] == want
-        assert response.json()["usage"]["completion_tokens"] == 40
+    base = corral_serve("--max-model-len", "512", "--kv-cache-memory", str(32 * 1024**2), "--batch-invariant",
+                        "--speculative-config", json.dumps(SPEC))
+    body = {"model": "SmolLM2-135M-Instruct", "prompt": PROMPT, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    response = httpx.post(base + "/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == want
+    assert response.json()["usage"]["completion_tokens"] == 40
 
-        streamed = []
-        with httpx.stream("POST", base + "/v1/completions", json={**body, "stream": True}, timeout=60) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    streamed.append(json.loads(line[6:])["choices"][0]["text"])
-        assert "".join(streamed) == want
+    streamed = []
+    with httpx.stream("POST", base + "/v1/completions", json={**body, "stream": True}, timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                streamed.append(json.loads(line[6:])["choices"][0]["text"])
+    assert "".join(streamed) == want
 
-        drafted = metric(base, "corral:spec_decode_num_draft_tokens_total")
-        accepted = metric(base, "corral:spec_decode_num_accepted_tokens_total")
-        assert 0 < accepted <= drafted
-        assert metric(base, "corral:spec_decode_draft_acceptance_rate") == accepted / drafted
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    drafted = metric(base, "corral:spec_decode_num_draft_tokens_total")
+    accepted = metric(base, "corral:spec_decode_num_accepted_tokens_total")
+    assert 0 < accepted <= drafted
+    assert metric(base, "corral:spec_decode_draft_acceptance_rate") == accepted / drafted
 
 
 def test_bad_speculative_config_is_a_one_line_error():
