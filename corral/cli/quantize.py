@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import QUANTIZE_METHODS
+from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, QUANTIZE_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scale per output channel")
     parser.add_argument("--calibration-tokens", type=int, default=None,
                         help="tokens of the standard library's train-split docstrings seen by awq/gptq "
-                             "(default: 16384 for gptq, whose Hessians need many, 2048 for the others)")
+                             f"(default: {CALIBRATION_TOKENS['gptq-int4']} for gptq, whose Hessians need many, "
+                             f"{DEFAULT_CALIBRATION_TOKENS} for the others)")
     parser.add_argument("--out", required=True, help="the directory to create (must not exist)")
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from corral.config import QUANTIZE_METHODS
+from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, QUANTIZE_METHODS
 from corral.errors import QuantizationError
 from corral.layers.linear import Linear
 from corral.loader import PackedFormat, load_tokenizer, open_checkpoint, save_hf_dir
@@ -49,11 +49,6 @@ from corral.quantization.gptq import HessianAccumulator, gptq_int4
 from corral.text.tokenizer import Tokenizer
 
 _ERROR_SAMPLE_TOKENS = 1024  # calibration rows on which each linear's output error is reported
-_CALIBRATING_METHODS = ("awq-int4", "gptq-int4")
-# GPTQ's Hessians (up to 1536 x 1536 here) keep improving up to ~16k tokens (held-out perplexity 11.98 at
-# 16k vs 11.97 at 32k); AWQ's search costs time in proportion and gains little past 2k (11.67 vs 11.63 at 8k).
-DEFAULT_CALIBRATION_TOKENS = {"gptq-int4": 16384}
-_DEFAULT_CALIBRATION_TOKENS = 2048
 
 
 @dataclass
@@ -97,7 +92,7 @@ def quantize_checkpoint(
     _check_shapes(config, packed_format)
     tokenizer = load_tokenizer(model)
     if calibration_tokens is None:
-        calibration_tokens = DEFAULT_CALIBRATION_TOKENS.get(method, _DEFAULT_CALIBRATION_TOKENS)
+        calibration_tokens = CALIBRATION_TOKENS.get(method, DEFAULT_CALIBRATION_TOKENS)
     calibration = _calibration_sequences(tokenizer, calibration_tokens, sequence_length, config)
     report = QuantizeReport(out, packed_format, 0, sum(len(ids) for ids in calibration))
 

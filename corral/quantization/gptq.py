@@ -82,20 +82,18 @@ def gptq_int4(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    num_groups = cols // group_size
-    scales = torch.empty(rows, num_groups, dtype=torch.float16, device=w.device)
-    mins = torch.empty_like(scales)
-    order = torch.arange(cols, device=w.device)
+    order = torch.arange(cols, device=w.device)  # the order columns are rounded in
     if act_order:
         # Static groups: every grid is set up front from the weights as given, so the columns can be
         # rounded in any order while the format keeps one grid per consecutive group.
-        grid = _static_grids(w, torch.diagonal(h).float(), group_size)
-        scales.copy_(grid.scales)
-        mins.copy_(grid.mins)
+        scales, mins = _static_grids(w, torch.diagonal(h).float(), group_size)
         order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
         w, h = w[:, order], h[order][:, order]
+    else:  # each group's grid is set when its first column comes up
+        scales = torch.empty(rows, cols // group_size, dtype=torch.float16, device=w.device)
+        mins = torch.empty_like(scales)
     h_inv = _inverse_cholesky(h, damp).float()  # upper U with U.T U = H^-1
-
+    column_of = order.tolist()
     step = max(block_size // group_size, 1) * group_size
     codes = torch.empty(rows, cols, dtype=torch.uint8, device=w.device)
     for i1 in range(0, cols, step):
@@ -104,7 +102,7 @@ def gptq_int4(
         errors = torch.empty_like(block)
         h_inv_block = h_inv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            column_index = int(order[i1 + i])
+            column_index = column_of[i1 + i]
             group = column_index // group_size
             if not act_order and i % group_size == 0:  # the group lies in this block: its columns are up to date
                 grid = quantize_int4(block[:, i : i + group_size], group_size)
@@ -124,28 +122,30 @@ def gptq_int4(
 _GRID_SHRINKS = tuple(1.0 - 0.02 * i for i in range(16))  # 1.0 down to 0.7
 
 
-def _static_grids(weight: torch.Tensor, input_energy: torch.Tensor, group_size: int) -> BlockQuantized:
-    """Round-to-nearest int4 of ``weight`` whose every (row, group) range ``[min, max]`` is shrunk by the
-    factor in ``_GRID_SHRINKS`` that minimises that group's rounding error weighted by ``input_energy``
-    (``H_ii``): a grid that clips a rare extreme value can round all the others more finely."""
+def _static_grids(
+    weight: torch.Tensor, input_energy: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and mins (float16, ``[rows, groups]``) of round-to-nearest int4 grids for ``weight``, each
+    (row, group) range ``[min, max]`` scaled toward zero by the factor in ``_GRID_SHRINKS`` that minimises
+    that group's rounding error weighted by ``input_energy`` (``H_ii``): a grid that clips a rare extreme
+    value can round all the others more finely."""
     rows, cols = weight.shape
     energy = input_energy.view(1, cols // group_size, group_size)
     groups = weight.view(rows, cols // group_size, group_size)
     low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
-    best, best_error = None, None
+    scales = mins = best_error = None
     for shrink in _GRID_SHRINKS:
         clipped = torch.minimum(torch.maximum(groups, low * shrink), high * shrink).view(rows, cols)
         grid = quantize_int4(clipped, group_size)
         error = ((grid.dequantize() - weight).view_as(groups).pow(2) * energy).sum(dim=2)  # [rows, groups]
-        if best is None:
-            best, best_error = grid, error
+        if best_error is None:
+            scales, mins, best_error = grid.scales, grid.mins, error
             continue
         better = error < best_error
         best_error = torch.where(better, error, best_error)
-        best = BlockQuantized(4, group_size, best.values, torch.where(better, grid.scales, best.scales),
-                              torch.where(better, grid.mins, best.mins))
-    assert best is not None
-    return best
+        scales, mins = torch.where(better, grid.scales, scales), torch.where(better, grid.mins, mins)
+    assert scales is not None and mins is not None
+    return scales, mins
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Batched filtering and sampling ops: temperature, top-k, top-p, min-p, and the exponential race.
 
 All functions take and return [B, V] float tensors and never read a device value on the host, so
-they run without a device sync (except top-p's CPU path, where a sync costs nothing). Filtering writes -inf into the logits of removed tokens.
+they run without a device sync (except top-p's CPU path, where a sync costs nothing). Filtering writes -inf
+into the logits of removed tokens.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def _top_k_top_p_from_candidates(
     cum_probs = probs.cumsum(dim=-1)
     keep = (cum_probs - probs) < top_p[:, None]  # the mass strictly more likely than it is below p
     keep[:, 0] = True
-    without_top_p = top_p >= 1.0
+    without_top_p = top_p >= 1.0  # these rows take top-k alone, over the whole row, below
     # A row is decided here when its candidates' mass reaches p: every token past them has p above it.
-    needs_sort = beyond | (~without_top_p & (cum_probs[:, -1] < top_p))
+    needs_sort = ~without_top_p & (beyond | (cum_probs[:, -1] < top_p))
     nucleus = torch.full_like(logits, _NEG_INF).scatter_(1, ids, values.masked_fill(~keep, _NEG_INF))
     if bool(without_top_p.any()):
         top_k_only = logits if top_k is None else _apply_top_k_only(logits, top_k, max_top_k)

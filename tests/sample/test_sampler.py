@@ -413,11 +413,20 @@ def test_cuda_sampler_does_not_sync() -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_top_p_from_candidates_equals_the_full_sort() -> None:
+def test_top_p_from_candidates_equals_the_full_sort(monkeypatch) -> None:
     """On a CPU, top-p first looks at each row's most likely tokens; rows it cannot decide from them (a flat
     nucleus, a top-k past them, ties at the top-k boundary) take the full sort. Either way the same tokens
     survive, with the same logits, as through the full sort alone."""
+    from corral.sample import ops
     from corral.sample.ops import _NUCLEUS_CANDIDATES, _top_k_top_p_sorted, apply_top_k_top_p
+
+    sorted_rows = []
+
+    def counting_sort(logits, top_k, top_p):
+        sorted_rows.append(logits.shape[0])
+        return _top_k_top_p_sorted(logits, top_k, top_p)
+
+    monkeypatch.setattr(ops, "_top_k_top_p_sorted", counting_sort)
 
     vocab = 2000
     generator = torch.Generator().manual_seed(7)
@@ -433,6 +442,9 @@ def test_top_p_from_candidates_equals_the_full_sort() -> None:
     reference = _top_k_top_p_sorted(logits, top_k, top_p)
     assert torch.equal(torch.isfinite(fast), torch.isfinite(reference))
     assert torch.equal(fast[torch.isfinite(fast)], reference[torch.isfinite(reference)])
+    # sorted: top-k 600 and 300 (past the candidates), the flat rows with top-p 0.9 and 0.5; every other row,
+    # top-k 10 over a flat row and the tie at top-k 2 included, is decided from its candidates
+    assert sorted_rows == [4]
     assert int(torch.isfinite(fast[8]).sum()) > _NUCLEUS_CANDIDATES  # a flat row went through the sort
     assert int(torch.isfinite(fast[12]).sum()) == 3  # top-k 2 keeps the tie
     assert int(torch.isfinite(fast[13]).sum()) > _NUCLEUS_CANDIDATES  # ties past the candidates: sorted
