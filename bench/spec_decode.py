@@ -9,7 +9,8 @@ same prompt), summed over the workload's first 3 prompts. Batch 8: output tokens
 prompts at once. Each rate is the median of ``--repeats`` runs, off and on interleaved; each speed-up the
 median of the repeats' on / off ratios.
 
-    .venv/bin/python bench/spec_decode.py [--repeats 5] [--max-tokens 192] [--draft-num-layers 8]
+    .venv/bin/python bench/spec_decode.py [--repeats 5] [--max-tokens 192] [--num-speculative-tokens 8]
+        [--prompt-lookup-max 8] [--draft-num-layers 8]
         [--llama-python .bench/llamacpp/bin/python]
 """
 
@@ -133,7 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=192)
-    parser.add_argument("--num-speculative-tokens", type=int, default=5)
+    parser.add_argument("--num-speculative-tokens", type=int, default=8)
+    parser.add_argument("--prompt-lookup-max", type=int, default=8)
     parser.add_argument("--draft-num-layers", type=int, default=8,
                         help="also run the draft-model proposer: the target's first N layers (0: skip it)")
     parser.add_argument("--llama-python", default=".bench/llamacpp/bin/python")
@@ -144,7 +146,8 @@ def main() -> None:
     engines = {
         "off": LLM(**common),
         "ngram": LLM(**common, speculative_config={"method": "ngram",
-                                                   "num_speculative_tokens": args.num_speculative_tokens}),
+                                                   "num_speculative_tokens": args.num_speculative_tokens,
+                                                   "prompt_lookup_max": args.prompt_lookup_max}),
     }
     if args.draft_num_layers:
         engines["draft"] = LLM(**common, speculative_config={
@@ -152,6 +155,7 @@ def main() -> None:
             "draft_num_layers": args.draft_num_layers})
     work = workloads(engines["off"])
     results: dict[str, Any] = {"max_tokens": args.max_tokens, "num_speculative_tokens": args.num_speculative_tokens,
+                               "prompt_lookup_max": args.prompt_lookup_max,
                                "threads": os.cpu_count(), "corral": {}}
     for name, (prompts, params) in work.items():
         for llm in engines.values():  # warm-up

@@ -36,17 +36,25 @@ class EngineCore:
         runner_output = self.runner.execute(scheduler_output)
         outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         if self.runner.proposer is not None:
-            self.runner.proposer.remove_requests(self.scheduler.finished_request_ids)
+            for scheduled in scheduler_output.scheduled:
+                sampled = runner_output.sampled.get(scheduled.request.request_id)
+                if scheduled.spec_token_ids and sampled is not None:
+                    self.spec_policy.record(scheduled.request, len(scheduled.spec_token_ids), len(sampled) - 1)
+            finished = self.scheduler.finished_request_ids
+            self.runner.proposer.remove_requests(finished)
+            self.spec_policy.remove_requests(finished)
             self._propose()
         return outputs
 
     def _propose(self) -> None:
         """Draft tokens for the next step's decodes; the scheduler schedules them after each last token."""
         requests = self.scheduler.decoding_requests()
-        limits = [self.spec_policy.num_spec_tokens(r, len(self.scheduler.running)) for r in requests]
+        batch_size = len(self.scheduler.running)
+        limits = [self.spec_policy.num_spec_tokens(r, batch_size) for r in requests]
         wanted = [(r, n) for r, n in zip(requests, limits, strict=True) if n > 0]
         if not wanted:
             return
         drafts = self.runner.propose([r for r, _ in wanted], [n for _, n in wanted])
-        for (request, _), token_ids in zip(wanted, drafts, strict=True):
-            request.spec_token_ids = token_ids
+        for (request, _), draft in zip(wanted, drafts, strict=True):
+            keep = self.spec_policy.trim(request, len(draft.token_ids), draft.bucket, batch_size)
+            request.spec_token_ids = draft.token_ids[:keep]

@@ -10,7 +10,7 @@ import torch
 
 from corral.engine.batch import ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput
 from corral.engine.input_builder import build_model_inputs
-from corral.engine.proposer import Proposer
+from corral.engine.proposer import Draft, Proposer
 from corral.engine.request import Request
 from corral.layers.attention.backend import AttentionBackend
 from corral.sample.metadata import build_sampling_metadata
@@ -47,12 +47,12 @@ class ModelRunner:
         self._draft_probs: dict[str, torch.Tensor] = {}
 
     @torch.inference_mode()
-    def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[list[int]]:
-        """Draft tokens for each request (see ``Proposer``), remembering their distributions for the check."""
+    def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[Draft]:
+        """Drafts for each request (see ``Proposer``), remembering their distributions for the check."""
         assert self.proposer is not None
         drafts = self.proposer.propose(requests, max_num_tokens)
         self._draft_probs = {r.request_id: d.probs for r, d in zip(requests, drafts, strict=True) if d.probs is not None}
-        return [d.token_ids for d in drafts]
+        return drafts
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:

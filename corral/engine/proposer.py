@@ -19,6 +19,9 @@ class Draft:
     # [len(token_ids), vocab_size] q of each token, as the rejection sampler needs it for random requests;
     # None when the proposal is deterministic (q one-hot on the token) or the request is greedy.
     probs: torch.Tensor | None = None
+    # Drafts in one bucket share acceptance statistics (engine/spec_policy.py): the proposer's reason to
+    # propose them, such as the n-gram proposer's matched length.
+    bucket: int = 0
 
 
 class Proposer(Protocol):

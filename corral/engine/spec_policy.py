@@ -1,30 +1,99 @@
 """How many draft tokens to check for each request. Plain Python, no torch.
 
 A step's time is about ``F + c * rows``: a fixed part (weights streamed once, Python, sampling) plus a cost
-per token row. Checking ``k`` drafts adds ``k`` rows; with acceptance probability ``a`` per draft the check
-emits ``(1 - a^(k+1)) / (1 - a)`` tokens on average (Leviathan et al., 2023). Against the request's share of
-a plain step, ``(F + c * B) / B`` for ``B`` running requests, a draft costs ``draft_cost = B / (F/c + B)``:
-about a third of a decode at batch 1 on a CPU, nearly a whole one in big batches, where speculation
-no longer pays. The policy asks each request for the ``k`` that maximises expected tokens per cost
-``1 + draft_cost * k``, estimating ``a`` from the request's own history. When no ``k`` beats plain decoding
-it stops speculating for that request, except for a one-draft probe every ``probe_interval`` tokens, so
-text that turns repetitive later is still noticed.
+per token row. Checking ``k`` drafts adds ``k`` rows. Against the request's share of a plain step,
+``(F + c * B) / B`` for ``B`` running requests, a draft costs ``draft_cost = B / (F/c + B)``: a fraction of
+a decode at batch 1 on a CPU, nearly a whole one in big batches, where speculation no longer pays.
+
+Acceptance is not a coin flip per draft: a proposal is right for a whole run (the output copies a passage)
+or wrong from its first token. So the policy tracks, per *bucket* of drafts, the chance that draft ``j`` is
+accepted given that drafts ``1 .. j - 1`` were (a hazard per position; positions never reached are not
+counted). A proposer puts its drafts in buckets by what made it propose them: the n-gram proposer by the
+length of the matched suffix, since a long match is far likelier to go on than a one-token one. Each
+request's own counts are shrunk toward the engine's counts for the bucket (which decay, to follow the
+workload; seeded random requests skip them), and those toward an optimistic prior, so a fresh request
+speculates and backs off on evidence.
+
+The policy asks for the ``k`` that maximises expected tokens ``1 + sum_j P(drafts 1..j accepted)`` per
+cost ``1 + draft_cost * k``. Before proposing (where a draft costs a draft-model pass) it bounds ``k`` by
+the request's most promising bucket; once the drafts are known it trims them to their own bucket's ``k``.
+When no ``k`` beats plain decoding it stops speculating for that request, except for a one-draft probe
+every ``probe_interval`` tokens, so text that turns repetitive later is still noticed.
 """
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from corral.engine.request import Request
 
-# A fresh request counts as having had PRIOR_ACCEPTED of PRIOR_DRAFTED drafts accepted: optimistic, so
-# speculation starts long and backs off on evidence.
-PRIOR_ACCEPTED = 7.0
-PRIOR_DRAFTED = 8.0
+# The prior for a draft's acceptance, worth PRIOR_WEIGHT observations: optimistic, so speculation starts
+# long and backs off on evidence.
+PRIOR_ACCEPTANCE = 0.8
+PRIOR_WEIGHT = 2.0
+# How many observations a request's own counts need to outweigh the engine's counts for the bucket.
+REQUEST_WEIGHT = 4.0
+# The engine's counts for a bucket shrink by this factor per check in that bucket: about the last 50 count.
+ENGINE_DECAY = 0.98
 # F / c above for the default model on the CPU kernels: conservative (per-step timings on the Zen 3 host give
-# 4-5: a 1-row step ~9 ms, each further row 1.5-2 ms), so drafts must be likelier to pay before they are asked for.
+# 4-6: a 1-row step ~9-10 ms, each further row ~1.7 ms), so drafts must be likelier to pay before they are asked for.
 FIXED_COST_ROWS = 2.0
-_RATE_STEPS = 100  # acceptance rates are looked up at a resolution of 1%
+
+
+@dataclass
+class HazardCounts:
+    """For draft positions 1..K: how often a check reached position j (drafts before it all accepted) and
+    how often draft j was then accepted."""
+
+    reached: list[float]
+    accepted: list[float]
+
+    @classmethod
+    def empty(cls, num_positions: int) -> HazardCounts:
+        return cls([0.0] * num_positions, [0.0] * num_positions)
+
+    def record(self, num_drafts: int, num_accepted: int, decay: float = 1.0) -> None:
+        if decay != 1.0:
+            self.reached = [r * decay for r in self.reached]
+            self.accepted = [a * decay for a in self.accepted]
+        for j in range(min(num_drafts, num_accepted + 1)):
+            self.reached[j] += 1
+            if j < num_accepted:
+                self.accepted[j] += 1
+
+
+@dataclass
+class _RequestHistory:
+    counts: dict[int, HazardCounts] = field(default_factory=dict)  # bucket -> the request's own checks
+    pending_bucket: int = 0  # the bucket of the drafts now being checked
+
+
+def _shares_engine_counts(request: Request) -> bool:
+    """A seeded random request must draw the same tokens whatever runs beside it, and how many drafts it
+    checks decides which random numbers it uses: it goes by its own history only."""
+    return request.sampling_params.seed is None or request.sampling_params.is_greedy
+
+
+def expected_tokens(acceptance: Sequence[float], num_drafts: int) -> float:
+    """Tokens one check of ``num_drafts`` drafts emits on average (accepted run plus the target's token),
+    given the chance ``acceptance[j]`` that draft ``j + 1`` is accepted when all before it were."""
+    total, run = 1.0, 1.0
+    for j in range(num_drafts):
+        run *= acceptance[j]
+        total += run
+    return total
+
+
+def best_num_drafts(acceptance: Sequence[float], max_drafts: int, draft_cost: float) -> int:
+    """The ``k`` in 0..max_drafts with the most expected tokens per unit of cost ``1 + draft_cost * k``."""
+    best_k, best_value, total, run = 0, 1.0, 1.0, 1.0
+    for k in range(1, max_drafts + 1):
+        run *= acceptance[k - 1]
+        total += run
+        if total / (1 + draft_cost * k) > best_value:
+            best_k, best_value = k, total / (1 + draft_cost * k)
+    return best_k
 
 
 class SpeculationPolicy:
@@ -39,30 +108,60 @@ class SpeculationPolicy:
         self.adaptive = adaptive
         self.fixed_cost_rows = fixed_cost_rows
         self.probe_interval = probe_interval
+        self._engine_counts: dict[int, HazardCounts] = {}
+        self._requests: dict[str, _RequestHistory] = {}
 
     def num_spec_tokens(self, request: Request, batch_size: int = 1) -> int:
-        """Drafts to ask for ``request`` when ``batch_size`` requests are running."""
+        """Drafts to ask for ``request`` when ``batch_size`` requests are running: the most any bucket it has
+        seen (or a fresh one) would keep."""
         limit = request.max_num_spec_tokens(self.num_speculative_tokens)
         if not self.adaptive or limit == 0:
             return limit
-        rate = (request.num_accepted_tokens + PRIOR_ACCEPTED) / (request.num_draft_tokens + PRIOR_DRAFTED)
-        draft_cost = batch_size / (self.fixed_cost_rows + batch_size)
-        k = _best_num_drafts_cached(round(rate * _RATE_STEPS), self.num_speculative_tokens, round(draft_cost, 2))
+        history = self._requests.get(request.request_id)
+        buckets = set(history.counts) if history else set()
+        if _shares_engine_counts(request):
+            buckets |= set(self._engine_counts)
+        k = max(self._best(request, bucket, batch_size) for bucket in buckets or {0})
         if k == 0 and request.num_output_tokens % self.probe_interval == 0:
             k = 1
         return min(k, limit)
 
+    def trim(self, request: Request, num_proposed: int, bucket: int, batch_size: int = 1) -> int:
+        """How many of a fresh proposal of ``num_proposed`` drafts in ``bucket`` to check."""
+        self._requests.setdefault(request.request_id, _RequestHistory()).pending_bucket = bucket
+        if not self.adaptive or num_proposed <= 1:
+            return num_proposed  # a single draft is the probe, or was already judged by num_spec_tokens
+        return min(num_proposed, self._best(request, bucket, batch_size))
 
-def expected_tokens(acceptance_rate: float, num_drafts: int) -> float:
-    """Tokens one check of ``num_drafts`` drafts emits on average (accepted run plus the target's token)."""
-    return sum(acceptance_rate**i for i in range(num_drafts + 1))
+    def record(self, request: Request, num_drafts: int, num_accepted: int) -> None:
+        """The outcome of checking ``num_drafts`` drafts of ``request``: the first ``num_accepted`` kept."""
+        if num_drafts == 0:
+            return
+        history = self._requests.setdefault(request.request_id, _RequestHistory())
+        bucket = history.pending_bucket
+        size = self.num_speculative_tokens
+        history.counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted)
+        self._engine_counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted, ENGINE_DECAY)
 
+    def remove_requests(self, request_ids: Sequence[str]) -> None:
+        for request_id in request_ids:
+            self._requests.pop(request_id, None)
 
-def best_num_drafts(acceptance_rate: float, max_drafts: int, draft_cost: float) -> int:
-    """The ``k`` in 0..max_drafts with the most expected tokens per unit of cost ``1 + draft_cost * k``."""
-    return max(range(max_drafts + 1), key=lambda k: expected_tokens(acceptance_rate, k) / (1 + draft_cost * k))
+    def acceptance(self, request: Request, bucket: int) -> list[float]:
+        """Estimated chance that draft j + 1 is accepted when drafts 1..j were, for j < K."""
+        engine = self._engine_counts.get(bucket) if _shares_engine_counts(request) else None
+        history = self._requests.get(request.request_id)
+        own = history.counts.get(bucket) if history else None
+        rates = []
+        for j in range(self.num_speculative_tokens):
+            rate = PRIOR_ACCEPTANCE
+            if engine is not None:
+                rate = (engine.accepted[j] + PRIOR_WEIGHT * rate) / (engine.reached[j] + PRIOR_WEIGHT)
+            if own is not None:
+                rate = (own.accepted[j] + REQUEST_WEIGHT * rate) / (own.reached[j] + REQUEST_WEIGHT)
+            rates.append(rate)
+        return rates
 
-
-@cache
-def _best_num_drafts_cached(rate_percent: int, max_drafts: int, draft_cost: float) -> int:
-    return best_num_drafts(rate_percent / _RATE_STEPS, max_drafts, draft_cost)
+    def _best(self, request: Request, bucket: int, batch_size: int) -> int:
+        draft_cost = batch_size / (self.fixed_cost_rows + batch_size)
+        return best_num_drafts(self.acceptance(request, bucket), self.num_speculative_tokens, draft_cost)

@@ -6,6 +6,7 @@ edits of a given text, code that repeats names and lines. Longer matches are tri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,20 +20,26 @@ class NgramProposer:
         self.prompt_lookup_max = prompt_lookup_max
 
     def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[Draft]:
-        return [
-            Draft(find_continuation(r.all_token_ids, self.prompt_lookup_min, self.prompt_lookup_max, k))
-            for r, k in zip(requests, max_num_tokens, strict=True)
-        ]
+        drafts = []
+        for request, k in zip(requests, max_num_tokens, strict=True):
+            match = find_match(request.all_token_ids, self.prompt_lookup_min, self.prompt_lookup_max, k)
+            drafts.append(Draft(match.token_ids, bucket=match.length))
+        return drafts
 
     def remove_requests(self, request_ids: Sequence[str]) -> None:
         pass  # stateless
 
 
-def find_continuation(token_ids: Sequence[int], min_n: int, max_n: int, num_tokens: int) -> list[int]:
+class Match(NamedTuple):
+    token_ids: list[int]  # what followed the match
+    length: int  # of the matched suffix; 0 when none matched
+
+
+def find_match(token_ids: Sequence[int], min_n: int, max_n: int, num_tokens: int) -> Match:
     """Up to ``num_tokens`` tokens that followed the most recent earlier occurrence of the longest suffix of
-    ``token_ids`` (``min_n`` .. ``max_n`` tokens long) that did occur earlier; [] when none did."""
+    ``token_ids`` (``min_n`` .. ``max_n`` tokens long) that did occur earlier; none when none did."""
     if num_tokens < 1 or len(token_ids) <= min_n:
-        return []
+        return Match([], 0)
     tokens = np.asarray(token_ids, dtype=np.int64)
     for n in range(min(max_n, len(tokens) - 1), min_n - 1, -1):
         # windows starting at 0 .. len - n - 1: each has at least one token after it, and none is the suffix
@@ -40,5 +47,5 @@ def find_continuation(token_ids: Sequence[int], min_n: int, max_n: int, num_toke
         matches = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
         if matches.size:
             start = int(matches[-1]) + n
-            return tokens[start : start + num_tokens].tolist()
-    return []
+            return Match(tokens[start : start + num_tokens].tolist(), n)
+    return Match([], 0)

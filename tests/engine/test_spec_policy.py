@@ -1,9 +1,10 @@
-"""The adaptive speculation length: the expected-value rule and a request's history."""
+"""The adaptive speculation length: the expected-value rule, per-position acceptance by bucket, a request's
+history against the engine's, and the limits every policy keeps."""
 
 from corral.engine.request import Request
 from corral.engine.spec_policy import (
-    PRIOR_ACCEPTED,
-    PRIOR_DRAFTED,
+    PRIOR_ACCEPTANCE,
+    HazardCounts,
     SpeculationPolicy,
     best_num_drafts,
     expected_tokens,
@@ -11,43 +12,106 @@ from corral.engine.spec_policy import (
 from corral.sample.params import SamplingParams
 
 
-def test_expected_tokens_follows_the_geometric_series():
-    assert expected_tokens(0.0, 4) == 1.0
-    assert expected_tokens(1.0, 4) == 5.0
-    assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
+def test_expected_tokens_multiplies_the_chances_along_the_run():
+    assert expected_tokens([0.0] * 4, 4) == 1.0
+    assert expected_tokens([1.0] * 4, 4) == 5.0
+    assert abs(expected_tokens([0.5, 0.5], 2) - 1.75) < 1e-12
+    assert abs(expected_tokens([0.9, 0.5, 1.0], 3) - (1 + 0.9 + 0.45 + 0.45)) < 1e-12
 
 
 def test_best_length_grows_with_acceptance_and_shrinks_with_cost():
-    ks = [best_num_drafts(rate / 10, 8, 0.15) for rate in range(11)]
+    ks = [best_num_drafts([rate / 10] * 8, 8, 0.15) for rate in range(11)]
     assert ks == sorted(ks) and ks[0] == 0 and ks[-1] == 8
-    assert best_num_drafts(0.6, 8, 0.05) > best_num_drafts(0.6, 8, 0.5)
+    assert best_num_drafts([0.6] * 8, 8, 0.05) > best_num_drafts([0.6] * 8, 8, 0.5)
+    # a run that, once begun, goes on: only the first draft is doubtful, so long checks pay where they would
+    # not for drafts accepted independently at the same first rate
+    assert best_num_drafts([0.5] + [0.99] * 7, 8, 0.3) == 8
+    assert best_num_drafts([0.5] * 8, 8, 0.3) <= 2
 
 
-def make_request(num_output: int, drafted: int, accepted: int) -> Request:
-    request = Request("r", [1, 2, 3], SamplingParams(max_tokens=100), max_model_len=256)
+def test_hazard_counts_see_only_the_positions_a_check_reached():
+    counts = HazardCounts.empty(4)
+    counts.record(num_drafts=4, num_accepted=1)  # draft 1 kept, draft 2 rejected, 3 and 4 never judged
+    counts.record(num_drafts=2, num_accepted=2)
+    assert counts.reached == [2, 2, 0, 0] and counts.accepted == [2, 1, 0, 0]
+    counts.record(num_drafts=1, num_accepted=0, decay=0.5)
+    assert counts.reached == [2, 1, 0, 0] and counts.accepted == [1, 0.5, 0, 0]
+
+
+def make_request(request_id: str = "r", num_output: int = 1) -> Request:
+    request = Request(request_id, [1, 2, 3], SamplingParams(max_tokens=100), max_model_len=256)
     for _ in range(num_output):
         request.append_token(5)
-    request.num_draft_tokens, request.num_accepted_tokens = drafted, accepted
     return request
 
 
-def test_policy_backs_off_on_rejections_and_probes_now_and_then():
-    policy = SpeculationPolicy(6, adaptive=True, fixed_cost_rows=2.0, probe_interval=16)
-    fresh = best_num_drafts(PRIOR_ACCEPTED / PRIOR_DRAFTED, 6, 1 / 3)  # batch 1: a draft costs 1 / (2 + 1)
-    assert fresh >= 3 and policy.num_spec_tokens(make_request(1, 0, 0)) == fresh  # optimistic start
-    assert policy.num_spec_tokens(make_request(5, 40, 38)) == 6
-    assert policy.num_spec_tokens(make_request(5, 40, 1)) == 0
-    assert policy.num_spec_tokens(make_request(32, 40, 1)) == 1  # a probe on every 16th token
-    # in a big batch a draft costs almost a whole decode: only near-certain drafts are worth it
-    assert policy.num_spec_tokens(make_request(5, 40, 30), batch_size=1) > policy.num_spec_tokens(
-        make_request(5, 40, 30), batch_size=64) == 0
-    fixed = SpeculationPolicy(6, adaptive=False)
-    assert fixed.num_spec_tokens(make_request(5, 40, 1)) == 6
+def check(policy: SpeculationPolicy, request: Request, bucket: int, num_drafts: int, num_accepted: int) -> None:
+    assert policy.trim(request, num_drafts, bucket) >= 0
+    policy.record(request, num_drafts, num_accepted)
+
+
+def test_a_fresh_request_speculates_then_each_bucket_follows_its_own_evidence():
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0)
+    request = make_request()
+    assert policy.acceptance(request, bucket=3) == [PRIOR_ACCEPTANCE] * 6
+    fresh = best_num_drafts([PRIOR_ACCEPTANCE] * 6, 6, 1 / 3)  # batch 1: a draft costs 1 / (2 + 1)
+    assert fresh >= 3 and policy.num_spec_tokens(request) == fresh  # optimistic start
+    for _ in range(10):
+        check(policy, request, bucket=4, num_drafts=6, num_accepted=6)  # long matches: always right
+        check(policy, request, bucket=1, num_drafts=6, num_accepted=0)  # one-token matches: always wrong
+    assert policy.trim(request, 6, bucket=4) == 6
+    assert policy.trim(request, 6, bucket=1) == 0
+    assert policy.trim(request, 1, bucket=1) == 1  # a probe is never trimmed away
+    assert policy.num_spec_tokens(request) == 6  # bounded by the best bucket
+
+
+def test_a_request_backs_off_on_rejections_and_probes_now_and_then():
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16)
+    request = make_request(num_output=5)
+    for _ in range(12):
+        check(policy, request, bucket=0, num_drafts=3, num_accepted=0)
+    assert policy.num_spec_tokens(request) == 0
+    probing = make_request(num_output=32)  # a probe on every 16th token
+    policy.record(probing, 0, 0)
+    for _ in range(12):
+        check(policy, probing, bucket=0, num_drafts=3, num_accepted=0)
+    assert policy.num_spec_tokens(probing) == 1
+
+
+def test_a_new_request_starts_from_what_the_engine_has_seen():
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0)
+    for i in range(30):
+        check(policy, make_request(f"old{i}"), bucket=2, num_drafts=6, num_accepted=0)
+    fresh = make_request("fresh")
+    assert policy.trim(fresh, 6, bucket=2) == 0  # the engine's evidence, before any of its own
+    for _ in range(10):
+        check(policy, fresh, bucket=2, num_drafts=6, num_accepted=6)
+    assert policy.trim(fresh, 6, bucket=2) == 6  # its own evidence outweighs the engine's
+    policy.remove_requests(["fresh"])
+    assert policy.trim(make_request("fresh"), 6, bucket=2) < 6  # forgotten: back to the engine's view
+
+
+def test_big_batches_only_take_near_certain_drafts():
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0)
+    request = make_request()
+    for accepted in (0, 6) * 10:  # half the checks keep every draft, half none
+        check(policy, request, bucket=0, num_drafts=6, num_accepted=accepted)
+    assert policy.num_spec_tokens(request, batch_size=1) > policy.num_spec_tokens(request, batch_size=64) == 0
 
 
 def test_never_more_drafts_than_tokens_left():
     policy = SpeculationPolicy(6, adaptive=False)
-    assert policy.num_spec_tokens(make_request(97, 0, 0)) == 2  # 3 tokens left: 2 drafts + 1
+    assert policy.num_spec_tokens(make_request(num_output=97)) == 2  # 3 tokens left: 2 drafts + 1
     request = Request("r", [1] * 250, SamplingParams(), max_model_len=256)
     request.append_token(5)
     assert policy.num_spec_tokens(request) == 4  # the context's 6 tokens after the prompt: 1 + 4 + 1
+    adaptive = SpeculationPolicy(6)
+    request = make_request(num_output=97)
+    for _ in range(10):
+        check(adaptive, request, bucket=0, num_drafts=2, num_accepted=2)
+    assert adaptive.num_spec_tokens(request) == 2
+    fixed = SpeculationPolicy(6, adaptive=False)
+    request = make_request()
+    for _ in range(10):
+        check(fixed, request, bucket=0, num_drafts=6, num_accepted=0)
+    assert fixed.num_spec_tokens(request) == 6 and fixed.trim(request, 6, bucket=0) == 6

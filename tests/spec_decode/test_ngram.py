@@ -2,26 +2,26 @@
 
 from corral.engine.request import Request
 from corral.sample.params import SamplingParams
-from corral.spec_decode.ngram import NgramProposer, find_continuation
+from corral.spec_decode.ngram import NgramProposer, find_match
 
 
 def test_proposes_what_followed_the_most_recent_match():
     tokens = [1, 2, 3, 9, 1, 2, 3, 8, 7, 1, 2, 3]
-    assert find_continuation(tokens, 1, 3, 2) == [8, 7]
-    assert find_continuation(tokens, 1, 3, 10) == [8, 7, 1, 2, 3]  # runs up to the end of the sequence
+    assert find_match(tokens, 1, 3, 2).token_ids == [8, 7]
+    assert find_match(tokens, 1, 3, 10).token_ids == [8, 7, 1, 2, 3]  # runs up to the end of the sequence
 
 
 def test_longer_suffixes_win_over_recent_short_ones():
     tokens = [5, 6, 7, 1, 0, 7, 2, 5, 6, 7]
-    assert find_continuation(tokens, 1, 3, 1) == [1]  # [5, 6, 7] matched, not the later [7]
-    assert find_continuation(tokens, 1, 1, 1) == [2]
+    assert find_match(tokens, 1, 3, 1) == ([1], 3)  # [5, 6, 7] matched, not the later [7]
+    assert find_match(tokens, 1, 1, 1) == ([2], 1)
 
 
 def test_no_match_or_too_short_proposes_nothing():
-    assert find_continuation([1, 2, 3, 4], 1, 3, 4) == []
-    assert find_continuation([1, 1], 2, 3, 4) == []
-    assert find_continuation([1, 2, 1], 1, 2, 0) == []
-    assert find_continuation([4, 4, 4, 4], 2, 2, 3) == [4]  # the most recent match leaves one token after it
+    assert find_match([1, 2, 3, 4], 1, 3, 4) == ([], 0)
+    assert find_match([1, 1], 2, 3, 4).token_ids == []
+    assert find_match([1, 2, 1], 1, 2, 0).token_ids == []
+    assert find_match([4, 4, 4, 4], 2, 2, 3).token_ids == [4]  # the most recent match leaves one token after it
 
 
 def test_proposer_respects_each_requests_limit():
@@ -30,3 +30,4 @@ def test_proposer_respects_each_requests_limit():
     drafts = proposer.propose(requests, [1, 3])
     assert [d.token_ids for d in drafts] == [[3], [3, 1, 2]]
     assert all(d.probs is None for d in drafts)
+    assert [d.bucket for d in drafts] == [2, 2]  # the matched length: [1, 2] occurred before
