@@ -1,6 +1,7 @@
 """Speculative decoding on the default model: decode speed with speculation off vs on, one request at a time
-and 8 at once, on workloads where it should help (fixing typos in a given text, continuing repetitive code)
-and one where it should not (a free-form story, sampled), with the draft acceptance rate. llama.cpp with and
+and 8 at once, on workloads where it should help (fixing typos in a given paragraph or in a document of four
+paragraphs, continuing repetitive code) and one where it should not (a free-form story, sampled), with the
+draft acceptance rate. llama.cpp with and
 without its own prompt-lookup speculation (llama-cpp-python's LlamaPromptLookupDecoding) runs the same
 single-request prompts in the same run, as the peer reference.
 
@@ -66,12 +67,15 @@ def workloads(llm: LLM) -> dict[str, tuple[list[list[int]], SamplingParams]]:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
         return tokenizer.encode(prompt, add_special_tokens=False)
 
-    edit = [chat("Fix the spelling mistakes in this text. Reply with the corrected text only.\n\n" + p)
-            for p in PARAGRAPHS * 2]
+    instruction = "Fix the spelling mistakes in this text. Reply with the corrected text only.\n\n"
+    edit = [chat(instruction + p) for p in PARAGRAPHS * 2]
+    # the four paragraphs as one document, in each of their 4 rotations
+    documents = [chat(instruction + "\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i])) for i in range(len(PARAGRAPHS))]
     code = [tokenizer.encode(c) for c in CODE * 2]
     stories = [chat(f"Write a short story about {s}.") for s in STORIES]
     return {
         "edit (favourable)": (edit, SamplingParams(temperature=0.0, max_tokens=16)),
+        "edit document (favourable)": (documents * 2, SamplingParams(temperature=0.0, max_tokens=16)),
         "code (favourable)": (code, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)),
         "story (unfavourable)": (stories, SamplingParams(temperature=0.8, top_p=0.95, seed=0, max_tokens=16,
                                                          ignore_eos=True)),
@@ -140,6 +144,7 @@ def main() -> None:
                         help="also run the draft-model proposer: the target's first N layers (0: skip it)")
     parser.add_argument("--llama-python", default=".bench/llamacpp/bin/python")
     parser.add_argument("--output", default="bench/results/spec_decode.json")
+    parser.add_argument("--workloads", default="", help="comma-separated name prefixes to run (default: all)")
     args = parser.parse_args()
 
     common = dict(max_model_len=1024, kv_cache_memory=128 * 1024**2)
@@ -154,6 +159,9 @@ def main() -> None:
             "method": "draft_model", "num_speculative_tokens": args.num_speculative_tokens,
             "draft_num_layers": args.draft_num_layers})
     work = workloads(engines["off"])
+    if args.workloads:
+        prefixes = tuple(p.strip() for p in args.workloads.split(","))
+        work = {name: w for name, w in work.items() if name.startswith(prefixes)}
     results: dict[str, Any] = {"max_tokens": args.max_tokens, "num_speculative_tokens": args.num_speculative_tokens,
                                "prompt_lookup_max": args.prompt_lookup_max,
                                "threads": os.cpu_count(), "corral": {}}
