@@ -1,9 +1,8 @@
 """Speculative decoding on the default model: decode speed with speculation off vs on, one request at a time
 and 8 at once, on workloads where it should help (fixing typos in a given paragraph or in a document of four
 paragraphs, continuing repetitive code) and one where it should not (a free-form story, sampled), with the
-draft acceptance rate. llama.cpp with and
-without its own prompt-lookup speculation (llama-cpp-python's LlamaPromptLookupDecoding) runs the same
-single-request prompts in the same run, as the peer reference.
+draft acceptance rate. llama.cpp with and without its own prompt-lookup speculation (llama-cpp-python's
+LlamaPromptLookupDecoding) runs the same single-request prompts in the same run, as the peer reference.
 
 Single request: decode tok/s = (tokens - 1) / (time of the request - time of a 1-token request with the
 same prompt), summed over the workload's first 3 prompts. Batch 8: output tokens / wall time of all 8
