@@ -121,7 +121,11 @@ class SpeculationPolicy:
         buckets = set(history.counts) if history else set()
         if _shares_engine_counts(request):
             buckets |= set(self._engine_counts)
-        k = max(self._best(request, bucket, batch_size) for bucket in buckets or {0})
+        k = 0
+        for bucket in sorted(buckets or {0}, reverse=True):  # long matches first: they usually keep the most
+            k = max(k, self._best(request, bucket, batch_size))
+            if k >= limit:
+                break
         if k == 0 and request.num_output_tokens % self.probe_interval == 0:
             k = 1
         return min(k, limit)
