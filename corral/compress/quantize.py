@@ -10,8 +10,10 @@ computes layer i+1's inputs. Methods:
 - ``rtn-int4``: asymmetric int4 in groups, rounded to nearest;
 - ``awq-int4``: AWQ's input-channel scales (folded into the producing norm / V / up rows) and group
   clipping, searched on the calibration inputs, then int4 in groups (``quantization/awq.py``);
-- ``gptq-int4``: GPTQ's error-compensating rounding, loudest input column first, on group grids searched
-  against each linear's input Hessian (``quantization/gptq.py``).
+- ``gptq-int4``: AWQ's input scales as above (searched on at most ``_SCALE_SEARCH_TOKENS`` evenly spaced
+  calibration rows: the Hessians want many more tokens than the scales do), then GPTQ's error-compensating
+  rounding of the scaled weights against the Hessian of the scaled inputs, loudest input column first, on
+  group grids searched against that Hessian (``quantization/gptq.py``).
 
 The token embedding (and so a tied LM head, or an untied one) is int8 with a scale per row in every method.
 Calibration text is the train split of the standard library's docstrings; evaluation uses the held-out one.
@@ -49,6 +51,7 @@ from corral.quantization.gptq import HessianAccumulator, gptq_int4
 from corral.text.tokenizer import Tokenizer
 
 _ERROR_SAMPLE_TOKENS = 1024  # calibration rows on which each linear's output error is reported
+_SCALE_SEARCH_TOKENS = 4096  # calibration rows on which AWQ's input scales are searched (evenly spaced)
 
 
 @dataclass
@@ -168,8 +171,9 @@ def _pack_layer(
     for name, linear in linears.items():
         rtn[name] = quantize_int8(linear.weight, None) if method == "int8" else quantize_int4(linear.weight, group)
         report.rtn_output_error[prefix + name] = _output_error(BlockLinear(rtn[name], linear.bias), sample[name], linear)
-    if method == "awq-int4":
-        input_scales = _apply_awq_scales(model, index, inputs, group)
+    if method in ("awq-int4", "gptq-int4"):
+        search = {name: x[:: max(1, len(x) // _SCALE_SEARCH_TOKENS)] for name, x in inputs.items()}
+        input_scales = _apply_awq_scales(model, index, search, group)
         inputs = {name: x / input_scales[name] for name, x in inputs.items()}
         sample = {name: x / input_scales[name] for name, x in sample.items()}
 

@@ -75,6 +75,16 @@ def test_calibrated_methods_beat_round_to_nearest(quantized, method):
     assert report.error_vs_rtn < 0.9, report.error_vs_rtn
 
 
+@pytest.mark.parametrize("method", QUANTIZE_METHODS)
+def test_activation_aware_methods_fold_input_scales_into_the_norms(quantized, tiny_model_dir, method):
+    _, original = load_checkpoint(tiny_model_dir)
+    _, stored = open_checkpoint(quantized[method][0])
+    names = [f"model.layers.{i}.{norm}.weight" for i in range(2)
+             for norm in ("input_layernorm", "post_attention_layernorm")]
+    folded = [not torch.equal(stored[name], original[name]) for name in names]
+    assert folded == [method in ("awq-int4", "gptq-int4")] * len(names)
+
+
 def test_weight_memory_drops(quantized, tiny_model_dir):
     _, float_weights = load_checkpoint(tiny_model_dir)
     float_bytes = sum(t.nbytes for t in float_weights.values())
