@@ -41,11 +41,18 @@ def find_match(token_ids: Sequence[int], min_n: int, max_n: int, num_tokens: int
     if num_tokens < 1 or len(token_ids) <= min_n:
         return Match([], 0)
     tokens = np.asarray(token_ids, dtype=np.int64)
-    for n in range(min(max_n, len(tokens) - 1), min_n - 1, -1):
-        # windows starting at 0 .. len - n - 1: each has at least one token after it, and none is the suffix
-        windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)
-        matches = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
-        if matches.size:
-            start = int(matches[-1]) + n
-            return Match(tokens[start : start + num_tokens].tolist(), n)
-    return Match([], 0)
+    # Every earlier occurrence of the suffix ends on an earlier copy of the last token: one pass over the
+    # sequence finds those, and each is then extended backwards while it keeps matching (runs every step,
+    # so it must cost far less than trying each length over the whole sequence).
+    ends = np.flatnonzero(tokens[:-1] == tokens[-1])  # where the matches of length 1 end
+    length = 1
+    for n in range(2, min(max_n, len(tokens) - 1) + 1):
+        longer = ends[ends >= n - 1]
+        longer = longer[tokens[longer - (n - 1)] == tokens[-n]]
+        if not longer.size:
+            break
+        ends, length = longer, n
+    if not ends.size or length < min_n:
+        return Match([], 0)
+    start = int(ends[-1]) + 1
+    return Match(tokens[start : start + num_tokens].tolist(), length)

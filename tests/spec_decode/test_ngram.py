@@ -1,5 +1,8 @@
 """Prompt lookup: longest suffix first, most recent occurrence, bounded length."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from corral.engine.request import Request
 from corral.sample.params import SamplingParams
 from corral.spec_decode.ngram import NgramProposer, find_match
@@ -31,3 +34,22 @@ def test_proposer_respects_each_requests_limit():
     assert [d.token_ids for d in drafts] == [[3], [3, 1, 2]]
     assert all(d.probs is None for d in drafts)
     assert [d.bucket for d in drafts] == [2, 2]  # the matched length: [1, 2] occurred before
+
+
+def _reference_match(tokens: list[int], min_n: int, max_n: int, num_tokens: int) -> tuple[list[int], int]:
+    """The definition, spelled out: every length from the longest, every earlier window from the latest."""
+    if num_tokens < 1:
+        return [], 0
+    for n in range(min(max_n, len(tokens) - 1), min_n - 1, -1):
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == tokens[-n:]:
+                return tokens[start + n : start + n + num_tokens], n
+    return [], 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(tokens=st.lists(st.integers(0, 3), max_size=40), min_n=st.integers(1, 4), extra=st.integers(0, 5),
+       num_tokens=st.integers(0, 6))
+def test_matches_the_definition(tokens, min_n, extra, num_tokens):
+    assert tuple(find_match(tokens, min_n, min_n + extra, num_tokens)) == _reference_match(
+        tokens, min_n, min_n + extra, num_tokens)
