@@ -4,10 +4,10 @@ paragraphs, continuing repetitive code) and one where it should not (a free-form
 draft acceptance rate. llama.cpp with and without its own prompt-lookup speculation (llama-cpp-python's
 LlamaPromptLookupDecoding) runs the same single-request prompts in the same run, as the peer reference.
 
-Single request: decode tok/s = (tokens - 1) / (time of the request - time of a 1-token request with the
-same prompt), summed over the workload's first 3 prompts. Batch 8: output tokens / wall time of all 8
-prompts at once. Each rate is the median of ``--repeats`` runs, off and on interleaved; each speed-up the
-median of the repeats' on / off ratios.
+Single request: decode tok/s = tokens after the first / time from the first token to the last, over the
+workload's first 3 prompts, each prompt run by every engine in turn; the speed-up is the median over all
+(repeat, prompt) pairs of on / off. Batch 8: output tokens / wall time of all 8 prompts at once, every engine
+in turn; the speed-up is the median of the repeats' on / off ratios. Rates are medians over ``--repeats``.
 
     .venv/bin/python bench/spec_decode.py [--repeats 5] [--max-tokens 192] [--num-speculative-tokens 8]
         [--prompt-lookup-max 8] [--draft-num-layers 8]
@@ -87,14 +87,17 @@ def timed(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> tuple[f
     return time.perf_counter() - start, sum(len(o.outputs[0].token_ids) for o in outputs)
 
 
-def single_rate(llm: LLM, prompts: list[list[int]], params: SamplingParams, max_tokens: int) -> float:
-    decode_s, tokens = 0.0, 0
-    for prompt in prompts[:3]:
-        ttft, _ = timed(llm, [salted(prompt)], replace(params, max_tokens=1, ignore_eos=True))
-        total, count = timed(llm, [salted(prompt)], replace(params, max_tokens=max_tokens))
-        decode_s += total - ttft
-        tokens += count - 1
-    return tokens / decode_s
+def decode_run(llm: LLM, prompt: list[int], params: SamplingParams) -> tuple[float, int]:
+    """Seconds and tokens of one request's decode: from its first token (the end of its prefill) to its last."""
+    engine = llm.engine
+    engine.add_request(engine.next_request_id(), salted(prompt), params)
+    first_at, first_count, count = 0.0, 0, 0
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            count = len(output.outputs[0].token_ids)
+            if not first_count and count:
+                first_at, first_count = time.perf_counter(), count
+    return time.perf_counter() - first_at, count - first_count
 
 
 _salts = itertools.count(1000)
@@ -167,21 +170,33 @@ def main() -> None:
     for name, (prompts, params) in work.items():
         for llm in engines.values():  # warm-up
             llm.generate(prompts[:1], replace(params, max_tokens=8), use_tqdm=False)
-        row: dict[str, Any] = {mode: {"single": [], "batch8": [], "drafted": 0, "accepted": 0} for mode in engines}
-        for _ in range(args.repeats):
-            for mode, llm in engines.items():
-                before = acceptance(llm, (0, 0))
-                row[mode]["single"].append(single_rate(llm, prompts, params, args.max_tokens))
-                row[mode]["batch8"].append(batch_rate(llm, prompts, params, args.max_tokens))
-                drafted, accepted = acceptance(llm, before)
-                row[mode]["drafted"] += drafted
-                row[mode]["accepted"] += accepted
+        row: dict[str, Any] = {mode: {"single": [], "single_pairs": [], "batch8": [], "drafted": 0, "accepted": 0}
+                               for mode in engines}
+        single_params = replace(params, max_tokens=args.max_tokens)
+        for repeat in range(args.repeats):
+            # one prompt at a time, every engine in turn (the order flipped every repeat): the runs compared
+            # are seconds apart, so a change in the host's speed hits both sides of a ratio alike
+            order = list(engines) if repeat % 2 == 0 else list(engines)[::-1]
+            runs: dict[str, list[tuple[float, int]]] = {mode: [] for mode in engines}
+            for prompt in prompts[:3]:
+                for mode in order:
+                    before = acceptance(engines[mode], (0, 0))
+                    runs[mode].append(decode_run(engines[mode], prompt, single_params))
+                    drafted, accepted = acceptance(engines[mode], before)
+                    row[mode]["drafted"] += drafted
+                    row[mode]["accepted"] += accepted
+            for mode in order:
+                row[mode]["batch8"].append(batch_rate(engines[mode], prompts, params, args.max_tokens))
+            for mode in engines:
+                row[mode]["single"].append(sum(n for _, n in runs[mode]) / sum(s for s, _ in runs[mode]))
+                row[mode]["single_pairs"] += [(n / s) / (n_off / s_off) for (s, n), (s_off, n_off)
+                                              in zip(runs[mode], runs["off"], strict=True)]
         for mode in row:
             row[mode]["single_median"] = statistics.median(row[mode]["single"])
             row[mode]["batch8_median"] = statistics.median(row[mode]["batch8"])
-            for kind in ("single", "batch8"):  # runs of one repeat are neighbours in time: pair them
-                row[mode][f"{kind}_ratio"] = statistics.median(
-                    on / off for on, off in zip(row[mode][kind], row["off"][kind], strict=True))
+            row[mode]["single_ratio"] = statistics.median(row[mode]["single_pairs"])
+            row[mode]["batch8_ratio"] = statistics.median(  # a repeat's batch runs are neighbours in time
+                on / off for on, off in zip(row[mode]["batch8"], row["off"]["batch8"], strict=True))
         results["corral"][name] = row
         off = row["off"]
         for mode in list(engines)[1:]:
