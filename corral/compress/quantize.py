@@ -52,6 +52,9 @@ from corral.text.tokenizer import Tokenizer
 
 _ERROR_SAMPLE_TOKENS = 1024  # calibration rows on which each linear's output error is reported
 _SCALE_SEARCH_TOKENS = 4096  # calibration rows on which AWQ's input scales are searched (evenly spaced)
+# GPTQ's damping, x mean(diag H): on the default model 0.1 gave perplexity 11.143, against 11.203 at the
+# usual 0.01 and 11.181 at 0.3
+_GPTQ_DAMP = 0.1
 
 
 @dataclass
@@ -191,7 +194,7 @@ def _pack_layer(
         else:
             hessian = HessianAccumulator(weight.shape[1])
             hessian.add(inputs[name])
-            blocks[name] = gptq_int4(weight, hessian.hessian(), group, act_order=True)
+            blocks[name] = gptq_int4(weight, hessian.hessian(), group, damp=_GPTQ_DAMP, act_order=True)
         packed = BlockLinear(blocks[name], linear.bias)
         report.output_error[prefix + name] = _output_error(packed, sample[name], linear)
         linear.load_blocks_(blocks[name])
