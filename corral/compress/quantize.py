@@ -53,7 +53,7 @@ from corral.text.tokenizer import Tokenizer
 _ERROR_SAMPLE_TOKENS = 1024  # calibration rows on which each linear's output error is reported
 _SCALE_SEARCH_TOKENS = 4096  # calibration rows on which AWQ's input scales are searched (evenly spaced)
 # GPTQ's damping, x mean(diag H): on the default model 0.1 gave perplexity 11.143, against 11.203 at the
-# usual 0.01 and 11.181 at 0.3
+# usual 0.01 (0.05: 11.286, 0.15: 11.145, 0.3: 11.181)
 _GPTQ_DAMP = 0.1
 
 
