@@ -1,7 +1,7 @@
 """N-gram (prompt lookup) proposer: if the sequence's last ``n`` tokens occurred earlier in it, propose the
 tokens that followed there. Free to compute and often right when the output copies its input: summaries and
-edits of a given text, code that repeats names and lines. Longer matches are tried first (``n`` from
-``prompt_lookup_max`` down to ``prompt_lookup_min``); among equal ones the most recent wins."""
+edits of a given text, code that repeats names and lines. The longest suffix that occurred earlier wins
+(``n`` at most ``prompt_lookup_max``, at least ``prompt_lookup_min``); among equal ones the most recent."""
 
 from __future__ import annotations
 
