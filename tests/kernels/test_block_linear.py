@@ -18,6 +18,17 @@ from corral.kernels.block_linear import (
 )
 
 needs_kernels = pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install)")
+# every set of loops this CPU can run (portable, avx2, avx512_vnni): each must give the reference's result
+ISAS = cpu_extension.load().supported_block_linear_isas() if cpu_extension.load() is not None else []
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    extension = cpu_extension.load()
+    widest = extension.block_linear_isa()
+    extension.set_block_linear_isa(request.param)
+    yield request.param
+    extension.set_block_linear_isa(widest)
 
 
 def random_blocks(bits: int, rows: int, cols: int, group_size: int, seed: int = 0):
@@ -75,7 +86,7 @@ def test_interleaving_rows_round_trips_whole_and_by_row(bits, rows):
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("num_rows, cols", [(1, 576), (5, 256), (9, 384), (70, 128)])
 @pytest.mark.parametrize("out_features", [48, 45])  # 45: the last group of 8 rows is padding in part
-def test_kernel_matches_the_reference(bits, group_size, num_rows, cols, out_features):
+def test_kernel_matches_the_reference(isa, bits, group_size, num_rows, cols, out_features):
     if cols % group_size:
         pytest.skip("width not a multiple of the group")
     values, scales, mins = random_blocks(bits, out_features, cols, group_size)
@@ -88,7 +99,7 @@ def test_kernel_matches_the_reference(bits, group_size, num_rows, cols, out_feat
 
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
-def test_each_row_is_bit_identical_alone_and_in_any_batch(bits):
+def test_each_row_is_bit_identical_alone_and_in_any_batch(isa, bits):
     weights = interleave_rows(*random_blocks(bits, 40, 576, 32), bits, 32)
     x = activations(11, 576)
     batch = block_linear(x, weights, None)
@@ -96,6 +107,33 @@ def test_each_row_is_bit_identical_alone_and_in_any_batch(bits):
         alone = block_linear(x[i : i + 1], weights, None)
         assert torch.equal(alone[0], batch[i])
     assert torch.equal(block_linear(x[3:10], weights, None), batch[3:10])
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+def test_every_instruction_set_gives_bit_identical_results(bits):
+    """The loops sum the same integers and round the floats alike: which one runs is not observable."""
+    extension = cpu_extension.load()
+    widest = extension.block_linear_isa()
+    weights = interleave_rows(*random_blocks(bits, 45, 384, 64), bits, 64)
+    x = activations(9, 384)
+    results = {}
+    try:
+        for name in ISAS:
+            extension.set_block_linear_isa(name)
+            results[name] = block_linear(x, weights, None)
+    finally:
+        extension.set_block_linear_isa(widest)
+    simd = [r for name, r in results.items() if name != "portable"]
+    assert all(torch.equal(r, simd[0]) for r in simd)
+
+
+@needs_kernels
+def test_unsupported_instruction_sets_are_refused():
+    extension = cpu_extension.load()
+    with pytest.raises(RuntimeError, match="unknown loops"):
+        extension.set_block_linear_isa("avx1024")
+    assert extension.block_linear_isa() in ISAS
 
 
 @needs_kernels

@@ -2,7 +2,9 @@
 
 #include <torch/extension.h>
 
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "decoder_layer.h"
 
@@ -17,6 +19,9 @@ torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, 
 torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
                            const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
                            int64_t bits, int64_t group_size, int64_t out_features);
+std::string block_linear_isa();
+std::vector<std::string> supported_block_linear_isas();
+void set_block_linear_isa(const std::string& name);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
                             const torch::Tensor& sin, const torch::Tensor& kv_cache, const torch::Tensor& slot_mapping,
@@ -30,6 +35,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
   m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, int8 activations");
+  m.def("block_linear_isa", &block_linear_isa, "the instruction set block_linear's loops use");
+  m.def("supported_block_linear_isas", &supported_block_linear_isas, "the loops this CPU can run");
+  m.def("set_block_linear_isa", &set_block_linear_isa, "use the given loops (a narrower set, for tests)");
   py::class_<BlockLinearWeights>(m, "BlockLinearWeights")
       .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t,
                     int64_t, int64_t>());

@@ -1,6 +1,7 @@
 // Attention straight from the paged KV cache, one query token per row (decodes; every token in
 // batch-invariant mode): keys and values read in place through the block table (no gathered copy of the
-// context), grouped-query heads sharing each KV head's reads. The cache is fp32, or int8 rows of head_size
+// context), grouped-query heads (and the consecutive rows of one sequence: a draft check) sharing each KV
+// head's reads. The cache is fp32, or int8 rows of head_size
 // codes followed by their float32 scale (corral/kernels/kv_int8.py), dequantized as they are read: a key's
 // scale multiplies its dot product, a value's scale its softmax weight. The torch reference in
 // corral/kernels/paged_attention.py defines the result.
@@ -18,10 +19,15 @@
 
 namespace {
 
-struct HeadGroup {
-  const float* query;       // [group, head_size], rows query_stride apart
-  float* out;               // [group, head_size], rows query_stride apart
-  int64_t query_stride;
+// The query heads of one KV head for a run of consecutive query rows of one sequence (a decode is a run of
+// one; a draft check, its last token and drafts). Row r attends to the first context_lens[r] tokens; the
+// rows share each key and value as it is read and converted, and each row's arithmetic is the same, in the
+// same order, whichever other rows share its run.
+struct HeadGroups {
+  const float* query;       // row r, head g at query + r * row_stride + g * head_stride
+  float* out;               // same layout as query
+  const int64_t* context_lens;  // [rows]
+  int64_t rows, row_stride, head_stride;
   int64_t group;            // query heads per KV head
   int64_t head_size;
 };
@@ -34,10 +40,11 @@ struct PagedKV {
   int64_t slot_stride;
   const int64_t* block_table;
   int64_t block_size;
-  int64_t context_len;
+  int64_t context_len;      // tokens to walk: the longest of the rows'
 };
 
 constexpr int64_t kMaxHeadSize = 512;
+constexpr int64_t kMaxRowsPerTask = 4;  // rows of a run per task (longer runs are split across tasks)
 
 inline float row_scale(const float*, int64_t) { return 1.f; }  // an exact no-op in the products below
 inline float row_scale(const int8_t* row, int64_t head_size) {
@@ -47,14 +54,14 @@ inline float row_scale(const int8_t* row, int64_t head_size) {
 }
 
 // A cache row as floats: float rows as they are, int8 codes converted once into buffer (then shared by
-// every query head of the group).
+// every query head and row of the task).
 inline const float* as_floats(const float* row, int64_t, float*) { return row; }
 inline const float* as_floats(const int8_t* row, int64_t head_size, float* buffer) {
   for (int64_t d = 0; d < head_size; ++d) buffer[d] = static_cast<float>(row[d]);
   return buffer;
 }
 
-// Calls fn(t, slot) for the sequence's tokens in order, walking its blocks (no division per token).
+// Calls fn(t, slot) for the first kv.context_len tokens in order, walking the blocks (no division per token).
 template <typename T, typename Fn>
 inline void for_each_slot(const PagedKV<T>& kv, Fn&& fn) {
   for (int64_t first = 0, b = 0; first < kv.context_len; first += kv.block_size, ++b) {
@@ -64,52 +71,130 @@ inline void for_each_slot(const PagedKV<T>& kv, Fn&& fn) {
   }
 }
 
+// 16 floats as one value: a zmm register in the AVX-512 clone, two ymm in the AVX2 one, four xmm otherwise
+// (GCC vector extensions, so each target_clones variant gets its own code from the same source).
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef int32_t I32x16 __attribute__((vector_size(64)));
+typedef float F32x8 __attribute__((vector_size(32)));
+typedef float F32x4 __attribute__((vector_size(16)));
+constexpr int64_t kVector = 16;
+
+inline F32x16 load16(const float* p) {
+  F32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// q . k for head_size a multiple of 16: 16 lane sums, then halved in a fixed order (so the result does not
+// depend on the batch), where one running sum would be a chain of dependent scalar adds.
+inline float dot16(const float* q, const float* k, int64_t head_size) {
+  F32x16 acc = load16(q) * load16(k);
+  for (int64_t d = kVector; d < head_size; d += kVector) acc += load16(q + d) * load16(k + d);
+  const F32x8 half = __builtin_shufflevector(acc, acc, 0, 1, 2, 3, 4, 5, 6, 7) +
+                     __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15);
+  const F32x4 quarter = __builtin_shufflevector(half, half, 0, 1, 2, 3) + __builtin_shufflevector(half, half, 4, 5, 6, 7);
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+inline float dot(const float* q, const float* k, int64_t head_size) {
+  if (head_size % kVector == 0) return dot16(q, k, head_size);
+  float total = 0.f;
+  for (int64_t d = 0; d < head_size; ++d) total += q[d] * k[d];
+  return total;
+}
+
+// exp(v) for 16 values v <= 0 (softmax arguments after subtracting the max), within 2 ulp: Cody-Waite
+// reduction to r in [-ln2/2, ln2/2] and a degree-7 Taylor polynomial, branch-free (std::exp does not
+// vectorize). Below -87.3 the result is about 2^-126, as good as 0 beside the max's weight 1.
+inline F32x16 exp_non_positive16(F32x16 v) {
+  const F32x16 floor_arg = F32x16{} - 87.3f;
+  v = v < floor_arg ? floor_arg : v;
+  const I32x16 k = __builtin_convertvector(v * 1.44269504f - 0.5f, I32x16);  // round to nearest (v <= 0)
+  const F32x16 kf = __builtin_convertvector(k, F32x16);
+  const F32x16 r = (v - kf * 0.693359375f) + kf * 2.12194440e-4f;
+  F32x16 p = F32x16{} + 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const I32x16 bits = (k + 127) << 23;
+  F32x16 two_to_k;
+  std::memcpy(&two_to_k, &bits, sizeof(two_to_k));
+  return p * two_to_k;
+}
+
+// x[i] = exp(x[i]) for x[i] <= 0; the last partial vector goes through a padded copy, so every element
+// takes the same instructions.
+inline void exp_non_positive(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kVector <= n; i += kVector) {
+    const F32x16 y = exp_non_positive16(load16(x + i));
+    std::memcpy(x + i, &y, sizeof(y));
+  }
+  if (i < n) {
+    alignas(64) float tail[kVector] = {};
+    std::copy(x + i, x + n, tail);
+    const F32x16 y = exp_non_positive16(load16(tail));
+    std::memcpy(tail, &y, sizeof(y));
+    std::copy(tail, tail + (n - i), x + i);
+  }
+}
+
 // HEAD_SIZE > 0 fixes the head size at compile time so the inner loops unroll; 0 reads it at run time.
 template <int64_t HEAD_SIZE, typename T>
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void attend(const HeadGroup& heads, const PagedKV<T>& kv, float scale, float* scores /* [group, context_len] */) {
-  const int64_t group = heads.group, context_len = kv.context_len;
+void attend(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* scores /* [rows, group, context_len] */) {
+  const int64_t group = heads.group, context_len = kv.context_len, rows = heads.rows;
   const int64_t head_size = HEAD_SIZE > 0 ? HEAD_SIZE : heads.head_size;
+  const int64_t* lens = heads.context_lens;
   alignas(64) float buffer[kMaxHeadSize];
   for_each_slot(kv, [&](int64_t t, int64_t slot) {
     const T* row = kv.keys + slot * kv.slot_stride;
     const float key_scale = row_scale(row, head_size);
     const float* key = as_floats(row, head_size, buffer);
-    for (int64_t g = 0; g < group; ++g) {
-      const float* q = heads.query + g * heads.query_stride;
-      float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < head_size; ++d) dot += q[d] * key[d];
-      scores[g * context_len + t] = dot * key_scale * scale;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (t >= lens[r]) continue;
+      for (int64_t g = 0; g < group; ++g) {
+        const float* q = heads.query + r * heads.row_stride + g * heads.head_stride;
+        scores[(r * group + g) * context_len + t] = dot(q, key, head_size) * key_scale * scale;
+      }
     }
   });
-  for (int64_t g = 0; g < group; ++g) {
-    float* row = scores + g * context_len;
-    const float max_score = *std::max_element(row, row + context_len);
-    float total = 0.f;
-    for (int64_t t = 0; t < context_len; ++t) {
-      row[t] = std::exp(row[t] - max_score);
-      total += row[t];
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < group; ++g) {
+      float* row = scores + (r * group + g) * context_len;
+      const float max_score = *std::max_element(row, row + lens[r]);
+      for (int64_t t = 0; t < lens[r]; ++t) row[t] -= max_score;
+      exp_non_positive(row, lens[r]);
+      float total = 0.f;
+      for (int64_t t = 0; t < lens[r]; ++t) total += row[t];
+      const float inv_total = 1.f / total;
+      for (int64_t t = 0; t < lens[r]; ++t) row[t] *= inv_total;
+      float* out = heads.out + r * heads.row_stride + g * heads.head_stride;
+      std::fill(out, out + head_size, 0.f);
     }
-    const float inv_total = 1.f / total;
-    for (int64_t t = 0; t < context_len; ++t) row[t] *= inv_total;
-    std::fill(heads.out + g * heads.query_stride, heads.out + g * heads.query_stride + head_size, 0.f);
   }
   for_each_slot(kv, [&](int64_t t, int64_t slot) {
     const T* row = kv.values + slot * kv.slot_stride;
     const float value_scale = row_scale(row, head_size);
     const float* value = as_floats(row, head_size, buffer);
-    for (int64_t g = 0; g < group; ++g) {
-      const float p = scores[g * context_len + t] * value_scale;
-      float* out = heads.out + g * heads.query_stride;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (t >= lens[r]) continue;
+      for (int64_t g = 0; g < group; ++g) {
+        const float p = scores[(r * group + g) * context_len + t] * value_scale;
+        float* out = heads.out + r * heads.row_stride + g * heads.head_stride;
 #pragma omp simd
-      for (int64_t d = 0; d < head_size; ++d) out[d] += p * value[d];
+        for (int64_t d = 0; d < head_size; ++d) out[d] += p * value[d];
+      }
     }
   });
 }
 
 template <typename T>
-void attend_any(const HeadGroup& heads, const PagedKV<T>& kv, float scale, float* scores) {
+void attend_any(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* scores) {
   switch (heads.head_size) {
     case 64: return attend<64, T>(heads, kv, scale, scores);
     case 128: return attend<128, T>(heads, kv, scale, scores);
@@ -128,16 +213,34 @@ void attend_all(const torch::Tensor& q, torch::Tensor& out, const torch::Tensor&
   float* out_ptr = out.data_ptr<float>();
   const T* k_ptr = static_cast<const T*>(key_cache.data_ptr());
   const T* v_ptr = static_cast<const T*>(value_cache.data_ptr());
-  at::parallel_for(0, num_queries * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // runs: consecutive rows of one sequence, at most max_rows each; run j is rows run_starts[j] ..
+  std::vector<int64_t> run_starts;
+  const auto split_runs = [&](int64_t max_rows) {
+    run_starts.clear();
+    for (int64_t i = 0; i < num_queries; ++i) {
+      if (run_starts.empty() || seq_ptr[i] != seq_ptr[run_starts.back()] || i - run_starts.back() == max_rows) {
+        run_starts.push_back(i);
+      }
+    }
+  };
+  split_runs(kMaxRowsPerTask);
+  if (static_cast<int64_t>(run_starts.size()) * num_kv_heads < 2 * at::get_num_threads()) {
+    split_runs(kMaxRowsPerTask / 2);  // too few tasks to keep every thread busy: share less, split more
+  }
+  const int64_t num_runs = static_cast<int64_t>(run_starts.size());
+  run_starts.push_back(num_queries);
+  at::parallel_for(0, num_runs * num_kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task / num_kv_heads, h = task % num_kv_heads;
-      const int64_t first_head = i * num_heads + h * group;
-      const HeadGroup heads{q_ptr + first_head * head_size, out_ptr + first_head * head_size, head_size,
-                            group, head_size};
-      const PagedKV<T> kv{k_ptr + h * row, v_ptr + h * row, slot_stride, table_ptr + seq_ptr[i] * max_blocks,
-                          block_size, lens_ptr[i]};
-      scores.resize(group * kv.context_len);
+      const int64_t run = task / num_kv_heads, h = task % num_kv_heads;
+      const int64_t first = run_starts[run], rows = run_starts[run + 1] - first;
+      const HeadGroups heads{q_ptr + (first * num_heads + h * group) * head_size,
+                             out_ptr + (first * num_heads + h * group) * head_size,
+                             lens_ptr + first, rows, num_heads * head_size, head_size, group, head_size};
+      const int64_t longest = *std::max_element(lens_ptr + first, lens_ptr + first + rows);
+      const PagedKV<T> kv{k_ptr + h * row, v_ptr + h * row, slot_stride, table_ptr + seq_ptr[first] * max_blocks,
+                          block_size, longest};
+      scores.resize(rows * group * longest);
       attend_any(heads, kv, scale, scores.data());
     }
   });
