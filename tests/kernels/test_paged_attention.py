@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from corral.kernels import cpu_extension
+from corral.kernels import cpu_extension, kv_int8
 from corral.kernels.paged_attention import paged_attention_reference
 
 BLOCK_SIZE = 4
@@ -86,3 +86,30 @@ def test_several_queries_of_one_sequence_see_their_own_prefixes():
         one = cpu_extension.load().paged_attention(query[4:5], key_cache, value_cache, block_tables, seqs[:1],
                                                    lens[4:5], BLOCK_SIZE, 8**-0.5)
         assert torch.equal(rows[4:5], one)  # a row's result does not depend on the other rows
+
+
+@pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
+@pytest.mark.parametrize("int8_cache", [False, True])
+def test_rows_sharing_their_sequences_reads_equal_each_row_alone(int8_cache):
+    """Draft checks: consecutive rows of one sequence share each K/V read (in runs the kernel may split);
+    every row's result is bit-identical to the row computed alone, and matches the reference."""
+    query, key_cache, value_cache, block_tables, _, _ = paged_case([40, 40], num_heads=9, num_kv_heads=3, head_size=64)
+    if int8_cache:
+        slots = torch.arange(key_cache.shape[0])
+        row = kv_int8.row_width(64)
+        key_int8 = torch.zeros(key_cache.shape[0], 3, row, dtype=torch.int8)
+        value_int8 = torch.zeros_like(key_int8)
+        kv_int8.write_reference(key_int8, slots, key_cache)
+        kv_int8.write_reference(value_int8, slots, value_cache)
+        key_cache, value_cache = key_int8, value_int8
+    seqs = torch.tensor([0] * 7 + [1] * 3 + [0])
+    lens = torch.tensor([20, 21, 22, 23, 24, 25, 26, 30, 31, 32, 40])
+    query = torch.randn(len(seqs), 9, 64, generator=torch.Generator().manual_seed(5))
+    kernel = cpu_extension.load().paged_attention
+    rows = kernel(query, key_cache, value_cache, block_tables, seqs, lens, BLOCK_SIZE, 0.125)
+    for i in range(len(seqs)):
+        alone = kernel(query[i : i + 1], key_cache, value_cache, block_tables, seqs[i : i + 1], lens[i : i + 1],
+                       BLOCK_SIZE, 0.125)
+        assert torch.equal(rows[i : i + 1], alone)
+    expected = paged_attention_reference(query, key_cache, value_cache, block_tables, seqs, lens, BLOCK_SIZE, 0.125)
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-6)

@@ -19,8 +19,9 @@
 // and whichever tile computes it, so a row's result does not depend on its batch. The torch reference in
 // corral/kernels/block_linear.py defines the result (equal within float summation order).
 //
-// AVX2 (+FMA, F16C) loops are picked at run time; a portable loop serves other CPUs. No FMA contraction
-// outside the explicit intrinsics, so every instantiation rounds alike.
+// At run time the widest loops the CPU has are picked: AVX-512 VNNI (vpdpbusd on 256-bit registers: Zen 4,
+// Intel since Ice Lake), AVX2 (+FMA, F16C), or a portable loop. No FMA contraction outside the explicit
+// intrinsics, so every instantiation rounds alike, and the two SIMD loops give bit-identical results.
 
 #pragma GCC optimize("fp-contract=off")
 

@@ -1,10 +1,11 @@
 // Attention straight from the paged KV cache, one query token per row (decodes; every token in
 // batch-invariant mode): keys and values read in place through the block table (no gathered copy of the
-// context), grouped-query heads (and the consecutive rows of one sequence: a draft check) sharing each KV
-// head's reads. The cache is fp32, or int8 rows of head_size
-// codes followed by their float32 scale (corral/kernels/kv_int8.py), dequantized as they are read: a key's
-// scale multiplies its dot product, a value's scale its softmax weight. The torch reference in
-// corral/kernels/paged_attention.py defines the result.
+// context). Each key and value is read and converted once for all the query heads that share its KV head
+// and for all the consecutive rows of one sequence (a draft check: the last token and its drafts). The
+// cache is fp32, or int8 rows of head_size codes followed by their float32 scale
+// (corral/kernels/kv_int8.py), dequantized as they are read: a key's scale multiplies its dot product, a
+// value's scale its softmax weight. The torch reference in corral/kernels/paged_attention.py defines the
+// result within float rounding; a row's own arithmetic never depends on the other rows.
 //
 // The hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at run time
 // (GCC target_clones), so one build runs on both the Zen 3 and the Zen 4 hosts.
