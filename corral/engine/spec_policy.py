@@ -11,8 +11,10 @@ accepted given that drafts ``1 .. j - 1`` were (a hazard per position; positions
 counted). A proposer puts its drafts in buckets by what made it propose them: the n-gram proposer by the
 length of the matched suffix, since a long match is far likelier to go on than a one-token one. Each
 request's own counts are shrunk toward the engine's counts for the bucket (which decay, to follow the
-workload; seeded random requests skip them), and those toward an optimistic prior, so a fresh request
-speculates and backs off on evidence.
+workload), and those toward an optimistic prior, so a fresh request speculates and backs off on evidence.
+Seeded random requests cannot use the engine's counts (see ``_shares_engine_counts``); theirs are shrunk
+toward the request's own counts over all its buckets instead, so that drafts failing in some buckets make
+the request wary of the others before each has failed on its own.
 
 The policy asks for the ``k`` that maximises expected tokens ``1 + sum_j P(drafts 1..j accepted)`` per
 cost ``1 + draft_cost * k``. Before proposing (where a draft costs a draft-model pass) it bounds ``k`` by
@@ -36,9 +38,11 @@ PRIOR_WEIGHT = 2.0
 REQUEST_WEIGHT = 4.0
 # The engine's counts for a bucket shrink by this factor per check in that bucket: about the last 50 count.
 ENGINE_DECAY = 0.98
-# F / c above for the default model on the CPU kernels: conservative (per-step timings on the Zen 3 host give
-# 4-6: a 1-row step ~9-10 ms, each further row ~1.7 ms), so drafts must be likelier to pay before they are asked for.
-FIXED_COST_ROWS = 2.0
+# F / c above for the default model on the CPU kernels, at the low end of what was measured (Zen 3, AVX2: 4-6,
+# a 1-row step ~9-10 ms and each further row ~1.7 ms; Intel Xeon, AVX-512 VNNI: 8-10, ~10 ms and ~1.1 ms).
+# A/B on the Xeon host (paired single-request speed-ups, edit paragraph / edit document / story): 2 gave
+# 1.67-1.75x / 1.73-1.81x / 0.96-1.02x, 4 gave 1.79x / 2.02x / 0.95-0.97x, 6 gave 1.89-1.93x / 1.91-2.14x / 0.95-0.98x.
+FIXED_COST_ROWS = 6.0
 
 
 @dataclass
@@ -66,6 +70,7 @@ class HazardCounts:
 @dataclass
 class _RequestHistory:
     counts: dict[int, HazardCounts] = field(default_factory=dict)  # bucket -> the request's own checks
+    pooled: HazardCounts | None = None  # all of the request's checks, whatever their bucket
     pending_bucket: int = 0  # the bucket of the drafts now being checked
 
 
@@ -145,6 +150,9 @@ class SpeculationPolicy:
         bucket = history.pending_bucket
         size = self.num_speculative_tokens
         history.counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted)
+        if history.pooled is None:
+            history.pooled = HazardCounts.empty(size)
+        history.pooled.record(num_drafts, num_accepted)
         self._engine_counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted, ENGINE_DECAY)
 
     def remove_requests(self, request_ids: Sequence[str]) -> None:
@@ -153,14 +161,17 @@ class SpeculationPolicy:
 
     def acceptance(self, request: Request, bucket: int) -> list[float]:
         """Estimated chance that draft j + 1 is accepted when drafts 1..j were, for j < K."""
-        engine = self._engine_counts.get(bucket) if _shares_engine_counts(request) else None
         history = self._requests.get(request.request_id)
+        if _shares_engine_counts(request):
+            broader = self._engine_counts.get(bucket)
+        else:
+            broader = history.pooled if history else None
         own = history.counts.get(bucket) if history else None
         rates = []
         for j in range(self.num_speculative_tokens):
             rate = PRIOR_ACCEPTANCE
-            if engine is not None:
-                rate = (engine.accepted[j] + PRIOR_WEIGHT * rate) / (engine.reached[j] + PRIOR_WEIGHT)
+            if broader is not None:
+                rate = (broader.accepted[j] + PRIOR_WEIGHT * rate) / (broader.reached[j] + PRIOR_WEIGHT)
             if own is not None:
                 rate = (own.accepted[j] + REQUEST_WEIGHT * rate) / (own.reached[j] + REQUEST_WEIGHT)
             rates.append(rate)

@@ -115,3 +115,20 @@ def test_never_more_drafts_than_tokens_left():
     for _ in range(10):
         check(fixed, request, bucket=0, num_drafts=6, num_accepted=0)
     assert fixed.num_spec_tokens(request) == 6 and fixed.trim(request, 6, bucket=0) == 6
+
+
+def test_a_seeded_random_request_learns_across_its_own_buckets():
+    """Seeded random requests go by their own history only; failures in some buckets lower the others too."""
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0)
+    seeded = SamplingParams(max_tokens=100, temperature=0.8, seed=7)
+    for i in range(30):  # the engine sees always-right drafts in bucket 5 from other requests
+        check(policy, make_request(f"old{i}"), bucket=5, num_drafts=6, num_accepted=6)
+    request = Request("seeded", [1, 2, 3], seeded, max_model_len=256)
+    request.append_token(5)
+    assert policy.acceptance(request, bucket=5) == [PRIOR_ACCEPTANCE] * 6  # not the engine's view
+    for bucket in (1, 2, 3):
+        for _ in range(3):
+            check(policy, request, bucket=bucket, num_drafts=6, num_accepted=0)
+    assert policy.acceptance(request, bucket=5)[0] < 0.3  # never checked there, yet no longer optimistic
+    assert policy.trim(request, 6, bucket=5) == 0
+    assert policy.num_spec_tokens(request) <= 1  # a probe at most
