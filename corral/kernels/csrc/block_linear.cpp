@@ -196,6 +196,31 @@ inline int32_t four_bytes(const int8_t* x) {
   return bytes;
 }
 
+// Block b's integer dot products (8 weight rows in int32 lanes, one register per activation row) into the
+// float sums: acc += (w_scale * x_scale) * dot (+ w_min * x_sum for int4). Shared by the AVX2 and VNNI loops,
+// so both round alike.
+template <int R>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void add_block(__m256 (&acc)[R], const __m256i (&dots)[R], const QuantizedActivations& a, int64_t m,
+                      const BlockWeights& w, int64_t g, int64_t b) {
+  const int64_t offset = w.group_offset(g, b);
+  const __m256 w_scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + offset)));
+  for (int r = 0; r < R; ++r) {
+    const int64_t i = (m + r) * a.blocks + b;
+    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
+  }
+  if (w.bits == 4) {
+    const __m256 w_min = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min + offset)));
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(w_min, _mm256_set1_ps(a.sum[(m + r) * a.blocks + b]), acc[r]);
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void store_rows(const __m256 (&acc)[R], int64_t m, int64_t g, float* y, int64_t ldy) {
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+}
+
 // Activation rows m .. m + R - 1 against the 8 weight rows of group g. Per block, each row's 8 partial sums
 // are one register: int4 codes (0..15) are the unsigned operand of maddubs, so 16 products of at most
 // 15 * 127 add up in int16 without saturation before one widening multiply-add.
@@ -222,17 +247,11 @@ inline void tile_int4(const QuantizedActivations& a, int64_t m, const BlockWeigh
         pairs[r] = _mm256_add_epi16(pairs[r], products);
       }
     }
-    const int64_t offset = w.group_offset(g, b);
-    const __m256 w_scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + offset)));
-    const __m256 w_min = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min + offset)));
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (m + r) * a.blocks + b;
-      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs[r], ones));
-      acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
-      acc[r] = _mm256_fmadd_ps(w_min, _mm256_set1_ps(a.sum[i]), acc[r]);
-    }
+    __m256i dots[R];
+    for (int r = 0; r < R; ++r) dots[r] = _mm256_madd_epi16(pairs[r], ones);
+    add_block<R>(acc, dots, a, m, w, g, b);
   }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+  store_rows<R>(acc, m, g, y, ldy);
 }
 
 // int8 codes are signed: maddubs takes |q_w| and q_x with q_w's sign; a pair of products reaches
@@ -257,14 +276,9 @@ inline void tile_int8(const QuantizedActivations& a, int64_t m, const BlockWeigh
         dots[r] = _mm256_add_epi32(dots[r], _mm256_madd_epi16(pairs, ones));
       }
     }
-    const __m256 w_scale =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + w.group_offset(g, b))));
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (m + r) * a.blocks + b;
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
-    }
+    add_block<R>(acc, dots, a, m, w, g, b);
   }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+  store_rows<R>(acc, m, g, y, ldy);
 }
 
 template <int R>
@@ -308,16 +322,9 @@ inline void tile_int4_vnni(const QuantizedActivations& a, int64_t m, const Block
     }
     __m256i dots[R];
     for (int r = 0; r < R; ++r) dots[r] = _mm256_add_epi32(low_dots[r], high_dots[r]);
-    const int64_t offset = w.group_offset(g, b);
-    const __m256 w_scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + offset)));
-    const __m256 w_min = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.min + offset)));
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (m + r) * a.blocks + b;
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
-      acc[r] = _mm256_fmadd_ps(w_min, _mm256_set1_ps(a.sum[i]), acc[r]);
-    }
+    add_block<R>(acc, dots, a, m, w, g, b);
   }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+  store_rows<R>(acc, m, g, y, ldy);
 }
 
 template <int R>
@@ -339,15 +346,11 @@ inline void tile_int8_vnni(const QuantizedActivations& a, int64_t m, const Block
             _mm256_dpbusd_epi32(dots[r][c & 1], q_abs, _mm256_sign_epi8(_mm256_set1_epi32(four_bytes(x + 4 * c)), q));
       }
     }
-    const __m256 w_scale =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale + w.group_offset(g, b))));
-    for (int r = 0; r < R; ++r) {
-      const int64_t i = (m + r) * a.blocks + b;
-      const __m256i dot = _mm256_add_epi32(dots[r][0], dots[r][1]);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(w_scale, _mm256_set1_ps(a.scale[i])), acc[r]);
-    }
+    __m256i sums[R];
+    for (int r = 0; r < R; ++r) sums[r] = _mm256_add_epi32(dots[r][0], dots[r][1]);
+    add_block<R>(acc, sums, a, m, w, g, b);
   }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
+  store_rows<R>(acc, m, g, y, ldy);
 }
 
 template <int R>
