@@ -70,7 +70,9 @@ class HazardCounts:
 @dataclass
 class _RequestHistory:
     counts: dict[int, HazardCounts] = field(default_factory=dict)  # bucket -> the request's own checks
-    pooled: HazardCounts | None = None  # all of the request's checks, whatever their bucket
+    # all of the request's checks, whatever their bucket: kept only for requests that cannot share the
+    # engine's counts, which shrink toward it instead
+    pooled: HazardCounts | None = None
     pending_bucket: int = 0  # the bucket of the drafts now being checked
 
 
@@ -150,9 +152,10 @@ class SpeculationPolicy:
         bucket = history.pending_bucket
         size = self.num_speculative_tokens
         history.counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted)
-        if history.pooled is None:
-            history.pooled = HazardCounts.empty(size)
-        history.pooled.record(num_drafts, num_accepted)
+        if not _shares_engine_counts(request):
+            if history.pooled is None:
+                history.pooled = HazardCounts.empty(size)
+            history.pooled.record(num_drafts, num_accepted)
         self._engine_counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted, ENGINE_DECAY)
 
     def remove_requests(self, request_ids: Sequence[str]) -> None:

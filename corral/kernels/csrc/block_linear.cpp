@@ -281,15 +281,17 @@ inline void tile_int8(const QuantizedActivations& a, int64_t m, const BlockWeigh
   store_rows<R>(acc, m, g, y, ldy);
 }
 
-template <int R>
-__attribute__((target("avx2,fma,f16c")))
-void tile_avx2(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
-  if (w.bits == 4) {
-    tile_int4<R>(a, m, w, g, y, ldy);
-  } else {
-    tile_int8<R>(a, m, w, g, y, ldy);
+struct Avx2Loops {
+  template <int R>
+  __attribute__((target("avx2,fma,f16c")))
+  static void tile(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
+    if (w.bits == 4) {
+      tile_int4<R>(a, m, w, g, y, ldy);
+    } else {
+      tile_int8<R>(a, m, w, g, y, ldy);
+    }
   }
-}
+};
 
 // ---- AVX-512 VNNI loops (on 256-bit registers) --------------------------------------------------------
 // vpdpbusd multiplies 4 unsigned by 4 signed bytes and adds the 4 products to an int32 lane: one instruction
@@ -353,30 +355,29 @@ inline void tile_int8_vnni(const QuantizedActivations& a, int64_t m, const Block
   store_rows<R>(acc, m, g, y, ldy);
 }
 
-template <int R>
-__attribute__((target(CORRAL_VNNI_TARGET)))
-void tile_vnni(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
-  if (w.bits == 4) {
-    tile_int4_vnni<R>(a, m, w, g, y, ldy);
-  } else {
-    tile_int8_vnni<R>(a, m, w, g, y, ldy);
+struct VnniLoops {
+  template <int R>
+  __attribute__((target(CORRAL_VNNI_TARGET)))
+  static void tile(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
+    if (w.bits == 4) {
+      tile_int4_vnni<R>(a, m, w, g, y, ldy);
+    } else {
+      tile_int8_vnni<R>(a, m, w, g, y, ldy);
+    }
   }
-}
+};
 
-// Rows m_begin .. m_end - 1 against weight group g, kRowTile rows per tile.
-template <void (*Tile1)(const QuantizedActivations&, int64_t, const BlockWeights&, int64_t, float*, int64_t),
-          void (*Tile2)(const QuantizedActivations&, int64_t, const BlockWeights&, int64_t, float*, int64_t),
-          void (*Tile3)(const QuantizedActivations&, int64_t, const BlockWeights&, int64_t, float*, int64_t),
-          void (*Tile4)(const QuantizedActivations&, int64_t, const BlockWeights&, int64_t, float*, int64_t)>
+// Rows m_begin .. m_end - 1 against weight group g, kRowTile rows per tile, by Loops::tile<R>.
+template <typename Loops>
 void row_tiles(const QuantizedActivations& a, int64_t m_begin, int64_t m_end, const BlockWeights& w, int64_t g,
                float* y, int64_t ldy) {
-  static_assert(kRowTile == 4, "one tile function per remainder");
+  static_assert(kRowTile == 4, "one tile instantiation per remainder");
   int64_t m = m_begin;
-  for (; m + kRowTile <= m_end; m += kRowTile) Tile4(a, m, w, g, y, ldy);
+  for (; m + kRowTile <= m_end; m += kRowTile) Loops::template tile<kRowTile>(a, m, w, g, y, ldy);
   switch (m_end - m) {
-    case 3: Tile3(a, m, w, g, y, ldy); break;
-    case 2: Tile2(a, m, w, g, y, ldy); break;
-    case 1: Tile1(a, m, w, g, y, ldy); break;
+    case 3: Loops::template tile<3>(a, m, w, g, y, ldy); break;
+    case 2: Loops::template tile<2>(a, m, w, g, y, ldy); break;
+    case 1: Loops::template tile<1>(a, m, w, g, y, ldy); break;
     default: break;
   }
 }
@@ -390,10 +391,10 @@ void groups(const QuantizedActivations& a, int64_t M, const BlockWeights& w, int
     for (int64_t g = g_begin; g < g_end; ++g) {
       switch (isa) {
         case Isa::kAvx512Vnni:
-          row_tiles<tile_vnni<1>, tile_vnni<2>, tile_vnni<3>, tile_vnni<4>>(a, panel, panel_end, w, g, y, ldy);
+          row_tiles<VnniLoops>(a, panel, panel_end, w, g, y, ldy);
           break;
         case Isa::kAvx2:
-          row_tiles<tile_avx2<1>, tile_avx2<2>, tile_avx2<3>, tile_avx2<4>>(a, panel, panel_end, w, g, y, ldy);
+          row_tiles<Avx2Loops>(a, panel, panel_end, w, g, y, ldy);
           break;
         case Isa::kPortable:
           for (int64_t m = panel; m < panel_end; ++m) tile_portable(a, m, w, g, y + m * ldy);
