@@ -1,7 +1,8 @@
 """The README's weight-format table: each way of running the default model, measured in this one run.
 
 Rows: exact float32 (the reference), the GGUF file's own Q4_1 blocks, and what ``corral quantize`` writes
-(int8 per channel; rtn/awq/gptq int4 at one group size), written under ``--work`` once and reused. Columns:
+(int8 per channel; rtn/awq/gptq int4 at one group size, awq and gptq also without their end-to-end
+tuning), written under ``--work`` once and reused. Columns:
 weight memory (every tensor the model holds, embedding and LM head included), peak RSS of a process that
 loads it and decodes, held-out perplexity and greedy next-token agreement with the exact model
 (``corral eval``, 4096 tokens, windows of 1024), decode tok/s of one stream and of 32 (128 and 64 new tokens,
@@ -92,13 +93,16 @@ def main() -> None:
 
     g = args.group_size
     rows = [("float32 (exact)", None, "none"), ("GGUF Q4_1 g32 (the file)", None, "auto")]
-    for method in ("int8", "rtn-int4", "awq-int4", "gptq-int4"):
-        out = os.path.join(args.work, method if method == "int8" else f"{method}-g{g}")
+    variants = [("int8", "int8", []), ("rtn-int4", f"rtn-int4 g{g}", [])]
+    for method in ("awq-int4", "gptq-int4"):  # each with and without the end-to-end tuning of its groups
+        variants += [(method, f"{method} g{g} untuned", ["--tune-steps", "0"]), (method, f"{method} g{g}", [])]
+    for method, label, extra in variants:
+        out = os.path.join(args.work, label.replace(" ", "-"))
         if not os.path.isdir(out):
             tokens = [] if args.calibration_tokens is None else ["--calibration-tokens", str(args.calibration_tokens)]
             subprocess.run([sys.executable, "-m", "corral.cli.main", "quantize", "--method", method,
-                            "--group-size", str(g), *tokens, "--out", out], check=True)
-        rows.append((method if method == "int8" else f"{method} g{g}", out, "auto"))
+                            "--group-size", str(g), *tokens, *extra, "--out", out], check=True)
+        rows.append((label, out, "auto"))
     results = [run_row(*row) for row in rows]
 
     from corral.loader import load_checkpoint

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, QUANTIZE_METHODS
+from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, DEFAULT_TUNE_STEPS, QUANTIZE_METHODS
+from corral.errors import QuantizationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens of the standard library's train-split docstrings seen by awq/gptq "
                              f"(default: {CALIBRATION_TOKENS['gptq-int4']} for gptq, whose Hessians need many, "
                              f"{DEFAULT_CALIBRATION_TOKENS} for the others)")
+    parser.add_argument("--tune-steps", type=int, default=DEFAULT_TUNE_STEPS,
+                        help="awq/gptq: steps of end-to-end tuning of the int4 groups' scales and mins toward "
+                             f"the float model (default {DEFAULT_TUNE_STEPS}; 0 skips it)")
     parser.add_argument("--out", required=True, help="the directory to create (must not exist)")
 
 
@@ -26,19 +30,33 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from corral.compress.quantize import quantize_checkpoint
+    from corral.compress.tuning import TuningConfig
 
+    if args.tune_steps < 0:
+        raise QuantizationError(f"--tune-steps must be >= 0, got {args.tune_steps}")
     with Progress(transient=True) as progress:
         task = progress.add_task(f"quantize {args.method}", total=None)
+        tune_task = None
 
         def on_layer(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
+        def on_tuning_step(done: int, total: int) -> None:
+            nonlocal tune_task
+            if tune_task is None:
+                tune_task = progress.add_task("tune scales and mins", total=total)
+            progress.update(tune_task, completed=done)
+
         report = quantize_checkpoint(args.model, args.method, args.out, args.group_size,
-                                     args.calibration_tokens, on_layer=on_layer)
+                                     args.calibration_tokens, on_layer=on_layer,
+                                     tuning=TuningConfig(steps=args.tune_steps), on_tuning_step=on_tuning_step)
     fmt = report.packed_format
     group = "per output channel" if fmt.group_size is None else f"groups of {fmt.group_size}"
     print(f"wrote {report.out}: {fmt.method}, {fmt.bits}-bit {group}, {report.weight_bytes / 2**20:.1f} MiB of weights")
     if fmt.method in ("awq-int4", "gptq-int4"):
         print(f"output error of the linears on {report.num_calibration_tokens} calibration tokens: "
               f"{report.error_vs_rtn:.2f}x that of round-to-nearest")
+    if report.tuning is not None:
+        print(f"tuned scales and mins for {report.tuning.steps} steps: KL to the float model "
+              f"{report.tuning.kl_before:.4f} -> {report.tuning.kl_after:.4f} on calibration text")
     return 0

@@ -15,6 +15,9 @@ computes layer i+1's inputs. Methods:
   rounding of the scaled weights against the Hessian of the scaled inputs, loudest input column first, on
   group grids searched against that Hessian (``quantization/gptq.py``).
 
+After either calibrated int4 method, every group's scale and min (not its codes) is tuned end to end
+toward the float model's next-token distribution (``compress/tuning.py``), unless ``tuning`` is None.
+
 The token embedding (and so a tied LM head, or an untied one) is int8 with a scale per row in every method.
 Calibration text is the train split of the standard library's docstrings; evaluation uses the held-out one.
 """
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from corral.compress.tuning import DEFAULT_TUNING, TuningConfig, TuningReport, tune_group_parameters
 from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, QUANTIZE_METHODS
 from corral.errors import QuantizationError
 from corral.layers.linear import Linear
@@ -55,6 +59,7 @@ _SCALE_SEARCH_TOKENS = 4096  # calibration rows on which AWQ's input scales are 
 # GPTQ's damping, x mean(diag H): on the default model 0.1 gave perplexity 11.143, against 11.203 at the
 # usual 0.01 (0.05: 11.286, 0.15: 11.145, 0.3: 11.181)
 _GPTQ_DAMP = 0.1
+TUNED_METHODS = ("awq-int4", "gptq-int4")
 
 
 @dataclass
@@ -69,6 +74,7 @@ class QuantizeReport:
     # round-to-nearest at the same bits and group size
     output_error: dict[str, float] = field(default_factory=dict)
     rtn_output_error: dict[str, float] = field(default_factory=dict)
+    tuning: TuningReport | None = None  # the end-to-end stage, where it ran
 
     @property
     def error_vs_rtn(self) -> float:
@@ -85,10 +91,13 @@ def quantize_checkpoint(
     calibration_tokens: int | None = None,
     sequence_length: int = 512,
     on_layer: Callable[[int, int], None] | None = None,
+    tuning: TuningConfig | None = DEFAULT_TUNING,
+    on_tuning_step: Callable[[int, int], None] | None = None,
 ) -> QuantizeReport:
     """Quantize ``model`` (None: the default model) with ``method`` into the new directory ``out``, written
     to a temporary directory beside it and renamed, so ``out`` never holds half a checkpoint.
-    ``on_layer(done, total)`` is called after each decoder layer."""
+    ``on_layer(done, total)`` is called after each decoder layer, ``on_tuning_step(done, total)`` after each
+    step of the end-to-end tuning (``awq-int4`` and ``gptq-int4``; ``tuning=None`` skips it)."""
     if method not in QUANTIZE_METHODS:
         raise QuantizationError(f"unknown method {method!r} (choose from {', '.join(QUANTIZE_METHODS)})")
     if os.path.exists(out):
@@ -127,6 +136,14 @@ def quantize_checkpoint(
     state["model.embed_tokens.weight"] = quantize_int8(float_model.model.embed_tokens.weight, None)
     if float_model.lm_head is not None:
         state["lm_head.weight"] = quantize_int8(float_model.lm_head.weight, None)
+    if tuning is not None and tuning.steps > 0 and method in TUNED_METHODS:
+        del float_model, sequences, hiddens
+        release_free_memory()
+        ids = tokenizer.encode(stdlib_docstrings("train"))[: tuning.num_tokens]
+        length = min(tuning.sequence_length, len(ids))
+        token_sequences = torch.tensor(ids[: len(ids) // length * length]).view(-1, length)
+        report.tuning = tune_group_parameters(config, weights.materialize(), state, token_sequences, tuning,
+                                              on_tuning_step)
     del weights
     report.weight_bytes = sum(_nbytes(t) for t in state.values())
     _write_atomically(out, config, state, packed_format, tokenizer)

@@ -11,12 +11,14 @@ import torch
 
 from corral import LLM, SamplingParams
 from corral.compress.quantize import quantize_checkpoint
+from corral.compress.tuning import TuningConfig
 from corral.config import QUANTIZE_METHODS
 from corral.errors import ConfigError, QuantizationError
 from corral.loader import load_checkpoint, open_checkpoint
 from corral.quantization.blockwise import BlockLinear, BlockQuantized, quantize_int4, quantize_int8
 
 CALIBRATION = {"calibration_tokens": 384, "sequence_length": 128}
+TUNING = TuningConfig(steps=4, num_tokens=512, sequence_length=128, sequences_per_step=2)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def quantized(tiny_model_dir, tmp_path_factory):
     """method -> (directory, report), each written once for the module."""
     root = tmp_path_factory.mktemp("quantized")
     return {
-        method: (out, quantize_checkpoint(tiny_model_dir, method, out, group_size=32, **CALIBRATION))
+        method: (out, quantize_checkpoint(tiny_model_dir, method, out, group_size=32, tuning=TUNING, **CALIBRATION))
         for method in QUANTIZE_METHODS
         for out in [str(root / method)]
     }
@@ -73,6 +75,16 @@ def test_calibrated_methods_beat_round_to_nearest(quantized, method):
     assert report.num_calibration_tokens == 384
     assert set(report.output_error) == set(report.rtn_output_error) and len(report.output_error) == 8
     assert report.error_vs_rtn < 0.9, report.error_vs_rtn
+
+
+@pytest.mark.parametrize("method", QUANTIZE_METHODS)
+def test_calibrated_methods_then_tune_their_groups_end_to_end(quantized, method):
+    tuning = quantized[method][1].tuning
+    if method not in ("awq-int4", "gptq-int4"):
+        assert tuning is None
+        return
+    assert tuning.steps == TUNING.steps
+    assert tuning.kl_after < tuning.kl_before, tuning
 
 
 @pytest.mark.parametrize("method", QUANTIZE_METHODS)
