@@ -43,8 +43,9 @@ DEFAULT_TUNING = TuningConfig()
 @dataclass
 class TuningReport:
     steps: int
-    kl_before: float  # mean KL on the first steps' worth of calibration sequences, before and after tuning
+    kl_before: float  # mean KL on the first four steps' worth of calibration sequences, before and after
     kl_after: float
+    step_losses: list[float]  # each step's batch KL, before its update
 
 
 class TunableGroups(nn.Module):
@@ -112,15 +113,18 @@ def tune_group_parameters(
 
     def mean_kl() -> float:
         with torch.no_grad():
-            return kl(token_sequences[: tuning.sequences_per_step]).item()
+            parts = token_sequences[: 4 * tuning.sequences_per_step].split(tuning.sequences_per_step)
+            return sum(kl(part).item() for part in parts) / len(parts)
 
     kl_before = mean_kl()
     generator = torch.Generator().manual_seed(tuning.seed)
     optimizer = torch.optim.Adam(groups.parameters(), lr=tuning.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, tuning.steps))
+    step_losses = []
     for step in range(tuning.steps):
         batch = torch.randint(0, len(token_sequences), (tuning.sequences_per_step,), generator=generator)
         loss = kl(token_sequences[batch])
+        step_losses.append(loss.item())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -130,7 +134,7 @@ def tune_group_parameters(
     for key, tunable in groups.items():
         name = _state_name(key)
         state[name] = tunable.blocks(state[name].values)
-    return TuningReport(tuning.steps, kl_before, mean_kl())
+    return TuningReport(tuning.steps, kl_before, mean_kl(), step_losses)
 
 
 def _key(index: int, name: str) -> str:  # ModuleDict keys may not contain dots
