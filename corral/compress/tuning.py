@@ -31,7 +31,7 @@ LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
 class TuningConfig:
     steps: int = DEFAULT_TUNE_STEPS
     learning_rate: float = 1e-3
-    num_tokens: int = 16384  # of the calibration text's train split
+    num_tokens: int = 32768  # of the calibration text's train split
     sequence_length: int = 256
     sequences_per_step: int = 4
     seed: int = 0
