@@ -2,7 +2,9 @@
 
 Rows: exact float32 (the reference), the GGUF file's own Q4_1 blocks, and what ``corral quantize`` writes
 (int8 per channel; rtn/awq/gptq int4 at one group size, awq and gptq also without their end-to-end
-tuning), written under ``--work`` once and reused. Columns:
+tuning), written under ``--work`` once and reused; each runs with its own activation rounding (the file's:
+8 bits; a ``corral quantize`` directory's: 16), and the file, awq and gptq also with the other one
+(``activation_bits``). Columns:
 weight memory (every tensor the model holds, embedding and LM head included), peak RSS of a process that
 loads it and decodes, held-out perplexity and greedy next-token agreement with the exact model
 (``corral eval``, 4096 tokens, windows of 1024), decode tok/s of one stream and of 32 (128 and 64 new tokens,
@@ -25,14 +27,15 @@ BF16_BYTES_PER_PARAMETER = 2  # SmolLM2's own release is bfloat16: the memory ta
 EVAL_ARGS = ["--tokens", "4096", "--window", "1024"]
 
 
-def measure_row(model: str | None, quantization: str) -> dict[str, Any]:
+def measure_row(model: str | None, quantization: str, activation_bits: int | None = None) -> dict[str, Any]:
     """In this process: load, count the weight bytes, time decoding, report the peak RSS."""
     import resource
     import time
 
     from corral import LLM, SamplingParams
 
-    llm = LLM(model=model, quantization=quantization, kv_cache_memory=64 * 1024**2, max_model_len=1024)
+    llm = LLM(model=model, quantization=quantization, kv_cache_memory=64 * 1024**2, max_model_len=1024,
+              activation_bits=activation_bits)
     model_module = llm.engine.core.runner.model
     packed = {id(m.packed): m.packed for m in model_module.modules() if getattr(m, "packed", None) is not None}
     weight_bytes = sum(p.nbytes for p in model_module.parameters()) + sum(p.nbytes() for p in packed.values())
@@ -63,10 +66,12 @@ def corral(*args: str) -> dict[str, Any]:
         return json.load(open(out.name))
 
 
-def run_row(label: str, model: str | None, quantization: str) -> dict[str, Any]:
+def run_row(label: str, model: str | None, quantization: str, activation_bits: int | None = None) -> dict[str, Any]:
     model_args = [] if model is None else ["--model", model]
+    if activation_bits is not None:
+        model_args += ["--activation-bits", str(activation_bits)]
     code = f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import quant_formats as q; " \
-           f"print(json.dumps(q.measure_row({model!r}, {quantization!r})))"
+           f"print(json.dumps(q.measure_row({model!r}, {quantization!r}, {activation_bits!r})))"
     measured = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                          text=True).stdout.strip().splitlines()[-1])
     ppl = corral("eval", "perplexity", *model_args, "--quantization", quantization, *EVAL_ARGS)
@@ -92,7 +97,8 @@ def main() -> None:
     args = parser.parse_args()
 
     g = args.group_size
-    rows = [("float32 (exact)", None, "none"), ("GGUF Q4_1 g32 (the file)", None, "auto")]
+    rows = [("float32 (exact)", None, "none"), ("GGUF Q4_1 g32 (the file)", None, "auto"),
+            ("GGUF Q4_1 g32, 16-bit activations", None, "auto", 16)]
     variants = [("int8", "int8", []), ("rtn-int4", f"rtn-int4 g{g}", [])]
     for method in ("awq-int4", "gptq-int4"):  # each with and without the end-to-end tuning of its groups
         variants += [(method, f"{method} g{g} untuned", ["--tune-steps", "0"]), (method, f"{method} g{g}", [])]
@@ -103,6 +109,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "corral.cli.main", "quantize", "--method", method,
                             "--group-size", str(g), *tokens, *extra, "--out", out], check=True)
         rows.append((label, out, "auto"))
+        if label.endswith(f"int4 g{g}") and method != "rtn-int4":
+            rows.append((f"{label}, 8-bit activations", out, "auto", 8))
     results = [run_row(*row) for row in rows]
 
     from corral.loader import load_checkpoint

@@ -22,6 +22,13 @@ DEFAULT_CALIBRATION_TOKENS = 2048
 # 4 x 256 tokens: on the default model, packed, awq's held-out perplexity goes 11.195 -> 11.133 -> 11.089
 # at 16 -> 48 -> 96 steps (the last over 32k tokens), gptq's 11.129 -> 11.106 -> 10.957 (about 8 s a step here).
 DEFAULT_TUNE_STEPS = 96
+# How finely the block kernels round a linear's input (kernels/block_linear.py): 8 bits, as llama.cpp does
+# (the fastest), or 16 as two int8 planes (twice the integer work: on the default model 1.2x the time of a
+# linear at one row, 1.7x at 32). `corral quantize` directories run at 16 unless written with 8: their
+# weights are meant to be the only rounding (at 8 bits, awq-int4 g64's held-out perplexity is 0.7% worse);
+# GGUF files and int4 run at 8.
+ACTIVATION_BITS = (8, 16)
+DEFAULT_QUANTIZED_ACTIVATION_BITS = 16
 # auto: int8 when the weights run quantized on the CPU, else the model's dtype ("model")
 KV_CACHE_DTYPES = ("auto", "model", "int8")
 

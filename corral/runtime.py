@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS, CacheConfig, SchedulerConfig, SpeculativeConfig
+from corral.config import (
+    ACTIVATION_BITS,
+    KV_CACHE_DTYPES,
+    QUANTIZATIONS,
+    CacheConfig,
+    SchedulerConfig,
+    SpeculativeConfig,
+)
 from corral.engine.block_manager import KVCacheManager
 from corral.engine.core import EngineCore
 from corral.engine.kv_cache import allocate_kv_caches, num_blocks_for_budget
@@ -27,7 +34,7 @@ from corral.models.loading import first_layers, load_model
 from corral.models.spec import ModelConfig
 from corral.platform import release_free_memory
 from corral.quantization.base import QuantMethod
-from corral.quantization.blockwise import BlockMethod
+from corral.quantization.blockwise import BlockMethod, set_activation_bits_
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.spec_decode.draft_model import DraftModelProposer
@@ -58,6 +65,9 @@ class EngineArgs:
     kv_cache_memory: int | float = 512 * 1024**2
     # one of config.KV_CACHE_DTYPES; int8: codes + a float32 scale per token and KV head (3.76x the tokens of fp32)
     kv_cache_dtype: str = "auto"
+    # Block-quantized weights (gguf, int4, corral quantize directories): 8 or 16-bit rounding of each linear's
+    # input (config.ACTIVATION_BITS); None: the directory's own (16 unless written with 8), else 8.
+    activation_bits: int | None = None
     enable_prefix_caching: bool = True
     num_gpu_blocks_override: int | None = None
     # Every token's attention through one per-token kernel, so greedy output does not depend on batching,
@@ -113,11 +123,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_quantization(
-    name: str, device: torch.device, dtype: torch.dtype, model: str | None = None
+    name: str, device: torch.device, dtype: torch.dtype, model: str | None = None, activation_bits: int | None = None
 ) -> QuantMethod | None:
+    if activation_bits is not None and activation_bits not in ACTIVATION_BITS:
+        raise ConfigError(f"unsupported activation_bits {activation_bits} (choose from {ACTIVATION_BITS})")
     stored = stored_packed_format(None if is_gguf(model) else model)
     if stored is not None:
-        return _stored_quantization(name, stored, device, dtype, model)
+        method = _stored_quantization(name, stored, device, dtype, model, activation_bits)
+    else:
+        method = _fresh_quantization(name, device, dtype, model, activation_bits)
+    if activation_bits is not None and not isinstance(method, BlockMethod):
+        raise ConfigError(
+            f"activation_bits applies to block-quantized weights (gguf, int4, corral quantize directories), "
+            f"not to quantization {name}"
+        )
+    return method
+
+
+def _fresh_quantization(
+    name: str, device: torch.device, dtype: torch.dtype, model: str | None, activation_bits: int | None
+) -> QuantMethod | None:
     if name == "auto":
         name = _auto_quantization(device, dtype, model)
     if name == "none":
@@ -128,11 +153,19 @@ def resolve_quantization(
     if name == "int8":
         return Int8Method()
     # int4: round-to-nearest, group 32; gguf: the file's own Q4_0/Q4_1/Q8_0 blocks, kept packed
-    return BlockMethod(name, linear_bits=4 if name == "int4" else 8, keeps_stored_blocks=name == "gguf")
+    return BlockMethod(
+        name, linear_bits=4 if name == "int4" else 8, keeps_stored_blocks=name == "gguf",
+        activation_bits=activation_bits or 8,
+    )
 
 
 def _stored_quantization(
-    name: str, stored: PackedFormat, device: torch.device, dtype: torch.dtype, model: str | None
+    name: str,
+    stored: PackedFormat,
+    device: torch.device,
+    dtype: torch.dtype,
+    model: str | None,
+    activation_bits: int | None,
 ) -> QuantMethod | None:
     """A ``corral quantize`` directory runs as stored (auto) or dequantized to float (none), nothing else."""
     if name == "none":
@@ -143,7 +176,9 @@ def _stored_quantization(
             "or none to dequantize it"
         )
     _check_cpu_float32(stored.method, device, dtype)
-    return BlockMethod(stored.method, linear_bits=8, keeps_stored_blocks=True)
+    return BlockMethod(
+        stored.method, linear_bits=8, keeps_stored_blocks=True, activation_bits=activation_bits or stored.activation_bits
+    )
 
 
 def _check_cpu_float32(name: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -184,7 +219,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    model_config, model, quant_method = _load(args.model, args.quantization, dtype, device, tokenizer)
+    model_config, model, quant_method = _load(
+        args.model, args.quantization, dtype, device, tokenizer, activation_bits=args.activation_bits
+    )
 
     scheduler_config = args.scheduler_config(model_config.max_position_embeddings)
     cache = args.cache_config(resolve_kv_cache_dtype(args.kv_cache_dtype, quant_method))
@@ -219,9 +256,10 @@ def _load(
     device: torch.device,
     tokenizer: Tokenizer,
     num_layers: int | None = None,
+    activation_bits: int | None = None,
 ) -> tuple[ModelConfig, torch.nn.Module, QuantMethod | None]:
     """A checkpoint's model (its first ``num_layers`` decoder layers, if given), packed as ``quantization`` says."""
-    quant_method = resolve_quantization(quantization, device, dtype, path)
+    quant_method = resolve_quantization(quantization, device, dtype, path, activation_bits)
     keep_blocks = isinstance(quant_method, BlockMethod) and quant_method.keeps_stored_blocks
     if quant_method is not None and quant_method.name == "gguf" and not is_gguf(path):
         raise ConfigError(f"quantization gguf keeps a GGUF file's blocks, but {path} is not a .gguf file")
@@ -235,6 +273,8 @@ def _load(
     )
     model = load_model(model_config, weights, dtype, device, quant_method, calibration_ids)
     del weights  # closes the checkpoint's file mappings
+    if isinstance(quant_method, BlockMethod):
+        set_activation_bits_(model, quant_method.activation_bits)  # blocks the checkpoint stored packed, too
     if quant_method is not None:
         logger.info("weights quantized: %s", quant_method.name)
     release_free_memory()

@@ -51,14 +51,16 @@ def test_batching_invariance_with_chunked_prefill_and_preemption(
     assert_no_leaks(small)
 
 
-@pytest.mark.parametrize("kv_cache_dtype", ["model", "int8"])
-def test_fused_decode_layers_give_the_module_paths_tokens(kv_cache_dtype):
+@pytest.mark.parametrize("kv_cache_dtype, activation_bits", [("model", None), ("int8", None), ("model", 16)])
+def test_fused_decode_layers_give_the_module_paths_tokens(kv_cache_dtype, activation_bits):
     # gguf keeps the file's blocks: all-decode steps run one C++ call per layer, mixed steps the modules.
     # No prefix cache: a second run would prefill only the uncached tails, which SDPA rounds differently.
     llm = LLM(dtype="float32", quantization="gguf", max_model_len=256, kv_cache_memory=32 * 1024**2,
-              enable_prefix_caching=False, kv_cache_dtype=kv_cache_dtype)
+              enable_prefix_caching=False, kv_cache_dtype=kv_cache_dtype, activation_bits=activation_bits)
     model = llm.engine.core.runner.model
     assert model.decode_layers is not None
+    packed_bits = {m.packed.activation_bits for m in model.modules() if getattr(m, "packed", None) is not None}
+    assert packed_bits == {activation_bits or 8}
     prompts = mixed_prompts(5)
     fused = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(16), use_tqdm=False)]
     packed, model.decode_layers = model.decode_layers, None

@@ -34,6 +34,15 @@ def test_auto_is_exact_off_the_cpu_float32_path():
         resolve_quantization("fp4", CPU, torch.float32)
 
 
+def test_activation_bits_apply_to_block_quantized_weights_only():
+    assert resolve_quantization("gguf", CPU, torch.float32).activation_bits == 8  # llama.cpp's rounding
+    assert resolve_quantization("int4", CPU, torch.float32, activation_bits=16).activation_bits == 16
+    with pytest.raises(ConfigError, match="applies to block-quantized weights"):
+        resolve_quantization("none", CPU, torch.float32, activation_bits=16)
+    with pytest.raises(ConfigError, match="unsupported activation_bits"):
+        resolve_quantization("gguf", CPU, torch.float32, activation_bits=12)
+
+
 def test_kv_cache_dtype_auto_follows_the_weights():
     assert resolve_kv_cache_dtype("auto", BlockMethod("gguf", 8)) == "int8"
     assert resolve_kv_cache_dtype("auto", None) == "model"

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 
-from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
+from corral.config import ACTIVATION_BITS, KV_CACHE_DTYPES, QUANTIZATIONS
 
 STDLIB = "stdlib"  # the held-out split of the standard library's docstrings (corral.quantization.corpus)
 
@@ -28,6 +28,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--kv-cache-dtype", default="model", choices=KV_CACHE_DTYPES[1:],
                         help="K/V format inside each window (default: the model's dtype)")
+    parser.add_argument("--activation-bits", type=int, default=None, choices=ACTIVATION_BITS,
+                        help="how finely block-quantized weights' kernels round each linear's input: 8 (llama.cpp's, the "
+                             "fastest) or 16 (twice the integer work, nearly no rounding error); default: a "
+                             "corral quantize directory's own, else 8")
     parser.add_argument("--dataset", default=STDLIB,
                         help="'stdlib' (held-out standard-library docstrings, the default) or a UTF-8 text file")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of the dataset to score")
@@ -54,22 +58,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--dataset {args.dataset!r} is neither 'stdlib' nor a text file")
 
-    def load(model: str | None, quantization: str):
+    def load(model: str | None, quantization: str, activation_bits: int | None = None):
         # Windows run as dense prefills with their own scratch K/V: the engine's pool stays minimal.
         engine = build_engine(EngineArgs(model=model, quantization=quantization, max_model_len=16,
-                                         kv_cache_memory=4 * 1024**2))
+                                         kv_cache_memory=4 * 1024**2, activation_bits=activation_bits))
         context = engine.core.runner.model.config.max_position_embeddings
         if args.window > context:
             raise ConfigError(f"--window {args.window} exceeds the model's context of {context} tokens")
         return engine
 
-    engine = load(args.model, args.quantization)
+    engine = load(args.model, args.quantization, args.activation_bits)
     token_ids = engine.tokenizer.encode(text)[: args.tokens]
     stride = args.stride if args.stride is not None else args.window // 2
     windows = evaluate.sliding_windows(token_ids, args.window, stride)
     result: dict[str, object] = {
         "metric": args.metric, "model": args.model or "default", "quantization": args.quantization,
-        "kv_cache_dtype": args.kv_cache_dtype, "dataset": args.dataset, "window": args.window,
+        "kv_cache_dtype": args.kv_cache_dtype, "activation_bits": args.activation_bits, "dataset": args.dataset, "window": args.window,
         "stride": stride,
     }
     with Progress(transient=True) as progress:

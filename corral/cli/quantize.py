@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, DEFAULT_TUNE_STEPS, QUANTIZE_METHODS
+from corral.config import (
+    ACTIVATION_BITS,
+    CALIBRATION_TOKENS,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_QUANTIZED_ACTIVATION_BITS,
+    DEFAULT_TUNE_STEPS,
+    QUANTIZE_METHODS,
+)
 from corral.errors import QuantizationError
 
 
@@ -23,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-steps", type=int, default=DEFAULT_TUNE_STEPS,
                         help="awq/gptq: steps of end-to-end tuning of the int4 groups' scales and mins toward "
                              f"the float model (default {DEFAULT_TUNE_STEPS}; 0 skips it)")
+    parser.add_argument("--activation-bits", type=int, default=DEFAULT_QUANTIZED_ACTIVATION_BITS,
+                        choices=ACTIVATION_BITS,
+                        help="how finely the kernels round each linear's input when the directory runs, and "
+                             f"so in the searches (default {DEFAULT_QUANTIZED_ACTIVATION_BITS}; 8 is faster, "
+                             "as a GGUF file runs)")
     parser.add_argument("--out", required=True, help="the directory to create (must not exist)")
 
 
@@ -49,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
 
         report = quantize_checkpoint(args.model, args.method, args.out, args.group_size,
                                      args.calibration_tokens, on_layer=on_layer,
-                                     tuning=TuningConfig(steps=args.tune_steps), on_tuning_step=on_tuning_step)
+                                     tuning=TuningConfig(steps=args.tune_steps), on_tuning_step=on_tuning_step,
+                                     activation_bits=args.activation_bits)
     fmt = report.packed_format
     group = "per output channel" if fmt.group_size is None else f"groups of {fmt.group_size}"
-    print(f"wrote {report.out}: {fmt.method}, {fmt.bits}-bit {group}, {report.weight_bytes / 2**20:.1f} MiB of weights")
+    print(f"wrote {report.out}: {fmt.method}, {fmt.bits}-bit {group}, {report.weight_bytes / 2**20:.1f} MiB of weights, "
+          f"{fmt.activation_bits}-bit activations")
     if fmt.method in ("awq-int4", "gptq-int4"):
         print(f"output error of the linears on {report.num_calibration_tokens} calibration tokens: "
               f"{report.error_vs_rtn:.2f}x that of round-to-nearest")

@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 import torch
 
 from corral.compress.tuning import DEFAULT_TUNING, TuningConfig, TuningReport, tune_group_parameters
-from corral.config import CALIBRATION_TOKENS, DEFAULT_CALIBRATION_TOKENS, QUANTIZE_METHODS
+from corral.config import (
+    CALIBRATION_TOKENS,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_QUANTIZED_ACTIVATION_BITS,
+    QUANTIZE_METHODS,
+)
 from corral.errors import QuantizationError
 from corral.layers.linear import Linear
 from corral.loader import PackedFormat, load_tokenizer, open_checkpoint, save_hf_dir
@@ -93,16 +98,20 @@ def quantize_checkpoint(
     on_layer: Callable[[int, int], None] | None = None,
     tuning: TuningConfig | None = DEFAULT_TUNING,
     on_tuning_step: Callable[[int, int], None] | None = None,
+    activation_bits: int = DEFAULT_QUANTIZED_ACTIVATION_BITS,
 ) -> QuantizeReport:
     """Quantize ``model`` (None: the default model) with ``method`` into the new directory ``out``, written
     to a temporary directory beside it and renamed, so ``out`` never holds half a checkpoint.
     ``on_layer(done, total)`` is called after each decoder layer, ``on_tuning_step(done, total)`` after each
-    step of the end-to-end tuning (``awq-int4`` and ``gptq-int4``; ``tuning=None`` skips it)."""
+    step of the end-to-end tuning (``awq-int4`` and ``gptq-int4``; ``tuning=None`` skips it). The directory
+    runs with its linears' inputs rounded to ``activation_bits``, and the searches measure errors so."""
     if method not in QUANTIZE_METHODS:
         raise QuantizationError(f"unknown method {method!r} (choose from {', '.join(QUANTIZE_METHODS)})")
     if os.path.exists(out):
         raise QuantizationError(f"{out} already exists: choose a new output directory")
-    packed_format = PackedFormat(method, 8 if method == "int8" else 4, None if method == "int8" else group_size)
+    packed_format = PackedFormat(
+        method, 8 if method == "int8" else 4, None if method == "int8" else group_size, activation_bits
+    )
     config, weights = open_checkpoint(model, torch.float32)
     _check_shapes(config, packed_format)
     tokenizer = load_tokenizer(model)
@@ -184,16 +193,17 @@ def _pack_layer(
 ) -> dict[str, BlockQuantized]:
     """Pack the linears of layer ``index`` in place (their float weights are dropped); returns their blocks."""
     linears = model.input_scaled_linears(index)
-    method, group = packed_format.method, packed_format.group_size
+    method, group, activation_bits = packed_format.method, packed_format.group_size, packed_format.activation_bits
     prefix = f"model.layers.{index}."
     sample = {name: x[:: max(1, len(x) // _ERROR_SAMPLE_TOKENS)] for name, x in inputs.items()}
     rtn: dict[str, BlockQuantized] = {}  # round-to-nearest: the baseline every method is compared with
     for name, linear in linears.items():
         rtn[name] = quantize_int8(linear.weight, None) if method == "int8" else quantize_int4(linear.weight, group)
-        report.rtn_output_error[prefix + name] = _output_error(BlockLinear(rtn[name], linear.bias), sample[name], linear)
+        rtn_linear = BlockLinear(rtn[name], linear.bias, activation_bits)
+        report.rtn_output_error[prefix + name] = _output_error(rtn_linear, sample[name], linear)
     if method in ("awq-int4", "gptq-int4"):
         search = {name: x[:: max(1, len(x) // _SCALE_SEARCH_TOKENS)] for name, x in inputs.items()}
-        input_scales = _apply_awq_scales(model, index, search, group)
+        input_scales = _apply_awq_scales(model, index, search, group, activation_bits)
         inputs = {name: x / input_scales[name] for name, x in inputs.items()}
         sample = {name: x / input_scales[name] for name, x in sample.items()}
 
@@ -212,20 +222,20 @@ def _pack_layer(
             hessian = HessianAccumulator(weight.shape[1])
             hessian.add(inputs[name])
             blocks[name] = gptq_int4(weight, hessian.hessian(), group, damp=_GPTQ_DAMP, act_order=True)
-        packed = BlockLinear(blocks[name], linear.bias)
+        packed = BlockLinear(blocks[name], linear.bias, activation_bits)
         report.output_error[prefix + name] = _output_error(packed, sample[name], linear)
-        linear.load_blocks_(blocks[name])
+        linear.load_blocks_(blocks[name], activation_bits)  # the next layers calibrate on its outputs
     return blocks
 
 
 def _apply_awq_scales(
-    model: LlamaForCausalLM, index: int, inputs: Mapping[str, torch.Tensor], group_size: int
+    model: LlamaForCausalLM, index: int, inputs: Mapping[str, torch.Tensor], group_size: int, activation_bits: int
 ) -> dict[str, torch.Tensor]:
     """Search AWQ's input scales for each linear of layer ``index`` on its float inputs and fold them in."""
     scales: dict[str, torch.Tensor] = {}
     for name, linear in model.input_scaled_linears(index).items():
         tie = model.share_o_proj_scales if name == "self_attn.o_proj" else None
-        scales[name], _, _ = search_input_scales(inputs[name], linear.weight, group_size, tie)
+        scales[name], _, _ = search_input_scales(inputs[name], linear.weight, group_size, tie, activation_bits)
     model.scale_layer_inputs_(index, scales)
     return scales
 

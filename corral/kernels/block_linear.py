@@ -1,6 +1,8 @@
-"""``x @ W.T (+ b)`` for a group-quantized ``W`` (int4 with mins, or int8), activations quantized to int8 in
-blocks of 32 per row: the C++ kernel when built, else the torch reference below, which defines the result
-(the kernel sums in another order: equal within float rounding).
+"""``x @ W.T (+ b)`` for a group-quantized ``W`` (int4 with mins, or int8), activations quantized in blocks
+of 32 per row, to int8 or to 16 bits (``254 * q + r`` with q and r int8: two planes of the same integer dot
+products, which removes nearly all the activation rounding error for twice the integer work): the C++
+kernel when built, else the torch reference below, which defines the result (the kernel sums in another
+order: equal within float rounding).
 
 Row-major layout (``corral/quantization/blockwise.py`` builds it, the reference reads it): ``values`` is
 ``[N, K / 2]`` uint8 for int4 (in each group of 32, element j in the low nibble of byte j and element j + 16
@@ -18,6 +20,8 @@ import torch
 from corral.kernels import cpu_extension
 
 ACTIVATION_BLOCK = 32
+ACTIVATION_BITS = (8, 16)
+RESIDUAL_RADIX = 254  # a 16-bit activation is RESIDUAL_RADIX * q + r
 INTERLEAVED_ROWS = 8
 _CHUNK_BYTES = 4  # bytes of one row next to the same bytes of the 7 other rows of its group
 
@@ -95,12 +99,18 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     return (low | (high << 4)).reshape(codes.shape[0], -1)
 
 
-def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
-    """``x`` rounded as the kernel quantizes it: symmetric int8 per block of 32 values of a row."""
+def fake_quantize_activations(x: torch.Tensor, activation_bits: int = 8) -> torch.Tensor:
+    """``x`` rounded as the kernel quantizes it, per block of 32 values of a row: symmetric int8 (q), or
+    16 bits, q plus its residual r = round((x / step - q) * 254) on a step 254 times finer."""
     blocks = x.view(x.shape[0], -1, ACTIVATION_BLOCK)
-    scale = blocks.abs().amax(dim=2, keepdim=True) / 127
-    inverse = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
-    return ((blocks * inverse).round() * scale).view_as(x)
+    step = blocks.abs().amax(dim=2, keepdim=True) / 127
+    inverse = torch.where(step > 0, 1 / step, torch.zeros_like(step))
+    scaled = blocks * inverse
+    q = scaled.round()
+    if activation_bits == 16:
+        r = ((scaled - q) * RESIDUAL_RADIX).round()
+        return ((q * RESIDUAL_RADIX + r) * (step / RESIDUAL_RADIX)).view_as(x)
+    return (q * step).view_as(x)
 
 
 def block_linear_reference(
@@ -111,19 +121,24 @@ def block_linear_reference(
     bias: torch.Tensor | None,
     bits: int,
     group_size: int,
+    activation_bits: int = 8,
 ) -> torch.Tensor:  # [M, N]
     codes = unpack_int4(values) if bits == 4 else values
     scaled = codes.float() * scales.float().repeat_interleave(group_size, dim=1)
-    y = fake_quantize_activations(x) @ scaled.T
+    y = fake_quantize_activations(x, activation_bits) @ scaled.T
     if mins is not None:  # the min term multiplies the exact activations
         y += x @ mins.float().repeat_interleave(group_size, dim=1).T
     return y if bias is None else y + bias
 
 
-def block_linear(x: torch.Tensor, weights: InterleavedBlocks, bias: torch.Tensor | None) -> torch.Tensor:
+def block_linear(
+    x: torch.Tensor, weights: InterleavedBlocks, bias: torch.Tensor | None, activation_bits: int = 8
+) -> torch.Tensor:
     kernels = cpu_extension.load()
     if kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2:
         w = weights
-        return kernels.block_linear(x, w.values, w.scales, w.mins, bias, w.bits, w.group_size, w.out_features)
+        return kernels.block_linear(
+            x, w.values, w.scales, w.mins, bias, w.bits, w.group_size, w.out_features, activation_bits
+        )
     values, scales, mins = deinterleave_rows(weights)
-    return block_linear_reference(x, values, scales, mins, bias, weights.bits, weights.group_size)
+    return block_linear_reference(x, values, scales, mins, bias, weights.bits, weights.group_size, activation_bits)

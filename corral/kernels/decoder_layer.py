@@ -16,10 +16,12 @@ from corral.kernels.block_linear import InterleavedBlocks
 
 
 class BlockLinearParts(NamedTuple):
-    """One block-quantized linear layer: its weights in the kernel's layout and its bias."""
+    """One block-quantized linear layer: its weights in the kernel's layout, its bias, and how finely its
+    input is rounded (8 or 16 bits)."""
 
     weights: InterleavedBlocks
     bias: torch.Tensor | None
+    activation_bits: int
 
 
 def pack_decoder_layer(
@@ -40,8 +42,8 @@ def pack_decoder_layer(
     if kernels is None or input_norm.dtype != torch.float32:
         return None
     linears = [
-        kernels.BlockLinearWeights(w.values, w.scales, w.mins, bias, w.bits, w.group_size, w.out_features)
-        for w, bias in (qkv_proj, o_proj, gate_up_proj, down_proj)
+        kernels.BlockLinearWeights(w.values, w.scales, w.mins, bias, w.bits, w.group_size, w.out_features, bits)
+        for w, bias, bits in (qkv_proj, o_proj, gate_up_proj, down_proj)
     ]
     return kernels.DecoderLayerWeights(
         *linears, input_norm, post_attention_norm, eps, num_heads, num_kv_heads, head_size, head_size**-0.5,

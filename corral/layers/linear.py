@@ -49,9 +49,9 @@ class Linear(nn.Module):
         self.weight = None
         self.bias = None
 
-    def load_blocks_(self, weight: BlockQuantized) -> None:
+    def load_blocks_(self, weight: BlockQuantized, activation_bits: int = 8) -> None:
         """Take weights that a checkpoint stores packed (the bias, if any, must be loaded already)."""
-        self.packed = BlockLinear(weight, self.bias)
+        self.packed = BlockLinear(weight, self.bias, activation_bits)
         self.weight = None
         self.bias = None
 

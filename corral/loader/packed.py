@@ -2,7 +2,9 @@
 stored as ``BlockQuantized`` blocks instead of floats.
 
 ``config.json`` carries ``"quantization_config": {"quant_method": "corral", "format_version": 1, "method":
-..., "bits": ..., "group_size": ...}`` describing the decoder layers' linear weights; the token embedding
+..., "bits": ..., "group_size": ..., "activation_bits": ...}`` describing the decoder layers' linear weights
+and how finely the kernels round their inputs (8 when absent: directories written before the key existed
+ran at 8); the token embedding
 (and an untied LM head) is always int8 with one scale per row. A packed matrix ``X.weight`` is stored as
 
     X.qweight  int4: [rows, cols / 2] uint8 (two codes per byte, as ``kernels.block_linear`` packs them);
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from corral.config import QUANTIZE_METHODS
+from corral.config import ACTIVATION_BITS, DEFAULT_QUANTIZED_ACTIVATION_BITS, QUANTIZE_METHODS
 from corral.errors import ModelLoadError, QuantizationError
 from corral.quantization.blockwise import BlockQuantized
 
@@ -38,6 +40,7 @@ class PackedFormat:
     method: str  # one of config.QUANTIZE_METHODS
     bits: int
     group_size: int | None
+    activation_bits: int = DEFAULT_QUANTIZED_ACTIVATION_BITS  # config.ACTIVATION_BITS: rounding of linears' inputs
 
     def __post_init__(self) -> None:
         if self.method not in QUANTIZE_METHODS:
@@ -46,6 +49,8 @@ class PackedFormat:
             raise QuantizationError(f"method {self.method} stores {self.bits}-bit weights")
         if self.group_size is None and self.bits == 4 or self.group_size is not None and self.group_size < 1:
             raise QuantizationError(f"invalid group size {self.group_size} for {self.bits}-bit weights")
+        if self.activation_bits not in ACTIVATION_BITS:
+            raise QuantizationError(f"activation bits must be one of {ACTIVATION_BITS}, got {self.activation_bits}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,7 @@ class PackedFormat:
             "method": self.method,
             "bits": self.bits,
             "group_size": self.group_size,
+            "activation_bits": self.activation_bits,
         }
 
     @classmethod
@@ -65,7 +71,8 @@ class PackedFormat:
         if raw.get("format_version") != FORMAT_VERSION:
             raise ModelLoadError(f"{source}: packed format version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
         try:
-            return cls(str(raw["method"]), int(raw["bits"]), None if raw["group_size"] is None else int(raw["group_size"]))
+            group_size = None if raw["group_size"] is None else int(raw["group_size"])
+            return cls(str(raw["method"]), int(raw["bits"]), group_size, int(raw.get("activation_bits", 8)))
         except (KeyError, TypeError, ValueError, QuantizationError) as e:
             raise ModelLoadError(f"{source}: corrupt quantization_config: {e}") from e
 

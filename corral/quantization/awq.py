@@ -27,10 +27,12 @@ def search_input_scales(
     weight: torch.Tensor,  # [out_features, in_features]
     group_size: int,
     tie: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    activation_bits: int = 8,
 ) -> tuple[torch.Tensor, float, float]:
     """The per-input-channel scales that minimise ``|x W^T - Q(W s) (x / s)|^2`` over the grid of alphas,
-    with ``tie`` applied to each candidate (a constraint the folding imposes). Returns the scales, their
-    mean squared output error, and that of plain rounding (alpha 0, every scale 1)."""
+    with ``tie`` applied to each candidate (a constraint the folding imposes), the product run as the
+    packed model will run it (inputs rounded to ``activation_bits``). Returns the scales, their mean squared
+    output error, and that of plain rounding (alpha 0, every scale 1)."""
     inputs, weight = inputs.float(), weight.float()
     reference = inputs @ weight.T
     channel_mean = inputs.abs().mean(dim=0).clamp_min(1e-4)
@@ -40,7 +42,7 @@ def search_input_scales(
         scales = scales / (scales.max() * scales.min()).sqrt()
         if tie is not None:
             scales = tie(scales)
-        packed = BlockLinear(quantize_int4(weight * scales, group_size), None)
+        packed = BlockLinear(quantize_int4(weight * scales, group_size), None, activation_bits)
         error = (packed.apply(inputs / scales) - reference).pow(2).mean().item()
         if step == 0:
             rtn_error = error

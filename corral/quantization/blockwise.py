@@ -4,8 +4,9 @@ Each row of a ``[rows, cols]`` weight is cut along ``cols`` into groups of ``gro
 that divides ``cols``; ``cols`` itself is one scale per output channel) with a float16 scale (and min):  int4: ``w = scale * q + min``, q in 0..15 (llama.cpp's Q4_1; its Q4_0 is the case
 ``min = -8 * scale``);  int8: ``w = scale * q``, q in -127..127 (llama.cpp's Q8_0). GGUF files in those
 formats load into these blocks without a float copy, and float weights are rounded to nearest into them.
-The products run in ``kernels.block_linear`` (int8 activations in blocks of 32, integer dot products), so
-int4 weights take 5 bits per weight at group 32 (4.25 at 128) in memory, not 32.
+The products run in ``kernels.block_linear`` (activations rounded to int8, or to 16 bits as two int8
+planes, in blocks of 32; integer dot products), so int4 weights take 5 bits per weight at group 32 (4.25 at
+128) in memory, not 32.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from corral.errors import QuantizationError
 from corral.kernels.block_linear import (
+    ACTIVATION_BITS,
     ACTIVATION_BLOCK,
     InterleavedBlocks,
     block_linear,
@@ -128,6 +131,11 @@ def _groups(weight: torch.Tensor, group_size: int, per_row: bool = False) -> tor
     return weight.detach().float().reshape(rows, cols // group_size, group_size)
 
 
+def check_activation_bits(activation_bits: int) -> None:
+    if activation_bits not in ACTIVATION_BITS:
+        raise QuantizationError(f"activation bits must be one of {ACTIVATION_BITS}, got {activation_bits}")
+
+
 def _to_float16(values: torch.Tensor) -> torch.Tensor:
     if values.abs().max() > _FLOAT16_MAX:
         raise QuantizationError("a group's scale or min exceeds the float16 range")
@@ -136,17 +144,20 @@ def _to_float16(values: torch.Tensor) -> torch.Tensor:
 
 class BlockLinear:
     """A packed linear layer over ``BlockQuantized`` weights, held only in the kernel's layout; each row's
-    result is independent of its batch."""
+    result is independent of its batch. ``activation_bits`` (8 or 16) is how finely the kernel rounds the
+    input: 16 costs twice the integer work and removes nearly all of the rounding error of 8."""
 
-    def __init__(self, weight: BlockQuantized, bias: torch.Tensor | None):
+    def __init__(self, weight: BlockQuantized, bias: torch.Tensor | None, activation_bits: int = 8):
         if weight.shape[1] % ACTIVATION_BLOCK:
             raise QuantizationError(f"input width {weight.shape[1]} is not a multiple of {ACTIVATION_BLOCK}")
+        check_activation_bits(activation_bits)
         self.weight = weight.interleaved()
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.activation_bits = activation_bits
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:  # [num_rows, in_features] -> [num_rows, out_features]
-        return block_linear(x, self.weight, self.bias)
+        return block_linear(x, self.weight, self.bias, self.activation_bits)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, in_features]
         """Rows of the weight itself: a tied embedding table and LM head share one packed copy."""
@@ -170,17 +181,27 @@ class BlockMethod:
     ``keeps_stored_blocks`` (``gguf``, or a ``corral quantize`` directory): the checkpoint's own packed
     matrices are kept as they are (the loader hands them over packed) and any float matrix is packed as int8.
     Embedding tables (and so a tied LM head) are int8, group 32, as llama.cpp's 4-bit files keep them at 8
-    bits."""
+    bits. Every packed linear rounds its input to ``activation_bits`` (``set_activation_bits_`` applies it
+    to blocks the loader handed over)."""
 
     quantizes_activations = False  # activations are quantized per block of 32, no smoothing needed
 
-    def __init__(self, name: str, linear_bits: int, group_size: int = 32, keeps_stored_blocks: bool = False):
+    def __init__(
+        self,
+        name: str,
+        linear_bits: int,
+        group_size: int = 32,
+        keeps_stored_blocks: bool = False,
+        activation_bits: int = 8,
+    ):
         if group_size not in GROUP_SIZES:
             raise QuantizationError(f"group size must be one of {GROUP_SIZES}, got {group_size}")
+        check_activation_bits(activation_bits)
         self.name = name
         self.linear_bits = linear_bits
         self.group_size = group_size
         self.keeps_stored_blocks = keeps_stored_blocks
+        self.activation_bits = activation_bits
 
     def quantize(
         self, weight: torch.Tensor, bias: torch.Tensor | None, input_scales: torch.Tensor | None = None
@@ -188,8 +209,18 @@ class BlockMethod:
         if input_scales is not None:
             weight = weight * input_scales
         if self.linear_bits == 4:
-            return BlockLinear(quantize_int4(weight, self.group_size), bias)
-        return BlockLinear(quantize_int8(weight, self.group_size), bias)
+            return BlockLinear(quantize_int4(weight, self.group_size), bias, self.activation_bits)
+        return BlockLinear(quantize_int8(weight, self.group_size), bias, self.activation_bits)
 
     def quantize_table(self, table: torch.Tensor) -> BlockLinear:
-        return BlockLinear(quantize_int8(table, ACTIVATION_BLOCK), None)
+        return BlockLinear(quantize_int8(table, ACTIVATION_BLOCK), None, self.activation_bits)
+
+
+def set_activation_bits_(model: nn.Module, activation_bits: int) -> None:
+    """Make every block-quantized linear (and packed table, for a tied LM head) of ``model`` round its
+    input to ``activation_bits``."""
+    check_activation_bits(activation_bits)
+    for module in model.modules():
+        packed = getattr(module, "packed", None)
+        if isinstance(packed, BlockLinear):
+            packed.activation_bits = activation_bits

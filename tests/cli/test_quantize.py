@@ -20,9 +20,10 @@ def test_quantized_directory_is_served(tiny_model_dir, tmp_path, corral_serve):
                     "--calibration-tokens", "256", "--tune-steps", "2", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and "round-to-nearest" in result.stdout
-    assert "tuned scales and mins for 2 steps" in result.stdout
+    assert "tuned scales and mins for 2 steps" in result.stdout and "16-bit activations" in result.stdout
 
-    base = corral_serve("--model", out, "--kv-cache-memory", str(8 * 1024**2), "--max-model-len", "256")
+    base = corral_serve("--model", out, "--kv-cache-memory", str(8 * 1024**2), "--max-model-len", "256",
+                        "--activation-bits", "8")
     response = httpx.post(base + "/v1/completions", timeout=60, json={
         "model": "awq", "prompt": "def add(a, b):", "max_tokens": 5, "temperature": 0, "ignore_eos": True,
     })

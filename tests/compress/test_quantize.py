@@ -104,6 +104,25 @@ def test_weight_memory_drops(quantized, tiny_model_dir):
     assert quantized["rtn-int4"][1].weight_bytes < quantized["int8"][1].weight_bytes
 
 
+def activation_bits_in_use(llm: LLM) -> set[int]:
+    model = llm.engine.core.runner.model
+    return {m.packed.activation_bits for m in model.modules() if isinstance(getattr(m, "packed", None), BlockLinear)}
+
+
+def test_directories_run_with_their_activation_bits_unless_overridden(quantized, tiny_model_dir, tmp_path):
+    out, report = quantized["awq-int4"]
+    assert report.packed_format.activation_bits == 16  # the default: the weights are the only rounding
+    assert json.load(open(os.path.join(out, "config.json")))["quantization_config"]["activation_bits"] == 16
+    assert activation_bits_in_use(LLM(model=out, kv_cache_memory=8 * 1024**2, max_model_len=256)) == {16}
+    fast = LLM(model=out, kv_cache_memory=8 * 1024**2, max_model_len=256, activation_bits=8)
+    assert activation_bits_in_use(fast) == {8}
+    eight = str(tmp_path / "rtn8")
+    quantize_checkpoint(tiny_model_dir, "rtn-int4", eight, group_size=32, activation_bits=8, **CALIBRATION)
+    assert activation_bits_in_use(LLM(model=eight, kv_cache_memory=8 * 1024**2, max_model_len=256)) == {8}
+    with pytest.raises(ConfigError, match="applies to block-quantized weights"):
+        LLM(model=out, quantization="none", activation_bits=16, kv_cache_memory=8 * 1024**2, max_model_len=256)
+
+
 def test_stored_weights_run_as_stored_or_dequantized_only(quantized):
     out, _ = quantized["rtn-int4"]
     with pytest.raises(ConfigError, match="already quantized"):

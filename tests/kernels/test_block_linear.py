@@ -1,5 +1,5 @@
-"""The block-quantized linear kernel: equal to its torch reference within float summation order, each row
-independent of its batch, and the nibble packing reversible."""
+"""The block-quantized linear kernel: equal to its torch reference within float summation order (with 8- and
+16-bit activations), each row independent of its batch, and the nibble packing reversible."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from corral.kernels import cpu_extension
 from corral.kernels.block_linear import (
+    RESIDUAL_RADIX,
     block_linear,
     block_linear_reference,
     deinterleave_rows,
@@ -66,6 +67,30 @@ def test_fake_quantized_activations_are_within_half_a_step_per_block():
     assert (error <= step / 2 * (1 + 1e-6)).all()
 
 
+def test_16_bit_activations_are_within_half_a_residual_step():
+    x = activations(5, 96)
+    step = x.view(5, 3, 32).abs().amax(dim=2, keepdim=True) / 127 / RESIDUAL_RADIX
+    error = (fake_quantize_activations(x, 16).view(5, 3, 32) - x.view(5, 3, 32)).abs()
+    assert (error <= step / 2 * (1 + 1e-3) + 1e-6 * x.view(5, 3, 32).abs()).all()
+    assert float(error.max()) > 0  # rounded, not copied
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+def test_16_bit_activations_bring_the_product_close_to_exact(bits):
+    values, scales, mins = random_blocks(bits, 64, 576, 64)
+    weights = interleave_rows(values, scales, mins, bits, 64)
+    codes = unpack_int4(values) if bits == 4 else values
+    dense = codes.float() * scales.float().repeat_interleave(64, dim=1)
+    if mins is not None:
+        dense += mins.float().repeat_interleave(64, dim=1)
+    x = torch.randn(7, 576, generator=torch.Generator().manual_seed(3))
+    exact = x @ dense.T
+    error_8 = (block_linear(x, weights, None) - exact).abs().max()
+    error_16 = (block_linear(x, weights, None, activation_bits=16) - exact).abs().max()
+    assert error_16 < error_8 / 50
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("rows", [8, 45])
 def test_interleaving_rows_round_trips_whole_and_by_row(bits, rows):
@@ -86,32 +111,35 @@ def test_interleaving_rows_round_trips_whole_and_by_row(bits, rows):
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("num_rows, cols", [(1, 576), (5, 256), (9, 384), (70, 128)])
 @pytest.mark.parametrize("out_features", [48, 45])  # 45: the last group of 8 rows is padding in part
-def test_kernel_matches_the_reference(isa, bits, group_size, num_rows, cols, out_features):
+@pytest.mark.parametrize("activation_bits", [8, 16])
+def test_kernel_matches_the_reference(isa, bits, group_size, num_rows, cols, out_features, activation_bits):
     if cols % group_size:
         pytest.skip("width not a multiple of the group")
     values, scales, mins = random_blocks(bits, out_features, cols, group_size)
     bias = torch.randn(out_features)
     x = activations(num_rows, cols)
-    got = block_linear(x, interleave_rows(values, scales, mins, bits, group_size), bias)
-    want = block_linear_reference(x, values, scales, mins, bias, bits, group_size)
+    got = block_linear(x, interleave_rows(values, scales, mins, bits, group_size), bias, activation_bits)
+    want = block_linear_reference(x, values, scales, mins, bias, bits, group_size, activation_bits)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
-def test_each_row_is_bit_identical_alone_and_in_any_batch(isa, bits):
+@pytest.mark.parametrize("activation_bits", [8, 16])
+def test_each_row_is_bit_identical_alone_and_in_any_batch(isa, bits, activation_bits):
     weights = interleave_rows(*random_blocks(bits, 40, 576, 32), bits, 32)
     x = activations(11, 576)
-    batch = block_linear(x, weights, None)
+    batch = block_linear(x, weights, None, activation_bits)
     for i in range(x.shape[0]):
-        alone = block_linear(x[i : i + 1], weights, None)
+        alone = block_linear(x[i : i + 1], weights, None, activation_bits)
         assert torch.equal(alone[0], batch[i])
-    assert torch.equal(block_linear(x[3:10], weights, None), batch[3:10])
+    assert torch.equal(block_linear(x[3:10], weights, None, activation_bits), batch[3:10])
 
 
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
-def test_every_instruction_set_gives_bit_identical_results(bits):
+@pytest.mark.parametrize("activation_bits", [8, 16])
+def test_every_instruction_set_gives_bit_identical_results(bits, activation_bits):
     """The loops sum the same integers and round the floats alike: which one runs is not observable."""
     extension = cpu_extension.load()
     widest = extension.block_linear_isa()
@@ -121,7 +149,7 @@ def test_every_instruction_set_gives_bit_identical_results(bits):
     try:
         for name in ISAS:
             extension.set_block_linear_isa(name)
-            results[name] = block_linear(x, weights, None)
+            results[name] = block_linear(x, weights, None, activation_bits)
     finally:
         extension.set_block_linear_isa(widest)
     simd = [r for name, r in results.items() if name != "portable"]
@@ -146,3 +174,5 @@ def test_kernel_refuses_mismatched_shapes():
         block_linear(torch.randn(2, 64), weights._replace(mins=None), None)
     with pytest.raises(RuntimeError, match="groups of 8 rows"):
         block_linear(torch.randn(2, 64), weights._replace(out_features=9), None)
+    with pytest.raises(RuntimeError, match="8- or 16-bit activations"):
+        block_linear(torch.randn(2, 64), weights, None, activation_bits=12)

@@ -87,3 +87,16 @@ def test_packed_format_rules():
     with pytest.raises(QuantizationError):
         PackedFormat("awq-int4", 4, None)
     assert PackedFormat.from_json(FORMAT.to_json(), "x") == FORMAT
+    with pytest.raises(QuantizationError, match="activation bits"):
+        PackedFormat("rtn-int4", 4, 32, activation_bits=4)
+
+
+def test_activation_bits_are_stored_and_older_directories_read_as_8():
+    eight = PackedFormat("awq-int4", 4, 64, activation_bits=8)
+    assert PackedFormat.from_json(eight.to_json(), "x") == eight
+    assert FORMAT.activation_bits == 16 and FORMAT.to_json()["activation_bits"] == 16
+    older = FORMAT.to_json()
+    del older["activation_bits"]  # written before the key existed, when every directory ran at 8
+    assert PackedFormat.from_json(older, "x").activation_bits == 8
+    with pytest.raises(ModelLoadError, match="corrupt quantization_config"):
+        PackedFormat.from_json({**FORMAT.to_json(), "activation_bits": 12}, "x")

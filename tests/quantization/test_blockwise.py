@@ -1,5 +1,5 @@
 """Block-quantized weights: round trips within the analytic bound, packed layers equal to a dequantized
-reference, bad shapes refused."""
+reference (inputs rounded to 8 bits, or to 16 and then nearly exact), bad shapes refused."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import torch
 
 from corral.errors import QuantizationError
 from corral.kernels.block_linear import fake_quantize_activations
+from corral.layers.linear import Linear
 from corral.quantization.blockwise import (
     BlockLinear,
     BlockMethod,
     BlockQuantized,
     quantize_int4,
     quantize_int8,
+    set_activation_bits_,
 )
 
 
@@ -95,3 +97,32 @@ def test_bad_shapes_are_refused():
     with pytest.raises(QuantizationError, match="group size"):
         BlockMethod("int4", linear_bits=4, group_size=16)
     assert isinstance(BlockMethod("int4", 4).quantize(torch.randn(8, 64), None), BlockLinear)
+    with pytest.raises(QuantizationError, match="activation bits"):
+        BlockMethod("int4", linear_bits=4, activation_bits=4)
+    with pytest.raises(QuantizationError, match="activation bits"):
+        BlockLinear(quantize_int4(torch.randn(8, 64), 32), None, activation_bits=12)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_16_bit_activations_follow_the_float_product_closely(bits):
+    w, bias = weight(), torch.randn(24)
+    method = BlockMethod("int4" if bits == 4 else "int8-blocks", linear_bits=bits, activation_bits=16)
+    layer = method.quantize(w, bias)
+    assert layer.activation_bits == 16
+    x = torch.randn(7, 256, generator=torch.Generator().manual_seed(3))
+    exact = x @ layer.dequantized_weight().T + bias  # the weights' rounding is the only one left
+    error_16 = (layer.apply(x) - exact).abs().max()
+    layer.activation_bits = 8
+    error_8 = (layer.apply(x) - exact).abs().max()
+    assert error_16 < 1e-4 * exact.abs().max() and error_16 < error_8 / 50
+
+
+def test_set_activation_bits_reaches_every_packed_layer():
+    model = torch.nn.Sequential(Linear.from_weight(weight()), Linear.from_weight(weight(rows=8, seed=1)))
+    for layer in model:
+        layer.quantize_(BlockMethod("int4", linear_bits=4))
+    assert [layer.packed.activation_bits for layer in model] == [8, 8]
+    set_activation_bits_(model, 16)
+    assert [layer.packed.activation_bits for layer in model] == [16, 16]
+    with pytest.raises(QuantizationError, match="activation bits"):
+        set_activation_bits_(model, 32)

@@ -5,6 +5,10 @@
 // Activations are quantized per row in blocks of 32 (symmetric int8, one float scale per block), so
 //   y = sum over blocks b of  w_scale * x_scale * dot(q_w, q_x)  +  w_min * sum(x over b)
 // with the dot products in integers. The min term uses the exact float sum of x, not its quantized one.
+// With 16-bit activations each block is rounded to 254 * q + r (q, r in -127..127, one scale): the plain
+// int8 rounding q plus a second int8 plane r for its residual, so the same byte-wise dot products run twice
+// and combine exactly in int32 as 254 * dot(q_w, q) + dot(q_w, r). That removes the activation rounding
+// error (which costs an int4 model about 1% perplexity) for twice the integer work.
 //
 // Layout (corral/kernels/block_linear.py interleaves it at load time): weight rows come in groups of 8,
 // and each 32-byte chunk holds 4 bytes of each of the 8 rows, so one byte-wise multiply-add of a chunk
@@ -44,9 +48,12 @@ constexpr int64_t kLanes = 8;      // weight rows interleaved
 constexpr int64_t kRowTile = 4;    // activation rows sharing one unpacked weight tile
 constexpr int64_t kRowPanel = 64;  // activation rows kept hot in cache while a thread walks its weights
 
+constexpr int kResidualRadix = 254;  // a 16-bit activation is kResidualRadix * q + r
+
 struct QuantizedActivations {
-  const int8_t* q;     // [rows, blocks * 32]
-  const float* scale;  // [rows, blocks]
+  const int8_t* q;         // [rows, blocks * 32]
+  const int8_t* residual;  // 16-bit activations: the second plane r, like q; else nullptr
+  const float* scale;      // [rows, blocks]: the scale of one unit of q, or of r with 16 bits
   const float* sum;    // [rows, blocks]: exact float sum of each block of x
   int64_t blocks;
 };
@@ -67,7 +74,8 @@ inline float half_to_float(uint16_t bits) { return c10::detail::fp16_ieee_to_fp3
 
 // ---- activations ----------------------------------------------------------------------------------------
 
-void quantize_row_portable(const float* x, int64_t blocks, int8_t* q, float* scale, float* sum) {
+// residual == nullptr: 8-bit activations (q only); else 16-bit ones (see the top of this file).
+void quantize_row_portable(const float* x, int64_t blocks, int8_t* q, int8_t* residual, float* scale, float* sum) {
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + b * kBlock;
     float absmax = 0.f, total = 0.f;
@@ -77,8 +85,15 @@ void quantize_row_portable(const float* x, int64_t blocks, int8_t* q, float* sca
     }
     const float d = absmax / 127.f;
     const float inverse = d > 0.f ? 1.f / d : 0.f;
-    for (int64_t i = 0; i < kBlock; ++i) q[b * kBlock + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
-    scale[b] = d;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      const float scaled = xb[i] * inverse;
+      const float rounded = std::nearbyint(scaled);
+      q[b * kBlock + i] = static_cast<int8_t>(rounded);
+      if (residual != nullptr) {
+        residual[b * kBlock + i] = static_cast<int8_t>(std::nearbyint((scaled - rounded) * float(kResidualRadix)));
+      }
+    }
+    scale[b] = residual != nullptr ? d / float(kResidualRadix) : d;
     sum[b] = total;
   }
 }
@@ -97,11 +112,25 @@ __attribute__((target("avx2,fma,f16c"))) inline float horizontal_max(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// 8 rounded int32 lanes of each of 4 registers -> 32 int8 in order.
+__attribute__((target("avx2,fma,f16c")))
+inline void store_int8(int8_t* out, __m256i i0, __m256i i1, __m256i i2, __m256i i3) {
+  const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the lane-wise packs
+  const __m256i i01 = _mm256_packs_epi32(i0, i1), i23 = _mm256_packs_epi32(i2, i3);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i01, i23), in_order));
+}
+
+// The residual plane of scaled values t whose rounding is q: round((t - q) * 254).
+__attribute__((target("avx2,fma,f16c")))
+inline __m256i residual_of(__m256 scaled, __m256i rounded) {
+  const __m256 radix = _mm256_set1_ps(float(kResidualRadix));
+  return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(scaled, _mm256_cvtepi32_ps(rounded)), radix));
+}
+
 // The same rounding as the portable loop (multiply by the inverse scale, round half to even).
 __attribute__((target("avx2,fma,f16c")))
-void quantize_row_avx2(const float* x, int64_t blocks, int8_t* q, float* scale, float* sum) {
+void quantize_row_avx2(const float* x, int64_t blocks, int8_t* q, int8_t* residual, float* scale, float* sum) {
   const __m256 sign = _mm256_set1_ps(-0.f);
-  const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the lane-wise packs
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + b * kBlock;
     const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
@@ -111,13 +140,16 @@ void quantize_row_avx2(const float* x, int64_t blocks, int8_t* q, float* scale, 
                                      _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3))));
     const float d = absmax / 127.f;
     const __m256 inverse = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
-    const __m256i q01 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v0, inverse)),
-                                           _mm256_cvtps_epi32(_mm256_mul_ps(v1, inverse)));
-    const __m256i q23 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v2, inverse)),
-                                           _mm256_cvtps_epi32(_mm256_mul_ps(v3, inverse)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock),
-                        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q01, q23), in_order));
-    scale[b] = d;
+    const __m256 t0 = _mm256_mul_ps(v0, inverse), t1 = _mm256_mul_ps(v1, inverse);
+    const __m256 t2 = _mm256_mul_ps(v2, inverse), t3 = _mm256_mul_ps(v3, inverse);
+    const __m256i q0 = _mm256_cvtps_epi32(t0), q1 = _mm256_cvtps_epi32(t1);
+    const __m256i q2 = _mm256_cvtps_epi32(t2), q3 = _mm256_cvtps_epi32(t3);
+    store_int8(q + b * kBlock, q0, q1, q2, q3);
+    if (residual != nullptr) {
+      store_int8(residual + b * kBlock, residual_of(t0, q0), residual_of(t1, q1), residual_of(t2, q2),
+                 residual_of(t3, q3));
+    }
+    scale[b] = residual != nullptr ? d / float(kResidualRadix) : d;
     sum[b] = horizontal_sum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
   }
 }
@@ -145,14 +177,16 @@ Isa& active_isa() {
   return isa;
 }
 
-void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, float* scale, float* sum) {
+void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, int8_t* residual, float* scale,
+                          float* sum) {
   const int64_t blocks = K / kBlock;
   at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / K), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
+      int8_t* row_residual = residual != nullptr ? residual + r * K : nullptr;
       if (active_isa() != Isa::kPortable) {
-        quantize_row_avx2(x + r * K, blocks, q + r * K, scale + r * blocks, sum + r * blocks);
+        quantize_row_avx2(x + r * K, blocks, q + r * K, row_residual, scale + r * blocks, sum + r * blocks);
       } else {
-        quantize_row_portable(x + r * K, blocks, q + r * K, scale + r * blocks, sum + r * blocks);
+        quantize_row_portable(x + r * K, blocks, q + r * K, row_residual, scale + r * blocks, sum + r * blocks);
       }
     }
   });
@@ -160,24 +194,34 @@ void quantize_activations(const float* x, int64_t rows, int64_t K, int8_t* q, fl
 
 // ---- portable loop ------------------------------------------------------------------------------------
 
+// The 8 integer dot products of one activation block x with weight tile `tile`, added to dot.
+void block_dots_portable(const uint8_t* tile, const int8_t* x, const BlockWeights& w, int32_t (&dot)[kLanes]) {
+  for (int64_t c = 0; c < w.chunks(); ++c) {
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      for (int64_t k = 0; k < 4; ++k) {
+        const uint8_t byte = tile[(c * kLanes + lane) * 4 + k];
+        if (w.bits == 4) {
+          dot[lane] += int32_t(byte & 0x0F) * x[4 * c + k] + int32_t(byte >> 4) * x[16 + 4 * c + k];
+        } else {
+          dot[lane] += int32_t(static_cast<int8_t>(byte)) * x[4 * c + k];
+        }
+      }
+    }
+  }
+}
+
 // Activation row m against the 8 weight rows of group g, into y[m, 8g .. 8g + 7].
 void tile_portable(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y) {
   float acc[kLanes] = {};
   for (int64_t b = 0; b < a.blocks; ++b) {
     const uint8_t* tile = w.tile(g, b);
-    const int8_t* x = a.q + (m * a.blocks + b) * kBlock;
+    const int64_t start = (m * a.blocks + b) * kBlock;
     int32_t dot[kLanes] = {};
-    for (int64_t c = 0; c < w.chunks(); ++c) {
-      for (int64_t lane = 0; lane < kLanes; ++lane) {
-        for (int64_t k = 0; k < 4; ++k) {
-          const uint8_t byte = tile[(c * kLanes + lane) * 4 + k];
-          if (w.bits == 4) {
-            dot[lane] += int32_t(byte & 0x0F) * x[4 * c + k] + int32_t(byte >> 4) * x[16 + 4 * c + k];
-          } else {
-            dot[lane] += int32_t(static_cast<int8_t>(byte)) * x[4 * c + k];
-          }
-        }
-      }
+    block_dots_portable(tile, a.q + start, w, dot);
+    if (a.residual != nullptr) {
+      int32_t residual_dot[kLanes] = {};
+      block_dots_portable(tile, a.residual + start, w, residual_dot);
+      for (int64_t lane = 0; lane < kLanes; ++lane) dot[lane] = dot[lane] * kResidualRadix + residual_dot[lane];
     }
     const int64_t i = m * a.blocks + b, offset = w.group_offset(g, b);
     for (int64_t lane = 0; lane < kLanes; ++lane) {
@@ -221,10 +265,27 @@ inline void store_rows(const __m256 (&acc)[R], int64_t m, int64_t g, float* y, i
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + (m + r) * ldy + g * kLanes, acc[r]);
 }
 
+// The 8-bit dots of each plane (one register per activation row) -> one int32 dot per row:
+// 254 * dot(q) + dot(r) for 16-bit activations. Exact: |dot(q)| <= 32 * 127 * 127, so no overflow.
+template <int R, int Planes>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void combine_planes(const __m256i (&plane_dots)[Planes][R], __m256i (&dots)[R]) {
+  for (int r = 0; r < R; ++r) {
+    dots[r] = plane_dots[0][r];
+    if constexpr (Planes == 2) {
+      dots[r] = _mm256_add_epi32(_mm256_mullo_epi32(dots[r], _mm256_set1_epi32(kResidualRadix)), plane_dots[1][r]);
+    }
+  }
+}
+
+inline const int8_t* plane(const QuantizedActivations& a, int p, int64_t m, int64_t b) {
+  return (p == 0 ? a.q : a.residual) + (m * a.blocks + b) * kBlock;
+}
+
 // Activation rows m .. m + R - 1 against the 8 weight rows of group g. Per block, each row's 8 partial sums
-// are one register: int4 codes (0..15) are the unsigned operand of maddubs, so 16 products of at most
-// 15 * 127 add up in int16 without saturation before one widening multiply-add.
-template <int R>
+// are one register per activation plane: int4 codes (0..15) are the unsigned operand of maddubs, so 16
+// products of at most 15 * 127 add up in int16 without saturation before one widening multiply-add.
+template <int R, int Planes>
 __attribute__((target("avx2,fma,f16c"), always_inline))
 inline void tile_int4(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y,
                       int64_t ldy) {
@@ -234,21 +295,27 @@ inline void tile_int4(const QuantizedActivations& a, int64_t m, const BlockWeigh
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.blocks; ++b) {
     const uint8_t* tile = w.tile(g, b);
-    __m256i pairs[R];
-    for (int r = 0; r < R; ++r) pairs[r] = _mm256_setzero_si256();
+    __m256i pairs[Planes][R];
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) pairs[p][r] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
       const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * kBlock));
       const __m256i low = _mm256_and_si256(packed, nibble);
       const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* x = a.q + ((m + r) * a.blocks + b) * kBlock;
-        const __m256i products = _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_set1_epi32(four_bytes(x + 4 * c))),
-                                                  _mm256_maddubs_epi16(high, _mm256_set1_epi32(four_bytes(x + 16 + 4 * c))));
-        pairs[r] = _mm256_add_epi16(pairs[r], products);
+      for (int p = 0; p < Planes; ++p) {
+        for (int r = 0; r < R; ++r) {
+          const int8_t* x = plane(a, p, m + r, b);
+          const __m256i products =
+              _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_set1_epi32(four_bytes(x + 4 * c))),
+                               _mm256_maddubs_epi16(high, _mm256_set1_epi32(four_bytes(x + 16 + 4 * c))));
+          pairs[p][r] = _mm256_add_epi16(pairs[p][r], products);
+        }
       }
     }
-    __m256i dots[R];
-    for (int r = 0; r < R; ++r) dots[r] = _mm256_madd_epi16(pairs[r], ones);
+    __m256i plane_dots[Planes][R], dots[R];
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) plane_dots[p][r] = _mm256_madd_epi16(pairs[p][r], ones);
+    combine_planes<R, Planes>(plane_dots, dots);
     add_block<R>(acc, dots, a, m, w, g, b);
   }
   store_rows<R>(acc, m, g, y, ldy);
@@ -256,7 +323,7 @@ inline void tile_int4(const QuantizedActivations& a, int64_t m, const BlockWeigh
 
 // int8 codes are signed: maddubs takes |q_w| and q_x with q_w's sign; a pair of products reaches
 // 2 * 127 * 127, so each chunk widens to int32 at once.
-template <int R>
+template <int R, int Planes>
 __attribute__((target("avx2,fma,f16c"), always_inline))
 inline void tile_int8(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y,
                       int64_t ldy) {
@@ -265,30 +332,35 @@ inline void tile_int8(const QuantizedActivations& a, int64_t m, const BlockWeigh
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.blocks; ++b) {
     const uint8_t* tile = w.tile(g, b);
-    __m256i dots[R];
-    for (int r = 0; r < R; ++r) dots[r] = _mm256_setzero_si256();
+    __m256i plane_dots[Planes][R];
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) plane_dots[p][r] = _mm256_setzero_si256();
     for (int c = 0; c < 8; ++c) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * kBlock));
       const __m256i q_abs = _mm256_sign_epi8(q, q);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* x = a.q + ((m + r) * a.blocks + b) * kBlock;
-        const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(_mm256_set1_epi32(four_bytes(x + 4 * c)), q));
-        dots[r] = _mm256_add_epi32(dots[r], _mm256_madd_epi16(pairs, ones));
+      for (int p = 0; p < Planes; ++p) {
+        for (int r = 0; r < R; ++r) {
+          const int8_t* x = plane(a, p, m + r, b);
+          const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(_mm256_set1_epi32(four_bytes(x + 4 * c)), q));
+          plane_dots[p][r] = _mm256_add_epi32(plane_dots[p][r], _mm256_madd_epi16(pairs, ones));
+        }
       }
     }
+    __m256i dots[R];
+    combine_planes<R, Planes>(plane_dots, dots);
     add_block<R>(acc, dots, a, m, w, g, b);
   }
   store_rows<R>(acc, m, g, y, ldy);
 }
 
 struct Avx2Loops {
-  template <int R>
+  template <int R, int Planes>
   __attribute__((target("avx2,fma,f16c")))
   static void tile(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
     if (w.bits == 4) {
-      tile_int4<R>(a, m, w, g, y, ldy);
+      tile_int4<R, Planes>(a, m, w, g, y, ldy);
     } else {
-      tile_int8<R>(a, m, w, g, y, ldy);
+      tile_int8<R, Planes>(a, m, w, g, y, ldy);
     }
   }
 };
@@ -300,7 +372,7 @@ struct Avx2Loops {
 
 #define CORRAL_VNNI_TARGET "avx512vnni,avx512vl,avx2,fma,f16c"
 
-template <int R>
+template <int R, int Planes>
 __attribute__((target(CORRAL_VNNI_TARGET), always_inline))
 inline void tile_int4_vnni(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y,
                            int64_t ldy) {
@@ -309,27 +381,33 @@ inline void tile_int4_vnni(const QuantizedActivations& a, int64_t m, const Block
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.blocks; ++b) {
     const uint8_t* tile = w.tile(g, b);
-    // two sums per row (low and high nibbles), so that each chain of dependent vpdpbusd is half as long
-    __m256i low_dots[R], high_dots[R];
-    for (int r = 0; r < R; ++r) low_dots[r] = high_dots[r] = _mm256_setzero_si256();
+    // two sums per row and plane (low and high nibbles), so that each chain of dependent vpdpbusd is half
+    // as long
+    __m256i low_dots[Planes][R], high_dots[Planes][R];
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) low_dots[p][r] = high_dots[p][r] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
       const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * kBlock));
       const __m256i low = _mm256_and_si256(packed, nibble);
       const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* x = a.q + ((m + r) * a.blocks + b) * kBlock;
-        low_dots[r] = _mm256_dpbusd_epi32(low_dots[r], low, _mm256_set1_epi32(four_bytes(x + 4 * c)));
-        high_dots[r] = _mm256_dpbusd_epi32(high_dots[r], high, _mm256_set1_epi32(four_bytes(x + 16 + 4 * c)));
+      for (int p = 0; p < Planes; ++p) {
+        for (int r = 0; r < R; ++r) {
+          const int8_t* x = plane(a, p, m + r, b);
+          low_dots[p][r] = _mm256_dpbusd_epi32(low_dots[p][r], low, _mm256_set1_epi32(four_bytes(x + 4 * c)));
+          high_dots[p][r] = _mm256_dpbusd_epi32(high_dots[p][r], high, _mm256_set1_epi32(four_bytes(x + 16 + 4 * c)));
+        }
       }
     }
-    __m256i dots[R];
-    for (int r = 0; r < R; ++r) dots[r] = _mm256_add_epi32(low_dots[r], high_dots[r]);
+    __m256i plane_dots[Planes][R], dots[R];
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) plane_dots[p][r] = _mm256_add_epi32(low_dots[p][r], high_dots[p][r]);
+    combine_planes<R, Planes>(plane_dots, dots);
     add_block<R>(acc, dots, a, m, w, g, b);
   }
   store_rows<R>(acc, m, g, y, ldy);
 }
 
-template <int R>
+template <int R, int Planes>
 __attribute__((target(CORRAL_VNNI_TARGET), always_inline))
 inline void tile_int8_vnni(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y,
                            int64_t ldy) {
@@ -337,48 +415,63 @@ inline void tile_int8_vnni(const QuantizedActivations& a, int64_t m, const Block
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < a.blocks; ++b) {
     const uint8_t* tile = w.tile(g, b);
-    __m256i dots[R][2];  // even and odd chunks: shorter chains of dependent vpdpbusd
-    for (int r = 0; r < R; ++r) dots[r][0] = dots[r][1] = _mm256_setzero_si256();
+    __m256i halves[Planes][R][2];  // even and odd chunks: shorter chains of dependent vpdpbusd
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) halves[p][r][0] = halves[p][r][1] = _mm256_setzero_si256();
     for (int c = 0; c < 8; ++c) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + c * kBlock));
       const __m256i q_abs = _mm256_sign_epi8(q, q);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* x = a.q + ((m + r) * a.blocks + b) * kBlock;
-        dots[r][c & 1] =
-            _mm256_dpbusd_epi32(dots[r][c & 1], q_abs, _mm256_sign_epi8(_mm256_set1_epi32(four_bytes(x + 4 * c)), q));
+      for (int p = 0; p < Planes; ++p) {
+        for (int r = 0; r < R; ++r) {
+          const int8_t* x = plane(a, p, m + r, b);
+          halves[p][r][c & 1] = _mm256_dpbusd_epi32(halves[p][r][c & 1], q_abs,
+                                                    _mm256_sign_epi8(_mm256_set1_epi32(four_bytes(x + 4 * c)), q));
+        }
       }
     }
-    __m256i sums[R];
-    for (int r = 0; r < R; ++r) sums[r] = _mm256_add_epi32(dots[r][0], dots[r][1]);
-    add_block<R>(acc, sums, a, m, w, g, b);
+    __m256i plane_dots[Planes][R], dots[R];
+    for (int p = 0; p < Planes; ++p)
+      for (int r = 0; r < R; ++r) plane_dots[p][r] = _mm256_add_epi32(halves[p][r][0], halves[p][r][1]);
+    combine_planes<R, Planes>(plane_dots, dots);
+    add_block<R>(acc, dots, a, m, w, g, b);
   }
   store_rows<R>(acc, m, g, y, ldy);
 }
 
 struct VnniLoops {
-  template <int R>
+  template <int R, int Planes>
   __attribute__((target(CORRAL_VNNI_TARGET)))
   static void tile(const QuantizedActivations& a, int64_t m, const BlockWeights& w, int64_t g, float* y, int64_t ldy) {
     if (w.bits == 4) {
-      tile_int4_vnni<R>(a, m, w, g, y, ldy);
+      tile_int4_vnni<R, Planes>(a, m, w, g, y, ldy);
     } else {
-      tile_int8_vnni<R>(a, m, w, g, y, ldy);
+      tile_int8_vnni<R, Planes>(a, m, w, g, y, ldy);
     }
   }
 };
 
-// Rows m_begin .. m_end - 1 against weight group g, kRowTile rows per tile, by Loops::tile<R>.
-template <typename Loops>
-void row_tiles(const QuantizedActivations& a, int64_t m_begin, int64_t m_end, const BlockWeights& w, int64_t g,
+// Rows m_begin .. m_end - 1 against weight group g, kRowTile rows per tile, by Loops::tile<R, Planes>.
+template <typename Loops, int Planes>
+void row_tiles_of_planes(const QuantizedActivations& a, int64_t m_begin, int64_t m_end, const BlockWeights& w, int64_t g,
                float* y, int64_t ldy) {
   static_assert(kRowTile == 4, "one tile instantiation per remainder");
   int64_t m = m_begin;
-  for (; m + kRowTile <= m_end; m += kRowTile) Loops::template tile<kRowTile>(a, m, w, g, y, ldy);
+  for (; m + kRowTile <= m_end; m += kRowTile) Loops::template tile<kRowTile, Planes>(a, m, w, g, y, ldy);
   switch (m_end - m) {
-    case 3: Loops::template tile<3>(a, m, w, g, y, ldy); break;
-    case 2: Loops::template tile<2>(a, m, w, g, y, ldy); break;
-    case 1: Loops::template tile<1>(a, m, w, g, y, ldy); break;
+    case 3: Loops::template tile<3, Planes>(a, m, w, g, y, ldy); break;
+    case 2: Loops::template tile<2, Planes>(a, m, w, g, y, ldy); break;
+    case 1: Loops::template tile<1, Planes>(a, m, w, g, y, ldy); break;
     default: break;
+  }
+}
+
+template <typename Loops>
+void row_tiles(const QuantizedActivations& a, int64_t m_begin, int64_t m_end, const BlockWeights& w, int64_t g,
+               float* y, int64_t ldy) {
+  if (a.residual != nullptr) {
+    row_tiles_of_planes<Loops, 2>(a, m_begin, m_end, w, g, y, ldy);
+  } else {
+    row_tiles_of_planes<Loops, 1>(a, m_begin, m_end, w, g, y, ldy);
   }
 }
 
@@ -435,9 +528,10 @@ torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
                            const torch::Tensor& scales,  // [ceil(N / 8), K / group_size, 8] float16
                            const c10::optional<torch::Tensor>& mins,  // int4: like scales
                            const c10::optional<torch::Tensor>& bias,  // [N] float32
-                           int64_t bits, int64_t group_size, int64_t out_features) {
+                           int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits) {
   TORCH_CHECK(input.dim() == 2 && input.dtype() == torch::kFloat32, "block_linear: 2-D float32 input");
   TORCH_CHECK(bits == 4 || bits == 8, "block_linear: 4 or 8 bits");
+  TORCH_CHECK(activation_bits == 8 || activation_bits == 16, "block_linear: 8- or 16-bit activations");
   TORCH_CHECK(group_size % kBlock == 0 && group_size > 0, "block_linear: group size a multiple of 32");
   const auto x = input.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = values.size(0), N = out_features;
@@ -458,12 +552,15 @@ torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
   }
 
   const int64_t blocks = K / kBlock;
-  auto q = torch::empty({M, K}, x.options().dtype(torch::kInt8));
+  const int64_t planes = activation_bits / 8;
+  auto q = torch::empty({planes, M, K}, x.options().dtype(torch::kInt8));
   auto x_scale = torch::empty({M, blocks}, x.options());
   auto x_sum = torch::empty({M, blocks}, x.options());
-  quantize_activations(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), x_scale.data_ptr<float>(),
+  int8_t* residual = planes == 2 ? q.data_ptr<int8_t>() + M * K : nullptr;
+  quantize_activations(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), residual, x_scale.data_ptr<float>(),
                        x_sum.data_ptr<float>());
-  const QuantizedActivations a{q.data_ptr<int8_t>(), x_scale.data_ptr<float>(), x_sum.data_ptr<float>(), blocks};
+  const QuantizedActivations a{q.data_ptr<int8_t>(), residual, x_scale.data_ptr<float>(), x_sum.data_ptr<float>(),
+                               blocks};
   const BlockWeights w{reinterpret_cast<const uint8_t*>(values.data_ptr()),
                        reinterpret_cast<const uint16_t*>(scales.data_ptr()),
                        bits == 4 ? reinterpret_cast<const uint16_t*>(mins->data_ptr()) : nullptr,

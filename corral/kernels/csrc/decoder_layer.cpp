@@ -10,7 +10,7 @@
 
 torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
                            const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
-                           int64_t bits, int64_t group_size, int64_t out_features);
+                           int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits);
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
 void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows);
@@ -22,7 +22,7 @@ torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& k
 namespace {
 
 torch::Tensor linear(const BlockLinearWeights& w, const torch::Tensor& x) {
-  return block_linear(x, w.values, w.scales, w.mins, w.bias, w.bits, w.group_size, w.out_features);
+  return block_linear(x, w.values, w.scales, w.mins, w.bias, w.bits, w.group_size, w.out_features, w.activation_bits);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@ struct BlockLinearWeights {
   torch::Tensor values, scales;
   c10::optional<torch::Tensor> mins, bias;
   int64_t bits, group_size, out_features;  // layout in block_linear.cpp
+  int64_t activation_bits;                 // 8 or 16
 };
 
 struct DecoderLayerWeights {

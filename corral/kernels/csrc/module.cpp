@@ -18,7 +18,7 @@ torch::Tensor rescale_rows(torch::Tensor y, const torch::Tensor& row_absmax, con
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
 torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
                            const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
-                           int64_t bits, int64_t group_size, int64_t out_features);
+                           int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits);
 std::string block_linear_isa();
 std::vector<std::string> supported_block_linear_isas();
 void set_block_linear_isa(const std::string& name);
@@ -34,13 +34,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
-  m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, int8 activations");
+  m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, 8- or 16-bit activations");
   m.def("block_linear_isa", &block_linear_isa, "the instruction set block_linear's loops use");
   m.def("supported_block_linear_isas", &supported_block_linear_isas, "the loops this CPU can run");
   m.def("set_block_linear_isa", &set_block_linear_isa, "use the given loops (a narrower set, for tests)");
   py::class_<BlockLinearWeights>(m, "BlockLinearWeights")
       .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t,
-                    int64_t, int64_t>());
+                    int64_t, int64_t, int64_t>());
   py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights")
       .def(py::init<BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, torch::Tensor,
                     torch::Tensor, double, int64_t, int64_t, int64_t, double, int64_t>());
