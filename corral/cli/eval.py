@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 
-from corral.config import ACTIVATION_BITS, KV_CACHE_DTYPES, QUANTIZATIONS
+from corral.cli import add_activation_bits_argument
+from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 STDLIB = "stdlib"  # the held-out split of the standard library's docstrings (corral.quantization.corpus)
 
@@ -28,10 +29,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
     parser.add_argument("--kv-cache-dtype", default="model", choices=KV_CACHE_DTYPES[1:],
                         help="K/V format inside each window (default: the model's dtype)")
-    parser.add_argument("--activation-bits", type=int, default=None, choices=ACTIVATION_BITS,
-                        help="how finely block-quantized weights' kernels round each linear's input: 8 (llama.cpp's, the "
-                             "fastest) or 16 (twice the integer work, nearly no rounding error); default: a "
-                             "corral quantize directory's own, else 8")
+    add_activation_bits_argument(parser)
     parser.add_argument("--dataset", default=STDLIB,
                         help="'stdlib' (held-out standard-library docstrings, the default) or a UTF-8 text file")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of the dataset to score")
@@ -73,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     windows = evaluate.sliding_windows(token_ids, args.window, stride)
     result: dict[str, object] = {
         "metric": args.metric, "model": args.model or "default", "quantization": args.quantization,
-        "kv_cache_dtype": args.kv_cache_dtype, "activation_bits": args.activation_bits, "dataset": args.dataset, "window": args.window,
-        "stride": stride,
+        "kv_cache_dtype": args.kv_cache_dtype, "activation_bits": args.activation_bits, "dataset": args.dataset,
+        "window": args.window, "stride": stride,
     }
     with Progress(transient=True) as progress:
         task = progress.add_task(args.metric, total=len(windows))

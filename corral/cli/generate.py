@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import ACTIVATION_BITS, KV_CACHE_DTYPES, QUANTIZATIONS
+from corral.cli import add_activation_bits_argument
+from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks on the C++ kernels, else int8 on fbgemm; none: the exact float path; int8: int8 weights and activations (fbgemm); int4: 4-bit weights; gguf: the file's own blocks")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                         help="auto: int8 beside quantized weights, else the model's dtype; model; int8: 8-bit K/V with a scale per token and head (3.76x the tokens of fp32)")
-    parser.add_argument("--activation-bits", type=int, default=None, choices=ACTIVATION_BITS,
-                        help="how finely block-quantized weights' kernels round each linear's input: 8 (llama.cpp's, the "
-                             "fastest) or 16 (twice the integer work, nearly no rounding error); default: a "
-                             "corral quantize directory's own, else 8")
+    add_activation_bits_argument(parser)
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
 
 

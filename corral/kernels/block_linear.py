@@ -20,7 +20,6 @@ import torch
 from corral.kernels import cpu_extension
 
 ACTIVATION_BLOCK = 32
-ACTIVATION_BITS = (8, 16)
 RESIDUAL_RADIX = 254  # a 16-bit activation is RESIDUAL_RADIX * q + r
 INTERLEAVED_ROWS = 8
 _CHUNK_BYTES = 4  # bytes of one row next to the same bytes of the 7 other rows of its group

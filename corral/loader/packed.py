@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from corral.config import ACTIVATION_BITS, DEFAULT_QUANTIZED_ACTIVATION_BITS, QUANTIZE_METHODS
+from corral.config import DEFAULT_QUANTIZED_ACTIVATION_BITS, QUANTIZE_METHODS
 from corral.errors import ModelLoadError, QuantizationError
-from corral.quantization.blockwise import BlockQuantized
+from corral.quantization.blockwise import BlockQuantized, check_activation_bits
 
 FORMAT_VERSION = 1
 QUANT_METHOD = "corral"  # the quant_method key of an HF quantization_config
@@ -49,8 +49,7 @@ class PackedFormat:
             raise QuantizationError(f"method {self.method} stores {self.bits}-bit weights")
         if self.group_size is None and self.bits == 4 or self.group_size is not None and self.group_size < 1:
             raise QuantizationError(f"invalid group size {self.group_size} for {self.bits}-bit weights")
-        if self.activation_bits not in ACTIVATION_BITS:
-            raise QuantizationError(f"activation bits must be one of {ACTIVATION_BITS}, got {self.activation_bits}")
+        check_activation_bits(self.activation_bits)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from corral.config import ACTIVATION_BITS
 from corral.errors import QuantizationError
 from corral.kernels.block_linear import (
-    ACTIVATION_BITS,
     ACTIVATION_BLOCK,
     InterleavedBlocks,
     block_linear,
