@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
+.PHONY: install serve test docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -31,6 +31,10 @@ test: install
 	$(BIN)/ruff check corral tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The docs' generated reference blocks (every --help, the metrics list), rewritten from the code.
+docs: install
+	$(BIN)/python -m corral.cli.reference
 
 # Benchmarks against the peers (shared/MACHINE.md). Each peer lives in its own venv under .bench/, so
 # nothing it pulls in (its own torch, numpy, ...) touches the project's .venv.

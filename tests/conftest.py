@@ -81,19 +81,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def corral_serve() -> Iterator[Callable[..., str]]:
-    """``corral_serve(*args)`` starts ``corral serve *args`` on a free 127.0.0.1 port and returns its base URL
-    once /health answers (failing with the server's stderr if it exits first); stopped after the test."""
-    servers: list[subprocess.Popen] = []
+class ServeProcesses:
+    """``start(*args)`` runs ``corral serve *args`` on a free 127.0.0.1 port and returns its base URL once
+    /health answers (failing with the server's stderr if it exits first); ``stop_all`` ends them."""
 
-    def start(*args: str) -> str:
+    def __init__(self) -> None:
+        self.servers: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> str:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "corral.cli.main", "serve", *args, "--port", str(port), "--log-level", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        servers.append(server)
+        self.servers.append(server)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
@@ -105,7 +106,23 @@ def corral_serve() -> Iterator[Callable[..., str]]:
         assert server.poll() is None, server.stderr.read() if server.stderr else ""
         raise AssertionError(f"corral serve {' '.join(args)} did not become healthy")
 
-    yield start
-    for server in servers:
-        server.terminate()
-        server.wait(timeout=30)
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@pytest.fixture
+def corral_serve() -> Iterator[Callable[..., str]]:
+    """``corral_serve(*args)``: ServeProcesses.start, stopped after the test."""
+    processes = ServeProcesses()
+    yield processes.start
+    processes.stop_all()
+
+
+@pytest.fixture(scope="module")
+def corral_serve_module() -> Iterator[Callable[..., str]]:
+    """The same, shared by a module's tests and stopped after the last of them."""
+    processes = ServeProcesses()
+    yield processes.start
+    processes.stop_all()

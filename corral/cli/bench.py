@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+from corral.cli import HelpFormatter
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    serve = sub.add_parser("serve", help="benchmark a running OpenAI-compatible server")
-    serve.add_argument("--base-url", default="http://127.0.0.1:8000")
+    serve = sub.add_parser("serve", help="benchmark a running OpenAI-compatible server",
+                           formatter_class=HelpFormatter)
+    serve.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server (without /v1)")
     serve.add_argument("--model", required=True, help="model name the server serves")
-    serve.add_argument("--num-prompts", type=int, default=64)
+    serve.add_argument("--num-prompts", type=int, default=64, help="requests to send")
     serve.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s (Poisson); inf: all at once")
     serve.add_argument("--max-concurrency", type=int, default=None, help="at most this many requests in flight")
-    serve.add_argument("--dataset", choices=["random", "builtin"], default="random")
+    serve.add_argument("--dataset", choices=["random", "builtin"], default="random",
+                       help="random: random token ids of --input-len; builtin: a fixed set of text prompts")
     serve.add_argument("--input-len", type=int, default=128, help="prompt tokens (random dataset)")
-    serve.add_argument("--output-len", type=int, default=128)
+    serve.add_argument("--output-len", type=int, default=128, help="tokens to generate per request (EOS ignored)")
     serve.add_argument("--vocab-size", type=int, default=49152, help="token id range of the random dataset")
-    serve.add_argument("--api-key", default=None)
-    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--api-key", default=None, metavar="KEY", help="bearer token to send")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the dataset and the arrival times")
     serve.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
-    serve.add_argument("--result-json", default=None, help="write the report here")
+    serve.add_argument("--result-json", default=None, metavar="FILE", help="also write the report here")
 
 
 def run(args: argparse.Namespace) -> int:

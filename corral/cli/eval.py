@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 
-from corral.cli import add_activation_bits_argument
+from corral.cli import QUANTIZATION_HELP, HelpFormatter, add_activation_bits_argument
 from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 STDLIB = "stdlib"  # the held-out split of the standard library's docstrings (corral.quantization.corpus)
@@ -15,9 +15,11 @@ STDLIB = "stdlib"  # the held-out split of the standard library's docstrings (co
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     metrics = parser.add_subparsers(dest="metric", metavar="METRIC", required=True)
-    ppl = metrics.add_parser("perplexity", help="teacher-forced perplexity with a sliding window")
+    ppl = metrics.add_parser("perplexity", help="teacher-forced perplexity with a sliding window",
+                             formatter_class=HelpFormatter)
     _common(ppl)
-    agree = metrics.add_parser("agreement", help="greedy next-token agreement with a reference model")
+    agree = metrics.add_parser("agreement", help="greedy next-token agreement with a reference model",
+                               formatter_class=HelpFormatter)
     _common(agree)
     agree.add_argument("--reference", default=None, help="reference model (default: the same model file)")
     agree.add_argument("--reference-quantization", default="none", choices=QUANTIZATIONS,
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M)")
-    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
+    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS, help=QUANTIZATION_HELP)
     parser.add_argument("--kv-cache-dtype", default="model", choices=KV_CACHE_DTYPES[1:],
                         help="K/V format inside each window (default: the model's dtype)")
     add_activation_bits_argument(parser)
@@ -35,7 +37,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of the dataset to score")
     parser.add_argument("--window", type=int, default=1024, help="tokens per window")
     parser.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: window / 2)")
-    parser.add_argument("--output-json", default=None, help="also write the result here")
+    parser.add_argument("--output-json", default=None, metavar="FILE", help="also write the result here")
 
 
 def run(args: argparse.Namespace) -> int:

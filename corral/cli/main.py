@@ -7,6 +7,9 @@ import argparse
 import importlib
 import sys
 
+import corral
+from corral.cli import HelpFormatter
+
 # command name -> (module, one-line help)
 COMMANDS = {
     "generate": ("corral.cli.generate", "generate a completion for a prompt"),
@@ -18,10 +21,12 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corral", description="From a model file to a production LLM endpoint.")
+    parser = argparse.ArgumentParser(prog="corral", description="From a model file to a production LLM endpoint.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"corral {corral.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         sub.set_defaults(_module=module_name)
         _add_arguments(module_name, sub)
     return parser

@@ -17,8 +17,11 @@ from corral.errors import QuantizationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M)")
-    parser.add_argument("--method", required=True, choices=QUANTIZE_METHODS)
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="GGUF file or HF directory to quantize (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--method", required=True, choices=QUANTIZE_METHODS,
+                        help="int8: per output channel; *-int4: scale and min per group, rounded to nearest (rtn), "
+                             "after AWQ's scaling and clipping (awq) or with GPTQ's error compensation (gptq)")
     parser.add_argument("--group-size", type=int, default=64,
                         help="int4 weights per scale and min, 32/64/128/256 dividing every layer's input "
                              "width (default 64: SmolLM2's hidden size 576 has no group of 128); int8 has a "
@@ -35,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how finely the kernels round each linear's input when the directory runs, and "
                              f"so in the searches (default {DEFAULT_QUANTIZED_ACTIVATION_BITS}; 8 is faster, "
                              "as a GGUF file runs)")
-    parser.add_argument("--out", required=True, help="the directory to create (must not exist)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the directory to create (must not exist)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,38 +6,45 @@ import argparse
 import os
 import re
 
-from corral.cli import add_activation_bits_argument
-from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
+from corral.cli import add_model_arguments
 
 # A GGUF file's trailing quantisation tag ("Model.Q4_1.gguf", "model-f16.gguf") is not part of its name.
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=None, help="require this bearer token on /v1/*")
-    parser.add_argument("--served-model-name", default=None, help="default: the model file's or folder's name")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS,
-                        help="auto: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks on the C++ kernels, else int8 on fbgemm; none: the exact float path; int8: int8 weights and activations (fbgemm); int4: 4-bit weights; gguf: the file's own blocks")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
-                        help="auto: int8 beside quantized weights, else the model's dtype; model; int8: 8-bit K/V with a scale per token and head (3.76x the tokens of fp32)")
-    add_activation_bits_argument(parser)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
-    parser.add_argument("--kv-cache-memory", type=int, default=512 * 1024**2, help="bytes for the KV pool")
-    parser.add_argument("--max-waiting", type=int, default=None, help="queued requests before 429")
-    parser.add_argument("--max-tokens-cap", type=int, default=None, help="reject requests asking for more")
-    parser.add_argument("--block-size", type=int, default=4, help="KV tokens per block (a power of two)")
-    parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
-    parser.add_argument("--batch-invariant", action="store_true",
+    model = parser.add_argument_group("model")
+    add_model_arguments(model)
+    model.add_argument("--served-model-name", default=None, metavar="NAME",
+                       help="the name clients send as `model` (default: the model file's or folder's name)")
+    model.add_argument("--dtype", default="auto", help="auto: float32 on CPU, bfloat16 on CUDA; or a torch dtype name")
+
+    engine = parser.add_argument_group("engine: scheduling and the KV cache")
+    engine.add_argument("--max-model-len", type=int, default=None, metavar="TOKENS",
+                        help="longest prompt plus output (default: the model's context, capped at 4096)")
+    engine.add_argument("--max-num-seqs", type=int, default=64, metavar="N", help="sequences in one batch")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=512, metavar="TOKENS",
+                        help="tokens computed in one step (prompt chunks, decodes and drafts together)")
+    engine.add_argument("--kv-cache-memory", type=int, default=512 * 1024**2, metavar="BYTES",
+                        help="bytes for the KV pool (default: 536870912, 512 MiB)")
+    engine.add_argument("--block-size", type=int, default=4, metavar="TOKENS", help="KV tokens per block (a power of two)")
+    engine.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        help="do not reuse the KV blocks of earlier prompts' shared prefixes")
+    engine.add_argument("--batch-invariant", action="store_true",
                         help="outputs independent of batching (per-token attention; slower long prefills)")
-    parser.add_argument("--speculative-config", type=_json_object, default=None,
-                        help='speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\' (vLLM\'s flag)')
-    parser.add_argument("--log-level", default="info")
+    engine.add_argument("--speculative-config", type=_json_object, default=None, metavar="JSON",
+                        help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\' '
+                             "(vLLM's flag; docs/speculative-decoding.md)")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind")
+    server.add_argument("--port", type=int, default=8000, help="port to bind")
+    server.add_argument("--api-key", default=None, metavar="KEY", help="require this bearer token on /v1/*")
+    server.add_argument("--max-waiting", type=int, default=None, metavar="N",
+                        help="queued requests past which new ones get 429 (default: no limit)")
+    server.add_argument("--max-tokens-cap", type=int, default=None, metavar="TOKENS",
+                        help="refuse requests asking for more max_tokens (default: up to the context)")
+    server.add_argument("--log-level", default="info", type=str.lower, choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's and corral's log level")
 
 
 def _json_object(text: str) -> dict:

@@ -62,7 +62,8 @@ class EngineMetrics:
         )
         self.spec_acceptance = Gauge("corral:spec_decode_draft_acceptance_rate",
                                      "Accepted over proposed draft tokens since start (0-1).", registry=r)
-        self.success = Counter("corral:request_success", "Finished requests.", ["finished_reason"], registry=r)
+        self.success = Counter("corral:request_success", "Finished requests, by finished_reason.", ["finished_reason"],
+                               registry=r)
         self._timings: dict[str, _Timing] = {}
         self._seen = {key: 0 for key in ("queries", "hits", "preemptions", "allocated", "empty", "drafts",
                                          "draft_tokens", "accepted", "emitted")}
