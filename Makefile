@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
+.PHONY: install serve test test-cuda docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -27,10 +27,18 @@ $(KERNELS): $(STAMP) $(wildcard corral/kernels/csrc/*.cpp corral/kernels/csrc/*.
 serve: install
 	$(BIN)/corral serve --host 127.0.0.1 --port 8000
 
+# The kernels are required here (a missing or stale build fails at start-up instead of skipping their tests),
+# every skip is reported (-rs), and a skip not in tests/allowed_skips.txt fails the run.
+PYTEST_STRICT := -rs --require-kernels --allowed-skips tests/allowed_skips.txt
+
 test: install
 	$(BIN)/ruff check corral tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_STRICT)
+
+# The CUDA tests, where a GPU is lent (the default run deselects them).
+test-cuda: install
+	$(BIN)/python -m pytest -q -rs -m cuda
 
 # The docs' generated reference blocks (every --help, the metrics list), rewritten from the code.
 docs: install

