@@ -57,13 +57,34 @@ def test_prefix_hit_reuses_blocks_and_leaves_one_token_to_compute():
 
 
 def test_cached_blocks_are_evicted_lru_and_lose_their_hash():
-    manager = KVCacheManager(num_blocks=4, block_size=2)
-    a = make_request("a", [1, 2, 3, 4, 5])  # blocks 0, 1 full, 2 partial
-    assert admit(manager, a)
-    manager.free(a)
-    b = make_request("b", [9, 9, 9, 9, 9, 9, 9])  # needs 4 blocks: evicts everything
-    assert admit(manager, b)
-    assert manager.get_computed_blocks(make_request("c", [1, 2, 3, 4, 5])) == []
+    """Only the least recently used cached blocks are evicted (a sequence's last block first) and lose their
+    hash; the others stay hits. A prefix hit makes a prefix recent again, however early it was cached."""
+    manager = KVCacheManager(num_blocks=8, block_size=2)
+    prefixes = {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8], "c": [9, 10, 11, 12]}  # two full blocks each
+    for (name, tokens), blocks in zip(prefixes.items(), ([0, 1], [2, 3], [4, 5])):  # used and freed in turn
+        request = make_request(name, tokens)
+        assert admit(manager, request)
+        assert manager.block_tables[name] == blocks
+        manager.free(request)
+    assert manager.num_free_blocks == 8 and len(manager.pool.cached) == 6
+    # Reuse a (a hit on its two blocks, and block 6 filled and cached): a is now the most recently used.
+    reuse = make_request("a-again", prefixes["a"] + [13, 14])
+    assert manager.get_computed_blocks(reuse) == [0, 1]
+    assert admit(manager, reuse)
+    assert manager.block_tables["a-again"] == [0, 1, 6]
+    manager.free(reuse)
+    # Last use: b, then c, then a. Four blocks: the never-used block 7, then b's two, then c's last one.
+    hashes = [manager.pool.block_hash[b] for b in range(7)]
+    assert None not in hashes
+    d = make_request("d", [20, 21, 22, 23, 24, 25, 26])
+    assert admit(manager, d)
+    assert manager.block_tables["d"] == [7, 3, 2, 5]
+    still_cached = [manager.pool.cached.get(h) == b for b, h in enumerate(hashes)]
+    assert still_cached == [True, True, False, False, True, False, True]
+    probes = {name: make_request(f"{name}-probe", tokens + [99]) for name, tokens in prefixes.items()}
+    probes["a-again"] = make_request("a-again-probe", prefixes["a"] + [13, 14, 99])
+    hits = {name: manager.get_computed_blocks(request) for name, request in probes.items()}
+    assert hits == {"a": [0, 1], "b": [], "c": [4], "a-again": [0, 1, 6]}
 
 
 def test_stats_count_prompt_tokens_and_hits():

@@ -71,12 +71,49 @@ def test_preempts_most_recent_when_blocks_run_out_and_recomputes():
     assert scheduler.kv_manager.num_free_blocks == 4
 
 
-def test_priority_orders_admission_and_preemption():
+def test_priority_orders_admission():
     scheduler = make_scheduler(budget=100, max_seqs=1)
     scheduler.add_request(make_request("low", 2, priority=5, arrival=0))
     scheduler.add_request(make_request("high", 2, priority=-1, arrival=1))
     out, _ = fake_step(scheduler)
     assert [s.request.request_id for s in out.scheduled] == ["high"]
+
+
+def test_priority_preempts_the_lower_priority_request_even_when_older():
+    """When a higher-priority request needs a block and the pool is empty, the lower-priority one is preempted,
+    though it arrived first (without priorities the most recent, the high one, would be), and recomputed later."""
+    scheduler = make_scheduler(num_blocks=4, block_size=4, budget=64)
+    low = make_request("low", 6, max_tokens=8, priority=5, arrival=0)
+    high = make_request("high", 8, max_tokens=8, priority=-1, arrival=1)
+    num_tokens = {"low": 0, "high": 0}  # tokens emitted
+
+    def step():
+        out, outputs = fake_step(scheduler)
+        for output in outputs:
+            num_tokens[output.request_id] += len(output.new_token_ids)
+        return out, outputs
+
+    scheduler.add_request(low)
+    step()  # low: 6 prompt tokens in blocks 0, 1
+    scheduler.add_request(high)
+    out, _ = step()  # low decodes in block 1; high's 8 prompt tokens take blocks 2, 3: pool full
+    assert [s.request.request_id for s in out.scheduled] == ["low", "high"] and out.preempted_request_ids == []
+    assert scheduler.kv_manager.num_free_blocks == 0
+    out, _ = step()  # high needs a third block for position 8; low still fits in its own
+    assert out.preempted_request_ids == ["low"]
+    assert [s.request.request_id for s in out.scheduled] == ["high"]
+    assert (low.status, low.num_computed_tokens, low.num_preemptions) == (RequestStatus.WAITING, 0, 1)
+    assert (high.status, high.num_preemptions) == (RequestStatus.RUNNING, 0)
+
+    finished = []
+    for _ in range(50):
+        _, outputs = step()
+        finished += [o.request_id for o in outputs if o.finished]
+        if not scheduler.num_unfinished:
+            break
+    assert finished == ["high", "low"] and num_tokens == {"low": 8, "high": 8}
+    assert scheduler.num_preemptions == 1 and high.num_preemptions == 0
+    assert scheduler.kv_manager.num_free_blocks == 4
 
 
 def test_abort_frees_blocks_and_reports_finished_id():

@@ -136,24 +136,75 @@ def test_each_row_is_bit_identical_alone_and_in_any_batch(isa, bits, activation_
     assert torch.equal(block_linear(x[3:10], weights, None, activation_bits), batch[3:10])
 
 
+SIMD_ISAS = [name for name in ISAS if name != "portable"]
+
+
 @needs_kernels
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("activation_bits", [8, 16])
 def test_every_instruction_set_gives_bit_identical_results(bits, activation_bits):
-    """The loops sum the same integers and round the floats alike: which one runs is not observable."""
+    """The SIMD loops sum the same integers and round the floats alike: which one runs is not observable.
+    (The portable loop rounds differently; it is compared bit for bit on exact inputs below.)"""
+    if len(SIMD_ISAS) < 2:
+        pytest.skip(f"only {', '.join(SIMD_ISAS) or 'the portable loop'} on this host: no second SIMD loop to compare")
     extension = cpu_extension.load()
     widest = extension.block_linear_isa()
     weights = interleave_rows(*random_blocks(bits, 45, 384, 64), bits, 64)
     x = activations(9, 384)
     results = {}
     try:
-        for name in ISAS:
+        for name in SIMD_ISAS:
             extension.set_block_linear_isa(name)
+            assert extension.block_linear_isa() == name
             results[name] = block_linear(x, weights, None, activation_bits)
     finally:
         extension.set_block_linear_isa(widest)
-    simd = [r for name, r in results.items() if name != "portable"]
-    assert all(torch.equal(r, simd[0]) for r in simd)
+    first, *others = SIMD_ISAS
+    for name in others:
+        assert torch.equal(results[name], results[first]), f"{name} differs from {first}"
+
+
+def exact_case(bits: int, seed: int = 0):
+    """Weights and activations on which every float operation of the kernel is exact, so every loop, whatever
+    its summation order or FMA use, must return exactly ``x @ W.T``.
+
+    Per block of 32, ``x`` is an integer in -7..7 (one of them +-127) times ``254 * 2**-10``: the block's step
+    is ``254 * 2**-10``, so both the 8-bit codes and the 16-bit ones (residual 0) are the integers themselves.
+    Scales are powers of two (2**-8 or 2**-7 per group of 64) and int4 mins are -8 scales; int8 codes are in
+    -31..31. Every product and partial sum is then a multiple of ``2**-17`` below ``2**7``: at most 24
+    significant bits, so exact in float32 in any order.
+    """
+    rows, cols, group_size = 45, 128, 64
+    generator = torch.Generator().manual_seed(seed)
+    integers = torch.randint(-7, 8, (9, cols), generator=generator)
+    peaks = torch.arange(0, cols, 32)
+    integers[:, peaks] = 127 * (1 - 2 * torch.randint(0, 2, (9, peaks.numel()), generator=generator))
+    x = integers.float() * (254 * 2.0**-10)
+    exponents = torch.randint(-8, -6, (rows, cols // group_size), generator=generator)
+    scales = torch.pow(2.0, exponents.double()).half()
+    if bits == 4:
+        codes = torch.randint(0, 16, (rows, cols), generator=generator)
+        values, mins = pack_int4(codes), (-8 * scales.float()).half()
+    else:
+        codes = torch.randint(-31, 32, (rows, cols), generator=generator)
+        values, mins = codes.to(torch.int8), None
+    dense = codes.double() * scales.double().repeat_interleave(group_size, dim=1)
+    if mins is not None:
+        dense += mins.double().repeat_interleave(group_size, dim=1)
+    exact = (x.double() @ dense.T).float()
+    return x, interleave_rows(values, scales, mins, bits, group_size), exact
+
+
+@needs_kernels
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("activation_bits", [8, 16])
+def test_every_loop_is_exact_where_float_arithmetic_is(isa, bits, activation_bits):
+    """On inputs where no float operation rounds, each loop (portable included) returns exactly x @ W.T: the
+    loops agree bit for bit with each other and with the exact product, which catches any integer slip (a
+    nibble, a lane, a block or a group's scale taken from the wrong place) that a tolerance could hide."""
+    x, weights, exact = exact_case(bits)
+    got = block_linear(x, weights, None, activation_bits)
+    assert torch.equal(got, exact), f"{isa}: {int((got != exact).sum())} of {exact.numel()} outputs differ"
 
 
 @needs_kernels

@@ -1,5 +1,5 @@
 """The official `openai` client against a live server: completions and chat, streaming and not,
-usage counts, greedy equality with the offline engine, concurrency and disconnects."""
+usage counts, greedy equality with the offline engine, stop strings in streams, concurrency and disconnects."""
 
 from __future__ import annotations
 
@@ -146,3 +146,63 @@ def test_echo_puts_the_prompt_before_the_text(client):
     assert client.completions.create(echo=True, **kwargs).choices[0].text == prompt + plain
     streamed = "".join(c.choices[0].text for c in client.completions.create(echo=True, stream=True, **kwargs))
     assert streamed == prompt + plain
+
+
+def stop_spanning_three_tokens(tokens: list[str], text: str) -> tuple[str, int]:
+    """A stop string made of the last character of one token, the whole next token and the first character of
+    the one after, whose first occurrence in ``text`` is that one; and where it starts. The first character
+    arrives with text before it, so only a hold-back keeps it out of the stream."""
+    offsets = [0]
+    for token in tokens:
+        offsets.append(offsets[-1] + len(token))
+    for i in range(1, len(tokens) - 2):
+        if len(tokens[i]) < 2 or not tokens[i + 1] or not tokens[i + 2]:
+            continue
+        start = offsets[i + 1] - 1
+        stop = text[start : offsets[i + 2] + 1]
+        if text.find(stop) == start and not stop.isspace():
+            return stop, start
+    raise AssertionError(f"no stop string spanning three tokens in {tokens!r}")
+
+
+def assert_stopped_stream_equals_unstopped_text_cut(create, kwargs, text_of, delta_of, text, tokens):
+    """With a stop string spanning three tokens of the unstopped greedy ``text``: the non-streamed text and the
+    joined streamed deltas are both ``text`` cut before it (no piece of it is streamed and then taken back)."""
+    assert "".join(tokens) == text  # ASCII output: each token's text is its piece of the whole
+    stop, start = stop_spanning_three_tokens(tokens, text)
+    stopped = create(stop=[stop], **kwargs).choices[0]
+    assert (text_of(stopped), stopped.finish_reason) == (text[:start], "stop")
+    chunks = [c for c in create(stop=[stop], stream=True, **kwargs) if c.choices]
+    assert "".join(delta_of(c.choices[0]) for c in chunks) == text[:start]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_streamed_completion_with_a_stop_string_equals_non_streamed(client):
+    """/v1/completions streams no part of a stop string that spans tokens."""
+    kwargs = dict(model=MODEL_NAME, prompt="A list of fruits: apples, pears,", max_tokens=24, temperature=0)
+    unstopped = client.completions.create(logprobs=0, **kwargs).choices[0]
+
+    def text_of(choice):
+        return choice.text
+
+    assert_stopped_stream_equals_unstopped_text_cut(
+        client.completions.create, kwargs, text_of, text_of, unstopped.text, unstopped.logprobs.tokens
+    )
+
+
+def test_streamed_chat_with_a_stop_string_equals_non_streamed(client):
+    """/v1/chat/completions streams no part of a stop string that spans tokens."""
+    messages = [{"role": "user", "content": "Name three fruits and say why they are healthy."}]
+    kwargs = dict(model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0)
+    unstopped = client.chat.completions.create(logprobs=True, **kwargs).choices[0]
+
+    def text_of(choice):
+        return choice.message.content
+
+    def delta_of(choice):
+        return choice.delta.content or ""
+
+    tokens = [entry.token for entry in unstopped.logprobs.content]
+    assert_stopped_stream_equals_unstopped_text_cut(
+        client.chat.completions.create, kwargs, text_of, delta_of, unstopped.message.content, tokens
+    )

@@ -1,8 +1,9 @@
-"""corral.text.stop: stop strings found in one chunk or across chunks, and never streamed in part."""
+"""corral.text.stop: stop strings found in one chunk or across chunks, and how much text may start one.
+
+How the output processor streams with them is tested through the real processor in
+tests/engine/test_output_processor.py."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -12,24 +13,6 @@ from corral.errors import InvalidSamplingParamsError
 from corral.text.stop import StopChecker, StopMatch
 
 
-def simulate(checker: StopChecker, chunks: Sequence[str]) -> tuple[str, list[str], StopMatch | None]:
-    """Feed ``chunks`` the way an output processor would; return (final text, streamed pieces, match)."""
-    text, streamed, pieces = "", "", []
-    for chunk in chunks:
-        text += chunk
-        match = checker.check(text, len(chunk))
-        if match is not None:
-            assert match.text.startswith(streamed), "streamed text must never be taken back"
-            pieces.append(match.text[len(streamed) :])
-            return match.text, pieces, match
-        safe = text[: len(text) - checker.num_held_back(text)]
-        assert safe.startswith(streamed)
-        pieces.append(safe[len(streamed) :])
-        streamed = safe
-    pieces.append(text[len(streamed) :])  # finished for another reason: release what was held
-    return text, pieces, None
-
-
 def test_match_inside_one_chunk() -> None:
     checker = StopChecker(["\n\n", "END"])
     match = checker.check("Hello END and more", len("Hello END and more"))
@@ -37,9 +20,12 @@ def test_match_inside_one_chunk() -> None:
 
 
 def test_match_across_chunks() -> None:
-    final, pieces, match = simulate(StopChecker(["STOP"]), ["Say S", "TO", "P now"])
-    assert final == "Say " and match is not None and match.stop_str == "STOP"
-    assert pieces == ["Say ", "", ""]  # "S" and "STO" were held back, then dropped
+    """A stop string split over steps: held while incomplete, matched by the step that completes it."""
+    checker = StopChecker(["STOP"])
+    assert checker.check("Say S", 5) is None and checker.num_held_back("Say S") == 1
+    assert checker.check("Say STO", 2) is None and checker.num_held_back("Say STO") == 3
+    # only "P" is new, but the match reaches back into the held characters
+    assert checker.check("Say STOP now", 5) == StopMatch(stop_str="STOP", text="Say ")
 
 
 def test_hold_back_partial_prefixes() -> None:
@@ -55,14 +41,15 @@ def test_hold_back_partial_prefixes() -> None:
 
 
 def test_false_start_is_released() -> None:
-    final, pieces, match = simulate(StopChecker(["STOP"]), ["a ST", "OVE b"])
-    assert match is None and final == "a STOVE b"
-    assert pieces == ["a ", "STOVE b", ""]
+    checker = StopChecker(["STOP"])
+    assert checker.num_held_back("a ST") == 2
+    assert checker.check("a STOVE b", 5) is None
+    assert checker.num_held_back("a STOVE b") == 0
 
 
 def test_include_stop_str_in_output() -> None:
-    final, _, match = simulate(StopChecker(["STOP"], include_stop_str_in_output=True), ["x S", "TOP y"])
-    assert final == "x STOP" and match is not None and match.stop_str == "STOP"
+    checker = StopChecker(["STOP"], include_stop_str_in_output=True)
+    assert checker.check("x STOP y", 5) == StopMatch(stop_str="STOP", text="x STOP")
 
 
 def test_earliest_ending_match_wins() -> None:
@@ -100,25 +87,43 @@ def test_single_string_and_duplicates() -> None:
 _ALPHABET = "ab\n<>"
 
 
+def brute_first_match(text: str, stops: list[str], after: int) -> tuple[int, str] | None:
+    """(end, stop string): the first stop string to complete at an end past ``after``, the longest of ties."""
+    for end in range(after + 1, len(text) + 1):
+        hits = [s for s in stops if text.endswith(s, 0, end)]
+        if hits:
+            return end, max(hits, key=len)
+    return None
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     text=st.text(alphabet=_ALPHABET, max_size=30),
     stops=st.lists(st.text(alphabet=_ALPHABET, min_size=1, max_size=4), min_size=1, max_size=3),
-    cuts=st.lists(st.integers(0, 30), max_size=8),
+    data=st.data(),
     include=st.booleans(),
 )
-def test_chunking_does_not_change_the_result(
-    text: str, stops: list[str], cuts: list[int], include: bool
-) -> None:
-    checker = StopChecker(stops, include_stop_str_in_output=include)
-    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
-    by_char = simulate(checker, list(text))
-    final, pieces, match = simulate(checker, chunks)
-    assert (final, match) == (by_char[0], by_char[2])
-    assert "".join(pieces) == final
-    if match is None:
-        assert final == text and not any(s in text for s in stops)
+def test_check_finds_what_a_brute_force_search_finds(text: str, stops: list[str], data: st.DataObject, include: bool) -> None:
+    """check() against every end position tried in turn, for any split into old (already searched) and new text."""
+    old = data.draw(st.integers(0, len(text)))
+    first = brute_first_match(text, stops, 0)
+    if first is not None and first[0] <= old:
+        old = first[0] - 1  # the contract: the old text held no complete stop string
+    match = StopChecker(stops, include_stop_str_in_output=include).check(text, len(text) - old)
+    expected = brute_first_match(text, stops, old)
+    if expected is None:
+        assert match is None
     else:
-        cut = final if include else final + match.stop_str
-        assert text.startswith(cut) and not any(s in cut[:-1] for s in stops)
+        end, stop = expected
+        assert match == StopMatch(stop_str=stop, text=text[:end] if include else text[: end - len(stop)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet=_ALPHABET, max_size=20),
+    stops=st.lists(st.text(alphabet=_ALPHABET, min_size=1, max_size=5), min_size=1, max_size=3),
+)
+def test_held_back_is_the_longest_tail_that_starts_a_stop_string(text: str, stops: list[str]) -> None:
+    """num_held_back() against every tail length tried: the longest tail that is a proper prefix of a stop string."""
+    expected = max(k for s in stops for k in range(min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k]))
+    assert StopChecker(stops).num_held_back(text) == expected
