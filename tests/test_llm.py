@@ -4,9 +4,12 @@ preemption, prefix caching, seeded sampling, stop conditions and bad input."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from corral import LLM, SamplingParams
 from corral.errors import InvalidRequestError, InvalidSamplingParamsError, ModelLoadError, PromptTooLongError
+from corral.models.calibration import sequence_logits
+from corral.quantization.corpus import stdlib_docstrings
 
 SENTENCE = "The history of science shows that careful measurement and honest reporting move knowledge forward."
 
@@ -71,6 +74,8 @@ def test_fused_decode_layers_give_the_module_paths_tokens(kv_cache_dtype, activa
 
 
 def test_int8_kv_cache_holds_more_tokens_and_keeps_greedy_output(default_llm):
+    """Guards the engine's int8 K/V end to end (paged decode included); the format's accuracy is measured
+    precisely, teacher-forced, by the next test."""
     int8 = LLM(dtype="float32", quantization="none", max_model_len=1024, kv_cache_memory=128 * 1024**2,
                kv_cache_dtype="int8")
     # same memory: 68 bytes per token and KV head instead of 256 (fp32)
@@ -78,11 +83,25 @@ def test_int8_kv_cache_holds_more_tokens_and_keeps_greedy_output(default_llm):
     prompts = mixed_prompts(8)
     want = [o.outputs[0].token_ids for o in default_llm.generate(prompts, greedy(32), use_tqdm=False)]
     got = [o.outputs[0].token_ids for o in int8.generate(prompts, greedy(32), use_tqdm=False)]
-    # Greedy tokens before each sequence's first difference, over all tokens: measured 0.75 here (a near
-    # tie flipped once derails the rest of a sequence; teacher-forced, 98.2% of next tokens agree).
+    # Greedy tokens before each sequence's first difference, over all tokens: measured 0.75 (192 of 256:
+    # prefixes 26, 32, 32, 32, 32, 32, 6, 0; a near tie flipped once derails the rest of a sequence). 0.6
+    # leaves room for one more sequence derailed at its first token on another CPU's float rounding.
     agreeing = sum(next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(w)) for g, w in zip(got, want))
-    assert agreeing / sum(map(len, want)) >= 0.5
+    assert agreeing / sum(map(len, want)) >= 0.6
     assert_no_leaks(int8)
+
+
+def test_int8_kv_cache_keeps_teacher_forced_next_tokens_on_heldout_text(default_llm):
+    """Guards the int8 K/V format's accuracy on the exact path: with the true context at every position (a
+    flip does not derail what follows), the greedy next token with int8 K/V equals that with the model's
+    dtype (fp32) K/V on 512 held-out targets, as `corral eval agreement --kv-cache-dtype int8` scores it."""
+    model = default_llm.engine.core.runner.model
+    ids = default_llm.get_tokenizer().encode(stdlib_docstrings("heldout"))[:513]
+    exact = sequence_logits(model, ids, "model")[:-1]
+    int8 = sequence_logits(model, ids, "int8")[:-1]
+    assert not torch.equal(int8, exact)  # the int8 K/V is in effect
+    agreement = (int8.argmax(dim=-1) == exact.argmax(dim=-1)).float().mean().item()
+    assert agreement >= 0.95, agreement  # measured 505 / 512 = 0.986 (98.5% on 2,048 tokens in windows of 1024)
 
 
 def test_prefix_caching_on_and_off_agree_and_shared_prefix_hits():

@@ -1,11 +1,20 @@
-"""``corral eval``: perplexity and agreement on the held-out docstrings, as JSON; bad input is one line."""
+"""``corral eval``: perplexity (equal to HF transformers' on the same tokens) and agreement on the held-out
+docstrings, as JSON; bad input is one line."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from corral.quantization.corpus import stdlib_docstrings
+from corral.text.tokenizer import Tokenizer
 
 
 def corral(*args: str) -> subprocess.CompletedProcess:
@@ -13,7 +22,40 @@ def corral(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_perplexity_writes_json(tmp_path):
+@pytest.fixture(scope="module")
+def hf_model(default_model):
+    """The reference: HF transformers' LlamaForCausalLM on the same GGUF, dequantized by transformers, fp32."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(default_model), gguf_file=os.path.basename(default_model), dtype=torch.float32
+    )
+    return model.eval()
+
+
+def heldout_ids(default_model: str, num_tokens: int) -> list[int]:
+    """The first ``num_tokens`` token ids of the held-out docstrings, as `corral eval` scores them."""
+    return Tokenizer.from_gguf(default_model).encode(stdlib_docstrings("heldout"))[:num_tokens]
+
+
+def test_perplexity_equals_hf_transformers_on_one_window(tmp_path, hf_model, default_model):
+    """Guards the perplexity: exp of HF's mean loss (labels = the same 256 token ids), to 1e-4 relative."""
+    out = tmp_path / "ppl.json"
+    result = corral("eval", "perplexity", "--quantization", "none", "--tokens", "256", "--window", "256",
+                    "--output-json", str(out))
+    assert result.returncode == 0, result.stderr
+    written = json.loads(out.read_text())
+    assert (written["num_tokens"], written["num_windows"]) == (255, 1)
+    ids = torch.tensor([heldout_ids(default_model, 256)])
+    with torch.no_grad():
+        loss = hf_model(ids, labels=ids).loss.item()
+    # measured: 17.935284 against HF's 17.935298 (7.5e-7 relative)
+    assert math.isclose(written["perplexity"], math.exp(loss), rel_tol=1e-4), (written["perplexity"], math.exp(loss))
+
+
+def test_perplexity_writes_json_and_scores_each_target_once_across_windows(tmp_path, hf_model, default_model):
+    """Guards the sliding windows: two windows of 64 every 32 tokens score targets 1..63 in the first and
+    64..95 in the second (with 32 tokens of context), as HF's per-token losses on those windows give."""
     out = tmp_path / "ppl.json"
     result = corral("eval", "perplexity", "--quantization", "none", "--tokens", "96", "--window", "64",
                     "--stride", "32", "--output-json", str(out))
@@ -21,8 +63,14 @@ def test_perplexity_writes_json(tmp_path):
     written = json.loads(out.read_text())
     assert written == json.loads(result.stdout)
     assert written["num_tokens"] == 95 and written["num_windows"] == 2  # every target after the first, once
-    # a real model on English docstrings: far better than uniform over 49152 tokens, and not perfect
-    assert 2 < written["perplexity"] < 100 and math.isfinite(written["perplexity"])
+    ids = torch.tensor(heldout_ids(default_model, 96))
+    with torch.no_grad():
+        first, second = (hf_model(window[None]).logits[0, :-1] for window in (ids[:64], ids[32:96]))
+    losses = torch.cat([F.cross_entropy(first, ids[1:64], reduction="none"),
+                        F.cross_entropy(second, ids[33:96], reduction="none")[-32:]])
+    expected = losses.mean().exp().item()
+    # measured: 23.986662 against HF's 23.986683 (8.5e-7 relative)
+    assert math.isclose(written["perplexity"], expected, rel_tol=1e-4), (written["perplexity"], expected)
 
 
 def test_agreement_with_itself_is_total_and_with_a_quantized_path_high(tmp_path):

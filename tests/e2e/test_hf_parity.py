@@ -24,7 +24,8 @@ NUM_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def hf_model(default_model):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     model = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(default_model), gguf_file=os.path.basename(default_model), dtype=torch.float32
     )
