@@ -23,11 +23,6 @@ class ScheduledRequest:
         """True when this step reaches the request's last known token, so its next token is sampled."""
         return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens + len(self.spec_token_ids)
 
-    @property
-    def attends_per_token(self) -> bool:
-        """Decodes and draft checks: each of their tokens is one row of the paged decode kernel."""
-        return self.num_new_tokens == 1 or bool(self.spec_token_ids)
-
 
 @dataclass
 class SchedulerOutput:

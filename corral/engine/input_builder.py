@@ -23,54 +23,89 @@ class ModelInputs:
     logits_indices: torch.Tensor  # [num_logits_rows]
 
 
-def order_for_attention(scheduled: list[ScheduledRequest]) -> list[ScheduledRequest]:
-    """Per-token entries (decodes, draft checks) first, then prompt chunks, as AttentionMetadata expects."""
-    return [s for s in scheduled if s.attends_per_token] + [s for s in scheduled if not s.attends_per_token]
+def prompt_tail_start(num_prompt_tokens: int, block_size: int) -> int:
+    """First position of the prompt's last block. A prompt served from the prefix cache computes exactly the
+    positions from here on (the cache holds whole blocks, and the last prompt token is always computed)."""
+    return (num_prompt_tokens - 1) // block_size * block_size
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Positions ``[start, start + num_tokens)`` of entry ``entry``, attended one row per token or as a chunk."""
+
+    entry: int
+    start: int
+    num_tokens: int
+
+
+def split_for_attention(entries: list[ScheduledRequest], block_size: int) -> tuple[list[_Piece], list[_Piece]]:
+    """(per-token pieces, prompt chunks). Decodes, draft checks and every position from the prompt's last
+    block on go through the per-token kernel; the rest of a prompt chunk is one dense chunk. Prompt tails
+    are per-token so that the positions a prefix-cache hit recomputes (the prompt's last block) get the
+    same arithmetic as when the whole prompt is computed: the dense chunk's rounding depends on its shape."""
+    per_token: list[_Piece] = []
+    chunks: list[_Piece] = []
+    for index, s in enumerate(entries):
+        start, end = s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens
+        tail = start if s.spec_token_ids else max(start, prompt_tail_start(s.request.num_prompt_tokens, block_size))
+        if tail > start:
+            chunks.append(_Piece(index, start, min(tail, end) - start))
+        if end > tail:
+            per_token.append(_Piece(index, tail, end - tail))
+    return per_token, chunks
 
 
 def build_model_inputs(
     scheduler_output: SchedulerOutput, block_size: int, device: torch.device
 ) -> ModelInputs:
-    entries = order_for_attention(scheduler_output.scheduled)
-    num_reqs = len(entries)
-    starts = np.fromiter((s.num_computed_tokens for s in entries), dtype=np.int64, count=num_reqs)
-    lens = np.fromiter((s.num_new_tokens for s in entries), dtype=np.int64, count=num_reqs)
+    entries = scheduler_output.scheduled
+    per_token, chunks = split_for_attention(entries, block_size)
+    pieces = per_token + chunks  # per-token rows first, as AttentionMetadata expects
+    num_pieces = len(pieces)
+    starts = np.fromiter((p.start for p in pieces), dtype=np.int64, count=num_pieces)
+    lens = np.fromiter((p.num_tokens for p in pieces), dtype=np.int64, count=num_pieces)
+    entry_of_piece = np.fromiter((p.entry for p in pieces), dtype=np.int64, count=num_pieces)
     cu_lens = np.cumsum(lens)
     num_tokens = int(cu_lens[-1])
     query_starts = cu_lens - lens
 
-    # positions[t] = start of t's request + offset of t within its chunk
-    row_of_token = np.repeat(np.arange(num_reqs), lens)
+    # positions[t] = start of t's piece + offset of t within it
+    row_of_token = np.repeat(entry_of_piece, lens)
     positions = np.arange(num_tokens) - np.repeat(query_starts - starts, lens)
 
     max_blocks = max(len(s.block_ids) for s in entries)
-    block_tables = np.zeros((num_reqs, max_blocks), dtype=np.int64)
+    block_tables = np.zeros((len(entries), max_blocks), dtype=np.int64)
     for row, s in enumerate(entries):
         block_tables[row, : len(s.block_ids)] = s.block_ids
     slot_mapping = block_tables[row_of_token, positions // block_size] * block_size + positions % block_size
 
     input_ids = np.empty(num_tokens, dtype=np.int64)
-    for s, q0, n in zip(entries, query_starts.tolist(), lens.tolist(), strict=True):
-        num_known = n - len(s.spec_token_ids)
-        input_ids[q0 : q0 + num_known] = s.request.all_token_ids[s.num_computed_tokens : s.num_computed_tokens + num_known]
-        input_ids[q0 + num_known : q0 + n] = s.spec_token_ids
+    for piece, q0 in zip(pieces, query_starts.tolist(), strict=True):
+        s = entries[piece.entry]
+        # the entry's draft tokens are its last len(spec_token_ids) positions (never split off: see above)
+        num_known = min(piece.num_tokens, s.request.num_tokens - piece.start)
+        input_ids[q0 : q0 + num_known] = s.request.all_token_ids[piece.start : piece.start + num_known]
+        input_ids[q0 + num_known : q0 + piece.num_tokens] = s.spec_token_ids
 
-    num_per_token_entries = sum(1 for s in entries if s.attends_per_token)
-    num_decodes = int(cu_lens[num_per_token_entries - 1]) if num_per_token_entries else 0
-    context_lens = starts + lens
+    num_decodes = int(cu_lens[len(per_token) - 1]) if per_token else 0
     prefills = []
-    for row in range(num_per_token_entries, num_reqs):
-        ctx = int(context_lens[row])
+    for index in range(len(per_token), num_pieces):
+        ctx = int(starts[index] + lens[index])
         pos = np.arange(ctx)
-        kv_slots = block_tables[row, pos // block_size] * block_size + pos % block_size
+        kv_slots = block_tables[entry_of_piece[index], pos // block_size] * block_size + pos % block_size
         prefills.append(
-            PrefillChunk(int(query_starts[row]), int(lens[row]), ctx, torch.from_numpy(kv_slots).to(device))
+            PrefillChunk(int(query_starts[index]), int(lens[index]), ctx, torch.from_numpy(kv_slots).to(device))
         )
 
+    # Each sampling entry's logits rows: the last 1 + len(spec_token_ids) tokens of the piece that ends it.
+    end_of_entry = np.zeros(len(entries), dtype=np.int64)
+    for piece, end in zip(pieces, cu_lens.tolist(), strict=True):
+        s = entries[piece.entry]
+        if piece.start + piece.num_tokens == s.num_computed_tokens + s.num_new_tokens:
+            end_of_entry[piece.entry] = end
     sampling_rows = [row for row, s in enumerate(entries) if s.samples]
     num_logits = np.fromiter((1 + len(entries[row].spec_token_ids) for row in sampling_rows), np.int64, len(sampling_rows))
-    # each sampling entry's last num_logits rows: its end minus a countdown num_logits .. 1
-    logits_indices = np.repeat(cu_lens[sampling_rows], num_logits) - (
+    logits_indices = np.repeat(end_of_entry[sampling_rows], num_logits) - (
         np.repeat(np.cumsum(num_logits), num_logits) - np.arange(int(num_logits.sum()))
     )
 
