@@ -27,3 +27,25 @@ def test_default_model_name_and_flags():
     add_arguments(parser)
     args = parser.parse_args(["--port", "9000", "--no-enable-prefix-caching", "--api-key", "k"])
     assert (args.host, args.port, args.enable_prefix_caching, args.api_key) == ("127.0.0.1", 9000, False, "k")
+
+
+def test_default_server_repeats_greedy_answers(corral_serve):
+    """`corral serve` with its defaults answers the same greedy chat request the same way every time, though
+    every repeat's prompt comes from the prefix cache (these prompts forked on their second run before the
+    prompt's last block was attended per token)."""
+    import httpx
+
+    base = corral_serve()
+    questions = ["Write a poem about the sea.", "Explain how a CPU cache works.", "Tell me a joke about programmers."]
+    for question in questions:
+        body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": question}],
+                "max_tokens": 48, "temperature": 0}
+        answers = []
+        for _ in range(3):
+            response = httpx.post(base + "/v1/chat/completions", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["choices"][0]["message"]["content"])
+        assert answers == [answers[0]] * 3, question
+    metrics = httpx.get(base + "/metrics").text
+    hits = next(line for line in metrics.splitlines() if line.startswith("corral:prefix_cache_hits_total"))
+    assert float(hits.split()[-1]) > 0, "no prefix-cache hit: the test proves nothing"
