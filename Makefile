@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-cuda docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-deps clean
+.PHONY: install serve test test-cuda mutation docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-kernels bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -29,7 +29,7 @@ serve: install
 
 # The kernels are required here (a missing or stale build fails at start-up instead of skipping their tests),
 # every skip is reported (-rs), and a skip not in tests/allowed_skips.txt fails the run.
-PYTEST_STRICT := -rs --require-kernels --allowed-skips tests/allowed_skips.txt
+PYTEST_STRICT := -rs --durations=15 --require-kernels --allowed-skips tests/allowed_skips.txt
 
 test: install
 	$(BIN)/ruff check corral tests bench
@@ -39,6 +39,43 @@ test: install
 # The CUDA tests, where a GPU is lent (the default run deselects them).
 test-cuda: install
 	$(BIN)/python -m pytest -q -rs -m cuda
+
+# Mutation testing (docs/testing.md): each module against its own tests, in a scratch copy under build/mutation/
+# (mutmut 3 mutates a copy in mutants/ there, never corral/). Per-module report: build/mutation/NAME.txt.
+# About 2-4 minutes a module on 2 cores (tests/server much longer); MUTATION_MODULES=stop make mutation runs a subset.
+MUTATION_DIR := build/mutation
+MUTATION_MODULES ?= stop detokenizer block_manager scheduler output_processor ops streams
+MUT_stop := corral/text/stop.py tests/text/test_stop.py tests/engine/test_output_processor.py
+MUT_detokenizer := corral/text/detokenizer.py tests/text/test_detokenizer.py
+MUT_block_manager := corral/engine/block_manager.py tests/engine/test_block_manager.py
+MUT_scheduler := corral/engine/scheduler.py tests/engine/test_scheduler.py
+MUT_output_processor := corral/engine/output_processor.py tests/engine/test_output_processor.py tests/engine/test_llm_engine.py
+MUT_ops := corral/sample/ops.py tests/sample
+MUT_streams := corral/server/streams.py tests/server
+export $(foreach m,$(MUTATION_MODULES),MUT_$(m))
+MUTATION_STAMP := $(VENV)/.mutation-installed
+
+$(MUTATION_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[mutation]'
+	touch $(MUTATION_STAMP)
+
+mutation: install $(MUTATION_STAMP)
+	set -e; for m in $(MUTATION_MODULES); do \
+	  set -- $$(eval echo \$$MUT_$$m); src=$$1; shift; \
+	  test -n "$$src" || { echo "unknown module $$m"; exit 1; }; \
+	  dir=$(MUTATION_DIR)/$$m; rm -rf $$dir; mkdir -p $$dir; \
+	  git ls-files -co --exclude-standard -- corral tests pyproject.toml | tar -cf - -T - | tar -xf - -C $$dir; \
+	  tests=$$(printf '"%s", ' "$$@"); \
+	  sed -i -e "s|^only_mutate = .*|only_mutate = [\"$$src\"]|" \
+	         -e "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$${tests%, }]|" $$dir/pyproject.toml; \
+	  start=$$(date +%s); \
+	  (cd $$dir && OMP_NUM_THREADS=1 $(CURDIR)/$(BIN)/mutmut run --max-children $$(nproc) >run.log 2>&1); \
+	  (cd $$dir && $(CURDIR)/$(BIN)/mutmut results --all true) >$(MUTATION_DIR)/$$m.txt; \
+	  echo "$$m ($$src): $$(( $$(date +%s) - start ))s"; \
+	  awk -F': ' '{n++; c[$$NF]++} END {k=c["killed"]+c["timeout"]; \
+	    printf "  mutants %d  killed %d  survived %d  timeout %d  other %d  score %.1f%%\n", \
+	    n, c["killed"], c["survived"], c["timeout"], n-c["killed"]-c["survived"]-c["timeout"], n ? 100*k/n : 0}' $(MUTATION_DIR)/$$m.txt; \
+	done
 
 # The docs' generated reference blocks (every --help, the metrics list), rewritten from the code.
 docs: install
@@ -107,6 +144,9 @@ bench-quality: install  ## the default quantized path against exact fp32: held-o
 	$(BIN)/corral eval perplexity --quantization none $(BENCH_ARGS)
 	$(BIN)/corral eval perplexity $(BENCH_ARGS)
 	$(BIN)/corral eval agreement $(BENCH_ARGS)
+
+bench-kernels: install  ## block-linear and paged-attention microbenchmarks (bench/results/kernels.json)
+	$(BIN)/python bench/kernels.py $(BENCH_ARGS)
 
 bench-offline-hf: install  ## corral vs HF transformers, offline (the older, in-process comparison)
 	$(BIN)/python bench/offline.py
