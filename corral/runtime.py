@@ -290,7 +290,22 @@ def _attention_backend(
     )
     if isinstance(quant_method, BlockMethod) and model.fuse_decode_layers_(block_size):
         logger.info("decode steps run one fused C++ call per layer")
+    if batch_invariant and not _linears_are_row_independent(quant_method):
+        logger.warning(
+            "batch_invariant: attention runs per token, but this path's linears are a float matrix product whose "
+            "rounding depends on how many rows share it, so outputs can still change with batching and "
+            "speculation; row-independent linears need quantized weights and the C++ kernels (%s)",
+            cpu_extension.build_problem() or f"quantization {quant_method.name if quant_method else 'none'}",
+        )
     return backend
+
+
+def _linears_are_row_independent(quant_method: QuantMethod | None) -> bool:
+    """Whether a row's linear outputs are independent of the other rows in the batch: int8 (integer GEMM) or
+    block-packed weights on the C++ kernels; not float weights or the block formats' torch reference."""
+    if isinstance(quant_method, Int8Method):
+        return True
+    return isinstance(quant_method, BlockMethod) and cpu_extension.load() is not None
 
 
 def _build_proposer(

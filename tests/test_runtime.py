@@ -50,3 +50,18 @@ def test_kv_cache_dtype_auto_follows_the_weights():
     assert resolve_kv_cache_dtype("int8", None) == "int8"
     with pytest.raises(ConfigError, match="unsupported kv_cache_dtype"):
         resolve_kv_cache_dtype("fp8", None)
+
+
+def test_batch_invariant_warns_where_the_linears_depend_on_the_batch(tiny_model_dir, caplog):
+    """Per-token attention alone does not make float linears row-independent: the mode says so at start-up."""
+    from corral import LLM
+
+    with caplog.at_level("WARNING", logger="corral.runtime"):
+        LLM(tiny_model_dir, quantization="none", max_model_len=64, batch_invariant=True)
+    assert "outputs can still change with batching" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="corral.runtime"):
+        LLM(tiny_model_dir, quantization="none", max_model_len=64)
+        if fbgemm_available():  # integer GEMM: rows are independent
+            LLM(tiny_model_dir, quantization="int8", max_model_len=64, batch_invariant=True)
+    assert "batch_invariant" not in caplog.text
