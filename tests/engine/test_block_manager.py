@@ -1,6 +1,7 @@
 """KVCacheManager: exact block ids, prefix-cache hits and LRU eviction, and a hypothesis state machine
 checking that blocks are never leaked or double-owned under any mix of operations."""
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -107,8 +108,10 @@ class BlockManagerMachine(RuleBasedStateMachine):
         self.live: dict[str, Request] = {}
         self.counter = 0
 
-    @rule(prefix=st.sampled_from([[], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]]),
-          tail=st.lists(st.integers(0, 5), min_size=1, max_size=14))
+    @rule(
+        prefix=st.sampled_from([[], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]]),
+        tail=st.lists(st.integers(0, 5), min_size=1, max_size=14),
+    )
     def admit_request(self, prefix, tail):
         self.counter += 1
         request = make_request(f"r{self.counter}", prefix + tail)
@@ -165,3 +168,137 @@ def test_occupancy_counts_empty_tail_slots_once_with_shared_prefix_blocks():
     manager.record_occupancy([second])
     assert (manager.occupancy.allocated_slot_steps, manager.occupancy.empty_slot_steps) == (28, 4)
     assert manager.occupancy.waste == 4 / 28
+
+
+def test_record_lookup_accumulates_over_calls():
+    manager = KVCacheManager(num_blocks=4, block_size=4)
+    manager.record_lookup(10, 4)
+    manager.record_lookup(6, 2)
+    assert (manager.stats.queries, manager.stats.hits) == (16, 6)
+
+
+def test_freeing_a_request_without_blocks_is_a_no_op():
+    manager = KVCacheManager(num_blocks=2, block_size=4)
+    refused = make_request("a", list(range(12)))
+    assert not admit(manager, refused)
+    manager.free(refused)
+    assert manager.num_free_blocks == 2 and manager.block_tables == {}
+
+
+def test_blocks_filled_over_several_steps_are_all_cached():
+    """Hashes computed a few blocks per call chain on: two prefill chunks, then a decode that fills a block."""
+    manager = KVCacheManager(num_blocks=16, block_size=2)
+    first = make_request("a", [1, 2, 3, 4, 5, 6, 7])
+    assert manager.get_computed_blocks(first) == []
+    assert manager.allocate_slots(first, 4)
+    first.num_computed_tokens = 4
+    assert manager.allocate_slots(first, 3)
+    first.num_computed_tokens = 7
+    first.append_token(8)
+    assert manager.allocate_slots(first, 1)
+    first.num_computed_tokens = 8
+    assert manager.block_tables["a"] == [0, 1, 2, 3]
+    second = make_request("b", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert manager.get_computed_blocks(second) == [0, 1, 2, 3]
+
+
+def test_a_block_is_only_a_hit_after_the_same_prefix():
+    manager = KVCacheManager(num_blocks=16, block_size=2)
+    for name, tokens in (("xq", [1, 2, 3, 4]), ("wy", [5, 6, 7, 8])):  # blocks [0, 1] and [2, 3]
+        assert admit(manager, make_request(name, tokens))
+    # Block [7, 8] is cached, but after [5, 6], not [1, 2]: only the first block is a hit.
+    assert manager.get_computed_blocks(make_request("xy", [1, 2, 7, 8, 9])) == [0]
+
+
+def _pool_with_two_cached_free_blocks(num_filler_blocks: int) -> KVCacheManager:
+    """8 blocks of 2: blocks 0 and 1 hold the cached, free prefix [1, 2, 3, 4]; a filler request holds
+    ``num_filler_blocks`` others."""
+    manager = KVCacheManager(num_blocks=8, block_size=2)
+    first = make_request("a", [1, 2, 3, 4, 5])
+    assert admit(manager, first)
+    manager.free(first)
+    filler = make_request("filler", list(range(100, 100 + 2 * num_filler_blocks)))
+    assert admit(manager, filler)
+    assert manager.num_free_blocks == 8 - num_filler_blocks
+    return manager
+
+
+def test_reviving_cached_free_blocks_needs_free_room_for_them():
+    # The hit on blocks 0 and 1 takes them out of the free queue, and 3 more tokens need 2 new blocks: 4 in all.
+    manager = _pool_with_two_cached_free_blocks(num_filler_blocks=4)
+    request = make_request("b", [1, 2, 3, 4, 5, 6, 7])
+    blocks = manager.get_computed_blocks(request)
+    assert blocks == [0, 1]
+    assert manager.allocate_slots(request, 3, blocks)
+    assert manager.block_tables["b"] == [0, 1, 7, 2]  # the new ones from the free queue's head
+    assert manager.num_free_blocks == 0
+
+    short = _pool_with_two_cached_free_blocks(num_filler_blocks=5)
+    request = make_request("b", [1, 2, 3, 4, 5, 6, 7])
+    blocks = short.get_computed_blocks(request)
+    assert blocks == [0, 1]
+    assert not short.allocate_slots(request, 3, blocks)
+    assert short.num_free_blocks == 3 and "b" not in short.block_tables
+    assert short.get_computed_blocks(make_request("c", [1, 2, 3, 4, 5])) == [0, 1]
+
+
+def test_a_reused_request_id_starts_with_no_state():
+    """A finished request's id may come back with another prompt: no old hashes, and its blocks get cached."""
+    manager = KVCacheManager(num_blocks=16, block_size=2)
+    old = make_request("a", [1, 2, 3, 4, 5])
+    assert admit(manager, old)
+    manager.free(old)
+    new = make_request("a", [6, 7, 8, 9, 10])
+    assert manager.get_computed_blocks(new) == []
+    assert admit(manager, new)
+    assert manager.block_tables["a"] == [3, 4, 5]
+    assert manager.get_computed_blocks(make_request("c", [6, 7, 8, 9, 10])) == [3, 4]
+
+
+def _run_spec_step(manager: KVCacheManager, request: Request, num_drafts: int, num_accepted: int) -> None:
+    """One decode step with drafts, as the scheduler runs it: the sampled token, then the rollback."""
+    request.append_token(50)
+    assert manager.allocate_slots(request, 1 + num_drafts)
+    request.num_computed_tokens += 1 + num_accepted
+    manager.truncate(request)
+
+
+def test_truncate_returns_blocks_past_the_computed_tokens_last_first():
+    manager = KVCacheManager(num_blocks=4, block_size=4)
+    request = make_request("a", [10, 11, 12, 13, 14])
+    assert admit(manager, request)
+    # 5 computed + 1 sampled + 9 drafts = 15 tokens: 4 blocks; 1 draft accepted keeps 7 tokens, 2 blocks.
+    _run_spec_step(manager, request, num_drafts=9, num_accepted=1)
+    assert manager.block_tables["a"] == [0, 1]
+    assert manager.num_free_blocks == 2
+    # The free queue holds only the released blocks, the request's last one first.
+    other = make_request("b", list(range(8)))
+    assert manager.allocate_slots(other, 8)
+    assert manager.block_tables["b"] == [3, 2]
+
+
+def test_truncate_keeps_registered_blocks_and_never_releases_them():
+    manager = KVCacheManager(num_blocks=4, block_size=4)
+    request = make_request("a", [10, 11, 12, 13, 14, 15, 16])
+    assert admit(manager, request)
+    # The sampled token fills block 1, which is registered; all 4 drafts rejected: 8 computed tokens, 2 blocks.
+    _run_spec_step(manager, request, num_drafts=4, num_accepted=0)
+    assert request.num_computed_tokens == 8
+    assert manager.block_tables["a"] == [0, 1]
+    assert manager.num_free_blocks == 2
+    request.num_computed_tokens = 4
+    with pytest.raises(AssertionError, match="^a cached block would be released$"):
+        manager.truncate(request)
+    assert manager.block_tables["a"] == [0, 1] and manager.num_free_blocks == 2
+
+
+def test_truncate_without_prefix_caching():
+    manager = KVCacheManager(num_blocks=4, block_size=4, enable_prefix_caching=False)
+    request = make_request("a", [10, 11])
+    assert admit(manager, request)
+    _run_spec_step(manager, request, num_drafts=5, num_accepted=0)  # 8 tokens scheduled, 3 computed
+    assert manager.block_tables["a"] == [0]
+    assert manager.num_free_blocks == 3
+    request.num_computed_tokens = 0  # nothing computed: every block goes back
+    manager.truncate(request)
+    assert manager.block_tables["a"] == [] and manager.num_free_blocks == 4

@@ -164,3 +164,41 @@ def test_sentencepiece_stream(sentencepiece_tokenizer: Tokenizer, text: str, chu
     detok, pieces = stream(sentencepiece_tokenizer, ids, [chunk])
     assert detok.text == sentencepiece_tokenizer.decode(ids)
     assert all("\ufffd" not in piece for piece in pieces)
+
+
+def _byte_token(tokenizer: Tokenizer, data: bytes) -> int:
+    return next(i for i in range(tokenizer.vocab_size) if tokenizer.id_to_bytes(i) == data)
+
+
+def test_defaults_skip_special_tokens_and_keep_prompt(smollm2_tokenizer: Tokenizer) -> None:
+    tok = smollm2_tokenizer
+    detok = IncrementalDetokenizer(tok, prompt_token_ids=[7, 8, 9])
+    assert detok.skip_special_tokens is True
+    assert list(detok.prompt_token_ids) == [7, 8, 9]
+    assert "".join(detok.push([i]) for i in tok.encode("Hi<|im_end|> there")) == "Hi there"
+
+
+def test_lone_continuation_byte_is_emitted_at_once(smollm2_tokenizer: Tokenizer) -> None:
+    """On a byte-level tokenizer a U+FFFD that no later byte can fix is not held back."""
+    detok = IncrementalDetokenizer(smollm2_tokenizer, [])
+    assert detok.push([_byte_token(smollm2_tokenizer, b"\xa1")]) == "\ufffd"
+
+
+def test_kept_special_token_ends_an_unfinished_character(smollm2_tokenizer: Tokenizer) -> None:
+    """With special tokens kept, their bytes follow the lead byte, so the character can no longer complete."""
+    tok = smollm2_tokenizer
+    detok = IncrementalDetokenizer(tok, [], skip_special_tokens=False)
+    assert detok.push([_byte_token(tok, "中".encode()[:1])]) == ""
+    assert detok.push(tok.encode("<|im_end|>")) == "\ufffd<|im_end|>"
+
+
+def test_sentencepiece_skipped_special_token_keeps_next_space(sentencepiece_tokenizer: Tokenizer) -> None:
+    """A skipped token adds no text; the window must not move past it, or the next token's space is lost."""
+    tok = sentencepiece_tokenizer
+    ids = [
+        *tok.encode("hello", add_special_tokens=False),
+        tok.eos_token_id,
+        *tok.encode(" world", add_special_tokens=False),
+    ]
+    detok = IncrementalDetokenizer(tok, [], skip_special_tokens=True)
+    assert "".join(detok.push([i]) for i in ids) + detok.flush() == "hello world"

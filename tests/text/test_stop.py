@@ -103,7 +103,9 @@ def brute_first_match(text: str, stops: list[str], after: int) -> tuple[int, str
     data=st.data(),
     include=st.booleans(),
 )
-def test_check_finds_what_a_brute_force_search_finds(text: str, stops: list[str], data: st.DataObject, include: bool) -> None:
+def test_check_finds_what_a_brute_force_search_finds(
+    text: str, stops: list[str], data: st.DataObject, include: bool
+) -> None:
     """check() against every end position tried in turn, for any split into old (already searched) and new text."""
     old = data.draw(st.integers(0, len(text)))
     first = brute_first_match(text, stops, 0)
@@ -127,3 +129,20 @@ def test_held_back_is_the_longest_tail_that_starts_a_stop_string(text: str, stop
     """num_held_back() against every tail length tried: the longest tail that is a proper prefix of a stop string."""
     expected = max(k for s in stops for k in range(min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k]))
     assert StopChecker(stops).num_held_back(text) == expected
+
+
+def test_invalid_stop_string_message() -> None:
+    with pytest.raises(InvalidSamplingParamsError, match=r"^stop strings must be non-empty strings$"):
+        StopChecker(["ok", ""])
+
+
+def test_hold_back_keeps_the_longest_over_later_shorter_prefixes() -> None:
+    # "acX" holds "ac" (2); "cQQQ", tried after it, holds only "c" (1), which must not lower the answer.
+    assert StopChecker(["acX", "cQQQ"]).num_held_back("xac") == 2
+    assert StopChecker(["acX", "cQQQ"]).num_held_back("ac") == 2
+
+
+def test_match_ending_before_the_new_characters_is_not_reported() -> None:
+    # "STOP" is text[2:6]; with only "x" new it ended a step earlier, so it is not this step's match.
+    assert StopChecker(["STOP"]).check("abSTOPx", 1) is None
+    assert StopChecker(["STOP"]).check("abSTOPx", 2) == StopMatch(stop_str="STOP", text="ab")
