@@ -42,7 +42,8 @@ test-cuda: install
 
 # Mutation testing (docs/testing.md): each module against its own tests, in a scratch copy under build/mutation/
 # (mutmut 3 mutates a copy in mutants/ there, never corral/). Per-module report: build/mutation/NAME.txt.
-# About 2-4 minutes a module on 2 cores (tests/server much longer); MUTATION_MODULES=stop make mutation runs a subset.
+# The C++ kernel build is copied too, so the tests run on the path make test runs. About 2-4 minutes a module
+# on 2 cores; MUTATION_MODULES=stop make mutation runs a subset.
 MUTATION_DIR := build/mutation
 MUTATION_MODULES ?= stop detokenizer block_manager scheduler output_processor ops streams
 MUT_stop := corral/text/stop.py tests/text/test_stop.py tests/engine/test_output_processor.py
@@ -51,7 +52,7 @@ MUT_block_manager := corral/engine/block_manager.py tests/engine/test_block_mana
 MUT_scheduler := corral/engine/scheduler.py tests/engine/test_scheduler.py
 MUT_output_processor := corral/engine/output_processor.py tests/engine/test_output_processor.py tests/engine/test_llm_engine.py
 MUT_ops := corral/sample/ops.py tests/sample
-MUT_streams := corral/server/streams.py tests/server
+MUT_streams := corral/server/streams.py tests/server/test_streams.py
 export $(foreach m,$(MUTATION_MODULES),MUT_$(m))
 MUTATION_STAMP := $(VENV)/.mutation-installed
 
@@ -65,6 +66,7 @@ mutation: install $(MUTATION_STAMP)
 	  test -n "$$src" || { echo "unknown module $$m"; exit 1; }; \
 	  dir=$(MUTATION_DIR)/$$m; rm -rf $$dir; mkdir -p $$dir; \
 	  git ls-files -co --exclude-standard -- corral tests pyproject.toml | tar -cf - -T - | tar -xf - -C $$dir; \
+	  cp -r corral/kernels/_build $$dir/corral/kernels/; \
 	  tests=$$(printf '"%s", ' "$$@"); \
 	  sed -i -e "s|^only_mutate = .*|only_mutate = [\"$$src\"]|" \
 	         -e "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$${tests%, }]|" $$dir/pyproject.toml; \
@@ -140,10 +142,8 @@ bench-quant: install  ## the README's weight-format table (quantizes into .bench
 bench-spec: install bench-peers  ## the README's speculative decoding table: off vs n-gram vs draft model, llama.cpp lookup
 	$(BIN)/python bench/spec_decode.py --llama-python $(LLAMA_VENV)/bin/python $(BENCH_ARGS)
 
-bench-quality: install  ## the default quantized path against exact fp32: held-out perplexity and greedy agreement
-	$(BIN)/corral eval perplexity --quantization none $(BENCH_ARGS)
-	$(BIN)/corral eval perplexity $(BENCH_ARGS)
-	$(BIN)/corral eval agreement $(BENCH_ARGS)
+bench-quality: install  ## the quantized paths and the int8 K/V cache against exact fp32: perplexity, agreement (bench/results/quality.json)
+	$(BIN)/python bench/quality.py $(BENCH_ARGS)
 
 bench-kernels: install  ## block-linear and paged-attention microbenchmarks (bench/results/kernels.json)
 	$(BIN)/python bench/kernels.py $(BENCH_ARGS)

@@ -3,7 +3,7 @@
 Prints generated tokens/s on 32 prompts x 128 tokens (workload A of shared/MACHINE.md) and
 single-request decode tok/s, each as a median of repeats, with corral/HF ratios; writes JSON.
 
-    .venv/bin/python bench/offline.py [--repeats 3] [--hf-batch 16] [--skip-hf]
+    .venv/bin/python bench/offline.py [--repeats 3] [--hf-batch 16] [--hf-dtype float32] [--skip-hf]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from workloads import workload_a  # noqa: E402
+from workloads import provenance, workload_a  # noqa: E402
 
 from corral import LLM, SamplingParams  # noqa: E402
 from corral.loader.default_model import default_model_path  # noqa: E402
@@ -48,11 +48,11 @@ def corral_single(llm: LLM, prompt: list[int]) -> tuple[float, float]:
     return ttft, (NEW_TOKENS - 1) / max(total - ttft, 1e-9)
 
 
-def hf_model(model_path: str):
+def hf_model(model_path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(model_path), gguf_file=os.path.basename(model_path), dtype=torch.float32
+        os.path.dirname(model_path), gguf_file=os.path.basename(model_path), dtype=dtype
     )
     return model.eval()
 
@@ -98,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf-batch", type=int, default=16)
+    parser.add_argument("--hf-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="HF's weights and compute (bfloat16: fast where the CPU has AMX)")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--output-json", default="bench/results/offline.json")
     args = parser.parse_args()
@@ -115,13 +117,13 @@ def main() -> None:
     results["corral"].update(single_decode_tok_s=decode, ttft_s=ttft)
 
     if not args.skip_hf:
-        model = hf_model(default_model_path())
+        model = hf_model(default_model_path(), getattr(torch, args.hf_dtype))
         pad = tokenizer.eos_token_id
         results["hf"]["batched_tok_s"] = median_of(lambda: hf_batched(model, prompts, args.hf_batch, pad), 1)
         ttft, decode = median_of(lambda: hf_single(model, single_prompt, pad), args.repeats)
         results["hf"].update(single_decode_tok_s=decode, ttft_s=ttft)
 
-    print(f"workload A: {len(prompts)} prompts ({sum(map(len, prompts))} tokens), {NEW_TOKENS} new tokens each, fp32")
+    print(f"workload A: {len(prompts)} prompts ({sum(map(len, prompts))} tokens), {NEW_TOKENS} new tokens each, HF in {args.hf_dtype}")
     print(f"{'':28}{'corral':>10}{'HF':>10}{'ratio':>8}")
     for key, label in [("batched_tok_s", "32 prompts (tok/s)"), ("single_decode_tok_s", "single decode (tok/s)"),
                        ("ttft_s", "TTFT (s)")]:
@@ -134,10 +136,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hf_batch": args.hf_batch,
+        "hf_dtype": args.hf_dtype,
     }
     os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
     with open(args.output_json, "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump({**provenance(), **results}, f, indent=2)
 
 
 if __name__ == "__main__":

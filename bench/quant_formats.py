@@ -23,6 +23,8 @@ import sys
 import tempfile
 from typing import Any
 
+from workloads import provenance
+
 BF16_BYTES_PER_PARAMETER = 2  # SmolLM2's own release is bfloat16: the memory targets are against it
 EVAL_ARGS = ["--tokens", "4096", "--window", "1024"]
 
@@ -127,7 +129,7 @@ def main() -> None:
               f"{row['decode_tok_s_batch1']:.0f} | {row['decode_tok_s_batch32']:.0f} |")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
-        json.dump({"bf16_bytes": bf16_bytes, "group_size": g, "rows": results}, f, indent=2)
+        json.dump({**provenance(), "bf16_bytes": bf16_bytes, "group_size": g, "rows": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from servers import (  # noqa: E402
     vllm_env,
     vllm_spec,
 )
-from workloads import workload_a, workload_b  # noqa: E402
+from workloads import provenance, workload_a, workload_b  # noqa: E402
 
 from corral.bench.serve import BenchmarkReport, run_benchmark  # noqa: E402
 from corral.loader.default_model import default_model_path  # noqa: E402
@@ -401,8 +401,8 @@ def main() -> None:
     meta = {"args": vars(args), "notes": notes, "model": gguf, "python": sys.version.split()[0],
             "cpu_avx512_bf16": cpu_has("avx512_bf16"), "cpu_avx512f": cpu_has("avx512f")}
     with open(os.path.join(args.output_dir, "bench.json"), "w") as f:
-        json.dump({"summary": summary, "offline": offline, "serve": serve, "corral_startup_s": startups,
-                   "meta": meta}, f, indent=2)
+        json.dump({**provenance(), "summary": summary, "offline": offline, "serve": serve,
+                   "corral_startup_s": startups, "meta": meta}, f, indent=2)
     print(f"\nwrote {os.path.relpath(os.path.join(args.output_dir, 'bench.json'))} and bench.md", flush=True)
 
 

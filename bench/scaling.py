@@ -30,6 +30,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from servers import Server, corral_spec, quiet_check  # noqa: E402
+from workloads import provenance  # noqa: E402
 
 from corral.bench.datasets import random_token_prompts  # noqa: E402
 from corral.bench.serve import BenchmarkReport, run_benchmark  # noqa: E402
@@ -242,7 +243,7 @@ def main() -> None:
           f"(budget {args.max_seconds:.0f} s); {args.threads} threads", flush=True)
     stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     with open(os.path.join(args.output_dir, "scaling.json"), "w") as f:
-        json.dump({"rows": rows, "peak_rss_mib": rss, "seconds": total, "date": stamp, "args": vars(args),
+        json.dump({**provenance(), "rows": rows, "peak_rss_mib": rss, "seconds": total, "args": vars(args),
                    "serve_cmd": spec.cmd, "cpu_busy_before": busy, "cpu_busy_after": busy_after,
                    "warnings": warnings}, f, indent=2)
     with open(os.path.join(args.output_dir, "scaling.md"), "w") as f:

@@ -28,6 +28,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from workloads import provenance
+
 from corral import LLM, SamplingParams
 
 PARAGRAPHS = [
@@ -219,7 +221,7 @@ def main() -> None:
             print(f"llama.cpp {name}: single {off:.1f} -> {on:.1f} tok/s ({on / off:.2f}x)", flush=True)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({**provenance(), **results}, f, indent=1)
     print(f"wrote {args.output}")
 
 
