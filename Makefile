@@ -145,8 +145,10 @@ bench-spec: install bench-peers  ## the README's speculative decoding table: off
 bench-quality: install  ## the quantized paths and the int8 K/V cache against exact fp32: perplexity, agreement (bench/results/quality.json)
 	$(BIN)/python bench/quality.py $(BENCH_ARGS)
 
+# Not bench/kernels.py: bench/ is on sys.path in bench scripts, and that name shadows the `kernels` package
+# transformers imports (bench/convert_gguf.py broke).
 bench-kernels: install  ## block-linear and paged-attention microbenchmarks (bench/results/kernels.json)
-	$(BIN)/python bench/kernels.py $(BENCH_ARGS)
+	$(BIN)/python bench/kernel_speed.py $(BENCH_ARGS)
 
 bench-offline-hf: install  ## corral vs HF transformers, offline (the older, in-process comparison)
 	$(BIN)/python bench/offline.py

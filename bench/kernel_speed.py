@@ -3,7 +3,7 @@ the default model's shape on each set of loops the CPU has, at 8- and 16-bit act
 linears as int8 on fbgemm; one int4 linear (1536 x 576) alone; the int8 LM head (49152 x 576); and paged
 attention per layer (C++ kernel against its torch reference) with an int8 K/V cache.
 
-    .venv/bin/python bench/kernels.py [--repeats 15] [--quick] [--output-json bench/results/kernels.json]
+    .venv/bin/python bench/kernel_speed.py [--repeats 15] [--quick] [--output-json bench/results/kernels.json]
 
 Times are medians of interleaved repeats, in one process; compare them within one run only."""
 
