@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from kernels import median_ms
+from kernel_speed import median_ms
 from spec_decode import decode_run, workloads
 from torch import Tensor
 from workloads import provenance
