@@ -15,6 +15,7 @@ from corral.server.completions import create_completion
 from corral.server.errors import APIError, error_response, install_error_handlers
 from corral.server.metrics import EngineMetrics
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from corral.server.streams import ClientGone
 
 
 def build_app(
@@ -76,17 +77,28 @@ def build_app(
         return ModelList(data=[ModelCard(id=served_model_name, max_model_len=engine.engine.max_model_len)])
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         check_model(body.model)
         admit()
-        return await create_completion(engine, body, served_model_name, cap(body.max_tokens))
+        return await create_completion(engine, body, served_model_name, cap(body.max_tokens), client_gone(http))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, http: Request):
         check_model(body.model)
         admit()
         return await create_chat_completion(
-            engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens)
+            engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens), client_gone(http)
         )
 
     return app
+
+
+def client_gone(http: Request) -> ClientGone:
+    """Waits for the client's disconnect. The body is read by then, so the next ASGI message is the
+    disconnect; streamed responses need no such wait (Starlette cancels them when the client goes)."""
+
+    async def wait() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

@@ -12,7 +12,7 @@ from corral.outputs import CompletionOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.protocol import ChatCompletionRequest, new_id
-from corral.server.streams import ChunkWriter, DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 
 
 def chat_prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
@@ -42,7 +42,8 @@ def logprobs_of(completion: CompletionOutput, start: int, tokenizer, num_top: in
 
 
 async def create_chat_completion(
-    engine: AsyncEngine, request: ChatCompletionRequest, model_name: str, max_tokens: int | None
+    engine: AsyncEngine, request: ChatCompletionRequest, model_name: str, max_tokens: int | None,
+    client_gone: ClientGone | None = None,
 ):
     tokenizer = engine.engine.tokenizer
     prompt_ids = chat_prompt_ids(request, tokenizer)
@@ -55,7 +56,7 @@ async def create_chat_completion(
         return StreamingResponse(
             _stream(streams, request, request_id, created, model_name, tokenizer), media_type="text/event-stream"
         )
-    outputs = await final_outputs(streams)
+    outputs = await final_outputs(streams, client_gone and client_gone())
     choices = [
         {"index": c.index, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
          "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer, num_logprobs or 0)}

@@ -13,7 +13,7 @@ from corral.outputs import CompletionOutput, RequestOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.protocol import CompletionRequest, new_id
-from corral.server.streams import ChunkWriter, DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 
 
 def prompts_of(request: CompletionRequest) -> list[str | list[int]]:
@@ -47,7 +47,10 @@ def echoed(request: CompletionRequest, output: RequestOutput, tokenizer) -> str:
     return output.prompt if output.prompt is not None else tokenizer.decode(output.prompt_token_ids)
 
 
-async def create_completion(engine: AsyncEngine, request: CompletionRequest, model_name: str, max_tokens: int | None):
+async def create_completion(
+    engine: AsyncEngine, request: CompletionRequest, model_name: str, max_tokens: int | None,
+    client_gone: ClientGone | None = None,
+):
     prompts = prompts_of(request)
     if not prompts:
         raise InvalidRequestError("prompt must not be empty")
@@ -62,7 +65,7 @@ async def create_completion(engine: AsyncEngine, request: CompletionRequest, mod
     if request.stream:
         body = _stream(streams, request, request_id, created, model_name, tokenizer)
         return StreamingResponse(body, media_type="text/event-stream")
-    outputs = await final_outputs(streams)
+    outputs = await final_outputs(streams, client_gone and client_gone())
     choices = []
     for prompt_index, output in enumerate(outputs):
         for c in output.outputs:

@@ -7,11 +7,12 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError, ModelLoadError
 from corral.server.async_engine import EngineDeadError
+from corral.server.streams import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return error_response(status_of(exc), str(exc))
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_disconnected(_: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the log does
 
     @app.exception_handler(EngineDeadError)
     async def engine_dead(_: Request, exc: EngineDeadError) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from corral.outputs import CompletionOutput, RequestOutput
@@ -58,7 +58,34 @@ async def merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, Reque
             stream.abort()
 
 
-async def final_outputs(streams: list[RequestStream]) -> list[RequestOutput]:
+ClientGone = Callable[[], Awaitable[None]]  # returns once the HTTP client has disconnected
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client went away before its response was ready; its engine requests were aborted."""
+
+
+async def final_outputs(
+    streams: list[RequestStream], client_gone: Awaitable[None] | None = None
+) -> list[RequestOutput]:
+    """Each prompt's last output, in prompt order. If ``client_gone`` completes first, every request is
+    aborted (at the engine's next step) and ClientDisconnected raised."""
+    collect = asyncio.ensure_future(_last_outputs(streams))
+    if client_gone is None:
+        return await collect
+    gone = asyncio.ensure_future(client_gone)
+    try:
+        done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        collect.cancel()  # a no-op when done; else merged() aborts every request on its way out
+    if collect in done:
+        return collect.result()
+    await asyncio.gather(collect, return_exceptions=True)
+    raise ClientDisconnected
+
+
+async def _last_outputs(streams: list[RequestStream]) -> list[RequestOutput]:
     finals: list[RequestOutput | None] = [None] * len(streams)
     async for index, output in merged(streams):
         finals[index] = output

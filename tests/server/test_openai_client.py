@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import openai
@@ -118,10 +119,31 @@ def test_64_concurrent_streams_complete_and_match_offline(server, offline):
     server.wait_idle()
 
 
-def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
-    async def disconnect_after_two_chunks(http: httpx.AsyncClient) -> None:
-        body = {"model": MODEL_NAME, "prompt": "Tell me a long story.", "max_tokens": 400, "temperature": 0,
-                "stream": True, "ignore_eos": True}
+def wait_idle_within(server, seconds: float) -> float:
+    """Polls until no request is left and every KV block is free; the time it took, or fails after ``seconds``."""
+    core = server.engine.engine.core
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if not core.has_unfinished_requests() and core.kv_manager.num_free_blocks == core.kv_manager.num_blocks:
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise AssertionError(f"still {len(core.scheduler.running)} running, {len(core.scheduler.waiting)} waiting "
+                         f"{seconds} s after the clients left")
+
+
+# 512 tokens each (the fixture's cap), several requests at once: tens of seconds of decoding on this CPU,
+# so an engine idle within 1 s of the disconnect can only come from the abort.
+LONG = {"model": MODEL_NAME, "max_tokens": 512, "temperature": 0, "ignore_eos": True}
+
+
+@pytest.mark.parametrize("shape", [
+    {"prompt": "Tell me a long story."},
+    {"prompt": "Tell me a long story.", "n": 3},
+    {"prompt": ["Tell me a long story.", "Write a long poem.", "List every country."]},
+])
+def test_streaming_clients_that_leave_abort_their_requests_at_once(server, shape):
+    async def leave_after_two_chunks(http: httpx.AsyncClient) -> None:
+        body = {**LONG, **shape, "stream": True}
         async with http.stream("POST", server.base_url + "/v1/completions", json=body,
                                headers=server.headers()) as response:
             seen = 0
@@ -132,11 +154,34 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
 
     async def run_all() -> None:
         async with httpx.AsyncClient(timeout=60) as http:
-            await asyncio.gather(*(disconnect_after_two_chunks(http) for _ in range(8)))
+            await asyncio.gather(*(leave_after_two_chunks(http) for _ in range(4)))
 
     asyncio.run(run_all())
-    server.wait_idle(timeout=20)
-    assert not server.engine.engine.core.scheduler.running
+    wait_idle_within(server, 1.0)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {**LONG, "prompt": "Tell me a long story.", "n": 2}),
+    ("/v1/completions", {**LONG, "prompt": ["Tell me a long story.", "Write a long poem."]}),
+    ("/v1/chat/completions", {**LONG, "messages": [{"role": "user", "content": "Tell me a long story."}]}),
+])
+def test_non_streaming_clients_that_leave_abort_their_requests_at_once(server, path, body):
+    core = server.engine.engine.core
+
+    async def leave_once_running() -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            task = asyncio.create_task(http.post(server.base_url + path, json=body, headers=server.headers()))
+            deadline = time.monotonic() + 30
+            while not core.scheduler.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert core.scheduler.running, "the request never started"
+            await asyncio.sleep(0.3)
+            task.cancel()  # drops the connection mid-request
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(leave_once_running())
+    wait_idle_within(server, 1.0)
 
 
 def test_echo_puts_the_prompt_before_the_text(client):

@@ -18,7 +18,15 @@ from corral.outputs import CompletionOutput, RequestOutput
 from corral.runtime import EngineArgs, build_engine
 from corral.sample.params import SamplingParams
 from corral.server.async_engine import AsyncEngine, EngineDeadError, RequestStream
-from corral.server.streams import ChunkWriter, DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.streams import (
+    ChunkWriter,
+    ClientDisconnected,
+    DeltaTracker,
+    add_all,
+    final_outputs,
+    merged,
+    usage,
+)
 
 
 class ScriptedEngine:
@@ -216,6 +224,32 @@ def test_final_outputs_is_each_prompts_last_output_in_prompt_order(scripted):
         ("f-0", "abcd", True),
         ("f-1", "xy", True),
     ]
+
+
+def test_final_outputs_aborts_every_request_when_the_client_goes_first(scripted):
+    engine = scripted(step_delay=0.05)
+    gone = asyncio.Event()
+
+    async def go() -> None:
+        streams = await add_all(engine, ["a" * 200, "b" * 200], SamplingParams(max_tokens=200), "g")
+        asyncio.get_running_loop().call_later(0.2, gone.set)
+        with pytest.raises(ClientDisconnected):
+            await final_outputs(streams, gone.wait())
+        await commands_applied(engine)
+
+    run(go())
+    assert sorted(engine.engine.aborted) == ["g-0", "g-1"]
+    assert engine.engine.num_steps < 50, "the requests ran on after the client left"
+
+
+def test_final_outputs_ignores_a_client_that_stays(scripted):
+    engine = scripted()
+
+    async def go() -> list[RequestOutput]:
+        return await final_outputs(await add_all(engine, ["abc"], SamplingParams(), "s"), asyncio.Event().wait())
+
+    assert [o.outputs[0].text for o in run(go())] == ["abc"]
+    assert engine.engine.aborted == []
 
 
 def test_final_outputs_reraises_a_crashed_step(scripted):
