@@ -52,7 +52,7 @@ class EngineObserver(Protocol):
 
     def on_add(self, request_id: str) -> None: ...
 
-    def on_abort(self, request_id: str) -> None: ...
+    def on_abort(self, engine: LLMEngine, request_id: str) -> None: ...
 
     def on_step(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None: ...
 
@@ -172,7 +172,7 @@ class AsyncEngine:
         elif isinstance(command, _Abort):
             self.engine.abort_request(command.request_id)
             if self._streams.pop(command.request_id, None) is not None and self.observer is not None:
-                self.observer.on_abort(command.request_id)
+                self.observer.on_abort(self.engine, command.request_id)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException, last: bool) -> None:
         stream = self._streams.pop(request_id, None) if last else self._streams.get(request_id)

@@ -71,9 +71,10 @@ class EngineMetrics:
     def on_add(self, request_id: str) -> None:
         self._timings[request_id] = _Timing(time.monotonic())
 
-    def on_abort(self, request_id: str) -> None:
+    def on_abort(self, engine: LLMEngine, request_id: str) -> None:
         if self._timings.pop(request_id, None) is not None:
             self.success.labels(finished_reason="abort").inc()
+        self._update_engine_state(engine)  # no step may follow the last abort to refresh the gauges
 
     def on_step(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
         now = time.monotonic()

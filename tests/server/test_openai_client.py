@@ -10,6 +10,7 @@ import time
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from corral import LLM, SamplingParams
 
@@ -119,16 +120,25 @@ def test_64_concurrent_streams_complete_and_match_offline(server, offline):
     server.wait_idle()
 
 
+def engine_gauges(server) -> tuple[float, float]:
+    """(num_requests_running, kv_cache_usage_perc) as /metrics reports them."""
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return values["corral:num_requests_running"], values["corral:kv_cache_usage_perc"]
+
+
 def wait_idle_within(server, seconds: float) -> float:
-    """Polls until no request is left and every KV block is free; the time it took, or fails after ``seconds``."""
+    """Polls until no request is left, every KV block is free and /metrics says so; the time it took, or fails
+    after ``seconds``."""
     core = server.engine.engine.core
     start = time.monotonic()
     while time.monotonic() - start < seconds:
-        if not core.has_unfinished_requests() and core.kv_manager.num_free_blocks == core.kv_manager.num_blocks:
+        if (not core.has_unfinished_requests() and core.kv_manager.num_free_blocks == core.kv_manager.num_blocks
+                and engine_gauges(server) == (0, 0)):
             return time.monotonic() - start
         time.sleep(0.01)
-    raise AssertionError(f"still {len(core.scheduler.running)} running, {len(core.scheduler.waiting)} waiting "
-                         f"{seconds} s after the clients left")
+    raise AssertionError(f"still {len(core.scheduler.running)} running, {len(core.scheduler.waiting)} waiting, "
+                         f"/metrics (running, KV usage) {engine_gauges(server)}, {seconds} s after the clients left")
 
 
 # 512 tokens each (the fixture's cap), several requests at once: tens of seconds of decoding on this CPU,
