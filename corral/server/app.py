@@ -45,6 +45,11 @@ def build_app(
             raise APIError(429, f"server overloaded: {engine.num_waiting} requests are waiting; retry later",
                            code="overloaded")
 
+    def check_fields(body: CompletionRequest | ChatCompletionRequest) -> None:
+        refused = body.refused_field()
+        if refused is not None:
+            raise APIError(400, refused[1], param=refused[0])
+
     def check_model(name: str) -> None:
         if name != served_model_name:
             raise APIError(404, f"the model {name!r} does not exist (this server serves {served_model_name!r})",
@@ -78,12 +83,14 @@ def build_app(
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: CompletionRequest, http: Request):
+        check_fields(body)
         check_model(body.model)
         admit()
         return await create_completion(engine, body, served_model_name, cap(body.max_tokens), client_gone(http))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(body: ChatCompletionRequest, http: Request):
+        check_fields(body)
         check_model(body.model)
         admit()
         return await create_chat_completion(

@@ -15,10 +15,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingRequest(BaseModel):
-    """Fields shared by completions and chat; extra fields are ignored, as OpenAI's API does."""
+# Fields of OpenAI's and vLLM's request bodies that change nothing this server computes: accepted, unused.
+NO_EFFECT_FIELDS = frozenset({
+    "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "parallel_tool_calls",
+})
+# Fields that would change the output and are not implemented yet, each with the values that mean "off"
+# (accepted). Any other value is refused with a 400 naming the field, never silently ignored.
+NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}), "logit_bias": (None, {}), "suffix": (None, ""),
+    "best_of": (None, 1), "prompt_logprobs": (None,), "audio": (None,), "modalities": (None, ["text"]),
+    "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
+    "structured_outputs": (None,), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
+    "guided_grammar": (None,), "guided_decoding_backend": (None,), "allowed_token_ids": (None,),
+    "bad_words": (None, []), "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class _SamplingRequest(BaseModel):
+    """Fields shared by completions and chat. Unknown fields are kept so that ``refused_field`` can name them."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -50,7 +67,7 @@ class _SamplingRequest(BaseModel):
             min_p=self.min_p or 0.0,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             seed=self.seed,
             max_tokens=max_tokens,
             min_tokens=self.min_tokens,
@@ -59,6 +76,17 @@ class _SamplingRequest(BaseModel):
             ignore_eos=self.ignore_eos,
             logprobs=num_logprobs,
         )
+
+    def refused_field(self) -> tuple[str, str] | None:
+        """(field, why) for the first field this server would otherwise have to ignore, or None."""
+        for name, value in (self.model_extra or {}).items():
+            if name in NO_EFFECT_FIELDS:
+                continue
+            if name not in NOT_IMPLEMENTED_FIELDS:
+                return name, f"unrecognized request argument supplied: {name}"
+            if value not in NOT_IMPLEMENTED_FIELDS[name]:
+                return name, f"{name} is not supported by this server yet; leave it out (or null)"
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -84,6 +112,11 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     add_generation_prompt: bool = True
+
+    def refused_field(self) -> tuple[str, str] | None:
+        if self.top_logprobs and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
+        return super().refused_field()
 
 
 class Usage(BaseModel):

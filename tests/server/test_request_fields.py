@@ -1,0 +1,87 @@
+"""No request field is silently ignored: every field of OpenAI's completions and chat APIs is either served,
+accepted because it changes nothing here, or refused with a 400 that names it (``param``)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from corral.server.protocol import (
+    NO_EFFECT_FIELDS,
+    NOT_IMPLEMENTED_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+
+from .conftest import API_KEY, MODEL_NAME
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+COMPLETION = {"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 2}
+CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+
+# The request fields of OpenAI's API reference (2026-12), completions and chat completions.
+OPENAI_COMPLETION_FIELDS = {
+    "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+    "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature", "top_p", "user",
+}
+OPENAI_CHAT_FIELDS = {
+    "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+}
+
+
+@pytest.mark.parametrize("model, fields", [(CompletionRequest, OPENAI_COMPLETION_FIELDS),
+                                           (ChatCompletionRequest, OPENAI_CHAT_FIELDS)])
+def test_every_openai_field_is_served_accepted_or_refused_by_name(model, fields):
+    unclassified = fields - set(model.model_fields) - NO_EFFECT_FIELDS - set(NOT_IMPLEMENTED_FIELDS)
+    assert not unclassified
+
+
+REFUSED = [
+    ("/v1/chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": "required"}, "tools"),
+    ("/v1/chat/completions", {**CHAT, "tool_choice": "auto"}, "tool_choice"),
+    ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {**CHAT, "top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
+    ("/v1/chat/completions", {**CHAT, "temprature": 0.2}, "temprature"),  # a typo is not a no-op
+    ("/v1/chat/completions", {**CHAT, "guided_json": {"type": "object"}}, "guided_json"),
+    ("/v1/completions", {**COMPLETION, "logit_bias": {"42": 100}}, "logit_bias"),
+    ("/v1/completions", {**COMPLETION, "suffix": " world"}, "suffix"),
+    ("/v1/completions", {**COMPLETION, "best_of": 3}, "best_of"),
+    ("/v1/completions", {**COMPLETION, "repetition_penalty": 0}, "repetition_penalty"),  # was taken as 1.0
+]
+
+
+@pytest.mark.parametrize("path, body, field", REFUSED, ids=[r[2] for r in REFUSED])
+def test_fields_that_would_be_ignored_are_refused_by_name(server, path, body, field):
+    response = httpx.post(server.base_url + path, json=body, headers=AUTH, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert field in error["message"]
+    if field != "repetition_penalty":  # a range error from SamplingParams, which names it in the message
+        assert error["param"] == field
+
+
+ACCEPTED = [
+    ("/v1/chat/completions", {**CHAT, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}}),
+    ("/v1/chat/completions", {**CHAT, "metadata": {"team": "a"}, "store": False, "user": "u1",
+                              "parallel_tool_calls": True, "service_tier": "auto", "modalities": ["text"]}),
+    ("/v1/completions", {**COMPLETION, "logit_bias": {}, "suffix": None, "best_of": 1}),
+]
+
+
+@pytest.mark.parametrize("path, body", ACCEPTED, ids=["off-values", "no-effect-fields", "completion-off-values"])
+def test_off_values_and_fields_without_effect_are_accepted(server, path, body):
+    response = httpx.post(server.base_url + path, json=body, headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def test_the_openai_client_sees_a_bad_request_naming_tools(server):
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL_NAME, messages=CHAT["messages"], tools=[TOOL], max_tokens=2)
+    assert caught.value.param == "tools"
