@@ -61,6 +61,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+            offset = first.get("loc", ("body", "?"))[-1]
+            return error_response(400, f"the body is not valid JSON (at character {offset})")
         location = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{location}: {first.get('msg', 'invalid request')}" if location else first.get("msg", "invalid request")
         return error_response(400, message, param=location or None)

@@ -13,7 +13,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 CASES = [
     # (id, path, body (dict or raw bytes), headers, status, text expected in the message)
-    ("malformed-json", "/v1/completions", b'{"model": ', AUTH, 400, ""),
+    ("malformed-json", "/v1/completions", b'{"model": ', AUTH, 400, "not valid JSON"),
     ("not-an-object", "/v1/completions", b"[1, 2]", AUTH, 400, ""),
     ("invalid-utf8", "/v1/completions", b'{"model": "\xff\xfe", "prompt": "x"}', AUTH, 400, ""),
     ("missing-prompt", "/v1/completions", {"model": MODEL_NAME}, AUTH, 400, "prompt"),
@@ -57,6 +57,7 @@ def test_bad_request_gets_openai_error(server, path, body, headers, status, need
     error = response.json()["error"]
     assert set(error) >= {"message", "type", "param", "code"}
     assert needle.lower() in error["message"].lower()
+    assert error["param"] is None or not error["param"].isdigit(), "param names a field, never a character offset"
 
 
 def test_server_still_serves_after_bad_requests(server):
