@@ -88,7 +88,8 @@ async def _stream(streams, request, request_id, created, model_name, tokenizer) 
                     continue
                 tracker.finished = c.finished
                 yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
-                              "finish_reason": c.finish_reason, "logprobs": logprobs_of(c, start, tokenizer, request.top_logprobs or 0)}])
+                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
+                              "logprobs": logprobs_of(c, start, tokenizer, request.top_logprobs or 0)}])
         if request.include_usage and final is not None:
             yield chunk([], usage([final]))
     except Exception as exc:

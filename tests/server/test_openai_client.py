@@ -226,10 +226,11 @@ def assert_stopped_stream_equals_unstopped_text_cut(create, kwargs, text_of, del
     assert "".join(tokens) == text  # ASCII output: each token's text is its piece of the whole
     stop, start = stop_spanning_three_tokens(tokens, text)
     stopped = create(stop=[stop], **kwargs).choices[0]
-    assert (text_of(stopped), stopped.finish_reason) == (text[:start], "stop")
+    assert (text_of(stopped), stopped.finish_reason, stopped.stop_reason) == (text[:start], "stop", stop)
     chunks = [c for c in create(stop=[stop], stream=True, **kwargs) if c.choices]
     assert "".join(delta_of(c.choices[0]) for c in chunks) == text[:start]
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    last = chunks[-1].choices[0]
+    assert (last.finish_reason, last.stop_reason) == ("stop", stop)  # vLLM's extension, streamed too
 
 
 def test_streamed_completion_with_a_stop_string_equals_non_streamed(client):
