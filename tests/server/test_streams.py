@@ -235,6 +235,7 @@ def test_final_outputs_aborts_every_request_when_the_client_goes_first(scripted)
         asyncio.get_running_loop().call_later(0.2, gone.set)
         with pytest.raises(ClientDisconnected):
             await final_outputs(streams, gone.wait())
+        assert all(s.finished for s in streams), "the aborts must be sent before final_outputs returns"
         await commands_applied(engine)
 
     run(go())
