@@ -93,12 +93,13 @@ def test_n_choices_and_batches_give_the_same_greedy_tokens(llm: LLM, uncached: L
 
 
 def test_speculation_on_and_off_give_the_same_greedy_tokens(llm: LLM):
-    """A copy task (n-gram drafts get accepted), repeated so later runs hit the prefix cache."""
-    text = "Repeat this list exactly: apples, pears, plums, cherries, grapes, lemons, limes, figs, dates. Again: "
+    """A copy task (n-gram drafts get accepted), repeated so later runs hit the prefix cache. With the prompt's
+    last block computed densely on a cache hit (the bug this guards), this prompt's repeats fork."""
+    text = "Say this three times: red green blue, red green blue, red green blue. Say it again:"
     spec = LLM(speculative_config={"method": "ngram", "num_speculative_tokens": 5}, **ENGINE)
     params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
     plain_runs = [token_ids(llm.generate([text], params, use_tqdm=False))[0] for _ in range(3)]
     spec_outputs = [spec.generate([text], params, use_tqdm=False)[0] for _ in range(3)]
     assert sum(o.outputs[0].num_accepted_tokens for o in spec_outputs) > 0, "no draft accepted: test proves nothing"
-    assert [o.outputs[0].token_ids for o in spec_outputs] == plain_runs
     assert plain_runs == [plain_runs[0]] * 3
+    assert [o.outputs[0].token_ids for o in spec_outputs] == plain_runs
