@@ -7,6 +7,7 @@ import os
 import re
 
 from corral.cli import add_model_arguments
+from corral.server.limits import RequestLimits
 
 # A GGUF file's trailing quantisation tag ("Model.Q4_1.gguf", "model-f16.gguf") is not part of its name.
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
@@ -44,7 +45,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="queued requests past which new ones get 429 (default: no limit)")
     server.add_argument("--max-tokens-cap", type=int, default=None, metavar="TOKENS",
                         help="refuse requests asking for more max_tokens (default: up to the context)")
+    limits = parser.add_argument_group("server: bounds on one request (a 400 naming the limit; 413 for the body)")
+    limits.add_argument("--max-request-bytes", type=_positive_int, default=RequestLimits.max_body_bytes,
+                        metavar="BYTES", help="largest request body, refused while it arrives (default: 8 MiB)")
+    limits.add_argument("--max-prompts-per-request", type=_positive_int, default=RequestLimits.max_prompts,
+                        metavar="N", help="prompts in one completions request")
+    limits.add_argument("--max-sequences-per-request", type=_positive_int, default=RequestLimits.max_sequences,
+                        metavar="N", help="prompts x n in one request")
+    limits.add_argument("--max-stop-strings", type=_positive_int, default=RequestLimits.max_stop_strings,
+                        metavar="N", help="stop strings in one request")
     server.add_argument("--log-level", default="info", type=str.lower, choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's and corral's log level")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _json_object(text: str) -> dict:
@@ -91,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = EngineMetrics()
     engine = AsyncEngine(build_engine(engine_args), observer=metrics)
     name = args.served_model_name or served_name(args.model)
-    app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics, args.max_waiting)
+    limits = RequestLimits(args.max_request_bytes, args.max_prompts_per_request, args.max_sequences_per_request,
+                           args.max_stop_strings)
+    app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics, args.max_waiting, limits)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

@@ -11,8 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import corral
 from corral.server.async_engine import AsyncEngine
 from corral.server.chat import create_chat_completion
-from corral.server.completions import create_completion
+from corral.server.completions import create_completion, prompts_of
 from corral.server.errors import APIError, error_response, install_error_handlers
+from corral.server.limits import BodySizeLimit, RequestLimits, check_request
 from corral.server.metrics import EngineMetrics
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from corral.server.streams import ClientGone
@@ -25,11 +26,14 @@ def build_app(
     max_tokens_cap: int | None = None,
     metrics: EngineMetrics | None = None,
     max_waiting: int | None = None,
+    limits: RequestLimits | None = None,
 ) -> FastAPI:
     """``max_tokens_cap`` bounds every request's max_tokens (None: up to the context); ``metrics`` is
     the registry behind /metrics (the engine's observer); past ``max_waiting`` queued requests, new
-    ones get 429 with Retry-After."""
+    ones get 429 with Retry-After; ``limits`` bound what one request may ask for (RequestLimits' defaults)."""
+    limits = limits or RequestLimits()
     app = FastAPI(title="corral", version=corral.__version__)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     install_error_handlers(app)
 
     async def check_key(request: Request) -> None:
@@ -85,6 +89,7 @@ def build_app(
     async def completions(body: CompletionRequest, http: Request):
         check_fields(body)
         check_model(body.model)
+        check_request(len(prompts_of(body)), body.n, num_stop_strings(body), limits)
         admit()
         return await create_completion(engine, body, served_model_name, cap(body.max_tokens), client_gone(http))
 
@@ -92,12 +97,17 @@ def build_app(
     async def chat_completions(body: ChatCompletionRequest, http: Request):
         check_fields(body)
         check_model(body.model)
+        check_request(1, body.n, num_stop_strings(body), limits)
         admit()
         return await create_chat_completion(
             engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens), client_gone(http)
         )
 
     return app
+
+
+def num_stop_strings(body: CompletionRequest | ChatCompletionRequest) -> int:
+    return 1 if isinstance(body.stop, str) else len(body.stop or ())
 
 
 def client_gone(http: Request) -> ClientGone:

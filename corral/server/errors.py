@@ -12,11 +12,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError, ModelLoadError
 from corral.server.async_engine import EngineDeadError
+from corral.server.limits import LimitExceeded
 from corral.server.streams import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_TYPES = {400: "invalid_request_error", 413: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
 
 
@@ -75,6 +76,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return error_response(status_of(exc), str(exc))
+
+    @app.exception_handler(LimitExceeded)
+    async def limit_exceeded(_: Request, exc: LimitExceeded) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, code="limit_exceeded")
 
     @app.exception_handler(ClientDisconnected)
     async def client_disconnected(_: Request, exc: ClientDisconnected) -> Response:

@@ -41,6 +41,13 @@ CASES = [
     ("chat-top-logprobs-negative", "/v1/chat/completions", {**CHAT, "top_logprobs": -1}, AUTH, 400, "top_logprobs"),
     ("stop-wrong-type", "/v1/chat/completions", {**CHAT, "stop": 5}, AUTH, 400, "stop"),
     ("unknown-route", "/v1/nothing", {}, AUTH, 404, ""),
+    # bounds on one request (server/limits.py; the fixture's server has the defaults)
+    ("too-many-prompts", "/v1/completions", {**GOOD, "prompt": ["x"] * 257}, AUTH, 400, "--max-prompts-per-request"),
+    ("too-many-sequences", "/v1/completions", {**GOOD, "prompt": ["x"] * 100, "n": 3}, AUTH, 400,
+     "--max-sequences-per-request"),
+    ("too-many-stop-strings", "/v1/chat/completions", {**CHAT, "stop": [f"s{i}" for i in range(65)]}, AUTH, 400,
+     "--max-stop-strings"),
+    ("body-too-large", "/v1/completions", {**GOOD, "prompt": "x" * (9 * 1024**2)}, AUTH, 413, "--max-request-bytes"),
 ]
 
 
@@ -58,6 +65,29 @@ def test_bad_request_gets_openai_error(server, path, body, headers, status, need
     assert set(error) >= {"message", "type", "param", "code"}
     assert needle.lower() in error["message"].lower()
     assert error["param"] is None or not error["param"].isdigit(), "param names a field, never a character offset"
+
+
+def test_a_chunked_body_is_refused_once_past_the_limit(server):
+    """No Content-Length to check up front: the body is counted as it arrives, and refused past the limit."""
+
+    def body():
+        yield b'{"model": "' + MODEL_NAME.encode() + b'", "prompt": "'
+        for _ in range(12):  # 12 MiB, in chunks
+            yield b"x" * 1024**2
+        yield b'"}'
+
+    response = httpx.post(server.base_url + "/v1/completions", content=body(), timeout=60,
+                          headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert "--max-request-bytes" in response.json()["error"]["message"]
+
+
+def test_request_limits_by_name(server):
+    ok = {**GOOD, "prompt": ["x"] * 4, "n": 2, "stop": ["a", "b"]}
+    assert httpx.post(server.base_url + "/v1/completions", json=ok, headers=AUTH, timeout=60).status_code == 200
+    response = httpx.post(server.base_url + "/v1/completions", json={**GOOD, "prompt": ["x"] * 100, "n": 3},
+                          headers=AUTH, timeout=30)
+    assert response.json()["error"]["param"] == "n"
 
 
 def test_server_still_serves_after_bad_requests(server):

@@ -49,3 +49,23 @@ def test_default_server_repeats_greedy_answers(corral_serve):
     metrics = httpx.get(base + "/metrics").text
     hits = next(line for line in metrics.splitlines() if line.startswith("corral:prefix_cache_hits_total"))
     assert float(hits.split()[-1]) > 0, "no prefix-cache hit: the test proves nothing"
+
+
+def test_request_limit_flags_reach_the_server(corral_serve):
+    import httpx
+
+    base = corral_serve("--max-prompts-per-request", "2", "--max-stop-strings", "1", "--max-request-bytes", "2000")
+    body = {"model": "SmolLM2-135M-Instruct", "prompt": ["a", "b"], "max_tokens": 1}
+    assert httpx.post(base + "/v1/completions", json=body, timeout=60).status_code == 200
+    for too_much, param in (({"prompt": ["a", "b", "c"]}, "prompt"), ({"stop": ["x", "y"]}, "stop")):
+        response = httpx.post(base + "/v1/completions", json={**body, **too_much}, timeout=60)
+        assert (response.status_code, response.json()["error"]["param"]) == (400, param)
+    response = httpx.post(base + "/v1/completions", json={**body, "prompt": "x" * 3000}, timeout=60)
+    assert response.status_code == 413
+
+
+def test_a_request_limit_below_one_is_a_flag_error():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-stop-strings", "0"])

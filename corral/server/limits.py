@@ -1,0 +1,85 @@
+"""Bounded work per request (OWASP LLM10, "unbounded consumption", at the replica): a body size limit
+enforced while the body arrives, and limits on what one request may ask for, each refused with an error
+that names the limit before any tokenizing or engine work."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_body_bytes: int = 8 * 1024**2
+    max_prompts: int = 256  # prompts in one completions request
+    max_sequences: int = 256  # prompts x n: the sequences one request adds to the engine
+    max_stop_strings: int = 64
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+class LimitExceeded(Exception):
+    """One request asks for more than the server allows; a 400 naming the field (413 for the body)."""
+
+    def __init__(self, message: str, param: str | None, status: int = 400):
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+def check_request(num_prompts: int, n: int, num_stop_strings: int, limits: RequestLimits) -> None:
+    if num_prompts > limits.max_prompts:
+        raise LimitExceeded(f"{num_prompts} prompts in one request; this server allows {limits.max_prompts}"
+                            " (--max-prompts-per-request)", "prompt")
+    if num_prompts * n > limits.max_sequences:
+        raise LimitExceeded(f"{num_prompts} prompts x n={n} = {num_prompts * n} sequences; this server allows"
+                            f" {limits.max_sequences} per request (--max-sequences-per-request)", "n")
+    if num_stop_strings > limits.max_stop_strings:
+        raise LimitExceeded(f"{num_stop_strings} stop strings; this server allows {limits.max_stop_strings}"
+                            " (--max-stop-strings)", "stop")
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body over ``max_bytes`` gets 413 as soon as its Content-Length says so or, when the
+    length is not declared (chunked), as soon as that many bytes have arrived; the rest is never read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # raised inside the route's body read: answered as a 413
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than this server's limit of {self.max_bytes} bytes (--max-request-bytes)"
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"error": {
+            "message": self._message(),
+            "type": "invalid_request_error", "param": None, "code": "request_too_large",
+        }}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
