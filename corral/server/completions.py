@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -25,18 +26,21 @@ def prompts_of(request: CompletionRequest) -> list[str | list[int]]:
     return list(prompt)
 
 
-def logprobs_of(completion: CompletionOutput, start: int, tokenizer) -> dict | None:
-    """The completions API's logprobs object for tokens ``start..`` of a choice."""
+def logprobs_of(completion: CompletionOutput, start: int, tokenizer, text_start: int) -> dict | None:
+    """The completions API's logprobs object for tokens ``start..`` of a choice; ``text_start`` is where the
+    first of them begins in the choice's returned text (echoed prompt included), and each next token's
+    offset adds the length of the one before (vLLM's rule)."""
     if completion.logprobs is None:
         return None
     token_ids = completion.token_ids[start:]
     entries = completion.logprobs[start : start + len(token_ids)]
     tokens = [tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=text_start)) if tokens else []
     return {
         "tokens": tokens,
         "token_logprobs": [e[t].logprob for t, e in zip(token_ids, entries)],
         "top_logprobs": [{lp.decoded_token: lp.logprob for lp in e.values()} for e in entries],
-        "text_offset": [],
+        "text_offset": offsets,
     }
 
 
@@ -68,10 +72,11 @@ async def create_completion(
     outputs = await final_outputs(streams, client_gone and client_gone())
     choices = []
     for prompt_index, output in enumerate(outputs):
+        prefix = echoed(request, output, tokenizer)
         for c in output.outputs:
             choices.append({
-                "index": prompt_index * params.n + c.index, "text": echoed(request, output, tokenizer) + c.text, "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer),
+                "index": prompt_index * params.n + c.index, "text": prefix + c.text, "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer, len(prefix)),
             })
     return JSONResponse({
         "id": request_id, "object": "text_completion", "created": created, "model": model_name,
@@ -82,6 +87,7 @@ async def create_completion(
 async def _stream(streams, request: CompletionRequest, request_id, created, model_name, tokenizer) -> AsyncIterator[str]:
     n = request.n
     trackers: dict[tuple[int, int], DeltaTracker] = {}
+    token_offset: dict[tuple[int, int], int] = {}  # (prompt, choice) -> where its next token's text starts
     finals = {}
 
     chunk = ChunkWriter(request_id, "text_completion", created, model_name)
@@ -96,12 +102,17 @@ async def _stream(streams, request: CompletionRequest, request_id, created, mode
                 text, tokens, start = tracker.delta(c)
                 if not text and not tokens and not c.finished:
                     continue
+                key = (prompt_index, c.index)
                 if start == 0 and not tracker.echoed:
-                    text, tracker.echoed = echoed(request, output, tokenizer) + text, True
+                    prefix = echoed(request, output, tokenizer)
+                    text, tracker.echoed, token_offset[key] = prefix + text, True, len(prefix)
+                logprobs = logprobs_of(c, start, tokenizer, token_offset.get(key, 0))
+                if logprobs is not None:
+                    token_offset[key] = token_offset.get(key, 0) + sum(map(len, logprobs["tokens"]))
                 tracker.finished = c.finished
                 yield chunk([{
                     "index": prompt_index * n + c.index, "text": text, "finish_reason": c.finish_reason,
-                    "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, start, tokenizer),
+                    "stop_reason": c.stop_reason, "logprobs": logprobs,
                 }])
         if request.include_usage:
             yield chunk([], usage(list(finals.values())))

@@ -262,3 +262,14 @@ def test_streamed_chat_with_a_stop_string_equals_non_streamed(client):
     assert_stopped_stream_equals_unstopped_text_cut(
         client.chat.completions.create, kwargs, text_of, delta_of, unstopped.message.content, tokens
     )
+
+
+def test_completion_text_offsets_point_at_each_token_streamed_or_not(client):
+    kwargs = dict(model=MODEL_NAME, prompt="A list of fruits: apples, pears,", max_tokens=16, temperature=0,
+                  logprobs=1)
+    choice = client.completions.create(**kwargs).choices[0]
+    tokens, offsets = choice.logprobs.tokens, choice.logprobs.text_offset
+    assert "".join(tokens) == choice.text  # ASCII output: the tokens spell the text
+    assert offsets[0] == 0 and [choice.text[o : o + len(t)] for o, t in zip(offsets, tokens)] == tokens
+    streamed = [c.choices[0].logprobs for c in client.completions.create(stream=True, **kwargs) if c.choices]
+    assert [o for lp in streamed if lp for o in lp.text_offset] == offsets
