@@ -17,6 +17,7 @@ from corral.server.limits import BodySizeLimit, RequestLimits, check_request
 from corral.server.metrics import EngineMetrics
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from corral.server.streams import ClientGone
+from corral.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
 
 
 def build_app(
@@ -102,6 +103,18 @@ def build_app(
         return await create_chat_completion(
             engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens), client_gone(http)
         )
+
+    @app.post("/tokenize", dependencies=[Depends(check_key)])
+    async def tokenize_route(body: TokenizeRequest) -> dict:
+        if body.model is not None:
+            check_model(body.model)
+        return tokenize(body, engine.engine.tokenizer, engine.engine.max_model_len)
+
+    @app.post("/detokenize", dependencies=[Depends(check_key)])
+    async def detokenize_route(body: DetokenizeRequest) -> dict:
+        if body.model is not None:
+            check_model(body.model)
+        return detokenize(body, engine.engine.tokenizer)
 
     return app
 
