@@ -103,11 +103,18 @@ $(BENCH_DEPS_STAMP): $(STAMP) pyproject.toml
 
 bench-peers: $(LLAMA_STAMP)
 
-# Compiles llama.cpp from source: about 10 minutes on 2 cores, once.
+# Compiles llama.cpp from source: about 10 minutes on 2 cores, once. On a CPU with AMX, llama.cpp's native
+# build turns on its AMX int8 path, which segfaults in llama_decode on any prompt batch longer than one
+# token there (shared/MACHINE.md): build it for the AVX-512 flags instead, its fastest path that runs.
+LLAMA_AVX512_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+	-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX_VNNI=ON
+LLAMA_CMAKE_ARGS ?= $(if $(shell grep -m1 -o amx_int8 /proc/cpuinfo 2>/dev/null),$(LLAMA_AVX512_ARGS))
 $(LLAMA_STAMP):
 	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
 	$(LLAMA_VENV)/bin/pip install -q --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(LLAMA_VENV)/bin/pip install -q 'llama-cpp-python[server]==0.3.36'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(LLAMA_VENV)/bin/pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
+	echo "$(LLAMA_CMAKE_ARGS)" > $(LLAMA_VENV)/cmake-args.txt
 	touch $(LLAMA_STAMP)
 
 bench-vllm-install: $(VLLM_STAMP) $(HF_MODEL_STAMP)

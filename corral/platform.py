@@ -18,6 +18,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def has_amx_bf16() -> bool:
+    """Whether the CPU has AMX bf16 tiles (Intel since Sapphire Rapids): oneDNN runs bf16 matrix products on them."""
+    return "amx_bf16" in cpu_flags()
+
+
 def available_cpu_memory() -> int:
     """Bytes of memory available to new allocations (MemAvailable), or 4 GiB if unknown."""
     try:

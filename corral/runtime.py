@@ -11,8 +11,12 @@ import torch
 
 from corral.config import (
     ACTIVATION_BITS,
+    BATCHED_LINEARS,
+    DENSE_MIN_ROWS,
+    DENSE_MIN_ROWS_WIDE,
     KV_CACHE_DTYPES,
     QUANTIZATIONS,
+    WIDE_LINEAR,
     CacheConfig,
     SchedulerConfig,
     SpeculativeConfig,
@@ -32,9 +36,9 @@ from corral.loader import PackedFormat, open_checkpoint, stored_packed_format
 from corral.loader.tokenizer import load_tokenizer
 from corral.models.loading import first_layers, load_model
 from corral.models.spec import ModelConfig
-from corral.platform import release_free_memory
+from corral.platform import has_amx_bf16, release_free_memory
 from corral.quantization.base import QuantMethod
-from corral.quantization.blockwise import BlockMethod, set_activation_bits_
+from corral.quantization.blockwise import BlockMethod, keep_dense_copies_, set_activation_bits_
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.spec_decode.draft_model import DraftModelProposer
@@ -73,6 +77,9 @@ class EngineArgs:
     # Every token's attention through one per-token kernel, so greedy output does not depend on batching,
     # chunking or preemption (with the quantized paths, whose rows are independent); slower prefill on long prompts.
     batch_invariant: bool = False
+    # Block-quantized linears on big batches (config.BATCHED_LINEARS): auto: a bf16 copy of their weights for
+    # inputs of DENSE_MIN_ROWS rows or more where the CPU has AMX, unless batch_invariant; packed: never.
+    batched_linears: str = "auto"
     # Speculative decoding, as a dict of SpeculativeConfig fields (vLLM's argument) or the config itself.
     speculative_config: dict[str, Any] | SpeculativeConfig | None = None
 
@@ -206,6 +213,22 @@ def _auto_quantization(device: torch.device, dtype: torch.dtype, model: str | No
     return "int8" if fbgemm_available() else "none"
 
 
+def resolve_batched_linears(
+    name: str, quant_method: QuantMethod | None, device: torch.device, batch_invariant: bool
+) -> str:
+    """``packed`` or ``bf16`` (config.BATCHED_LINEARS) for this engine's weights, device and mode."""
+    if name not in BATCHED_LINEARS:
+        raise ConfigError(f"unsupported batched_linears {name!r} (choose from {', '.join(BATCHED_LINEARS)})")
+    packed = isinstance(quant_method, BlockMethod) and device.type == "cpu"
+    if name == "auto":
+        return "bf16" if packed and has_amx_bf16() and not batch_invariant else "packed"
+    if name == "bf16" and not packed:
+        raise ConfigError("batched_linears bf16 copies block-quantized weights (quantization gguf or int4, on the CPU)")
+    if name == "bf16" and batch_invariant:
+        raise ConfigError("batched_linears bf16 makes a row's rounding depend on its batch's size: not with batch_invariant")
+    return name
+
+
 def is_gguf(model: str | None) -> bool:
     return model is None or str(model).lower().endswith(".gguf")  # None: the default model, a GGUF file
 
@@ -222,6 +245,11 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     model_config, model, quant_method = _load(
         args.model, args.quantization, dtype, device, tokenizer, activation_bits=args.activation_bits
     )
+
+    if resolve_batched_linears(args.batched_linears, quant_method, device, args.batch_invariant) == "bf16":
+        added = keep_dense_copies_(model, DENSE_MIN_ROWS, DENSE_MIN_ROWS_WIDE, WIDE_LINEAR)
+        logger.info("batches of %d rows or more (%d for the LM head) run on bf16 copies of the packed linears "
+                    "(%.0f MiB)", DENSE_MIN_ROWS, DENSE_MIN_ROWS_WIDE, added / 2**20)
 
     scheduler_config = args.scheduler_config(model_config.max_position_embeddings)
     cache = args.cache_config(resolve_kv_cache_dtype(args.kv_cache_dtype, quant_method))

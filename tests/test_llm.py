@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from corral import LLM, SamplingParams
+from corral.config import DENSE_MIN_ROWS
 from corral.errors import InvalidRequestError, InvalidSamplingParamsError, ModelLoadError, PromptTooLongError
 from corral.models.calibration import sequence_logits
 from corral.quantization.corpus import stdlib_docstrings
@@ -54,17 +55,25 @@ def test_batching_invariance_with_chunked_prefill_and_preemption(
     assert_no_leaks(small)
 
 
-@pytest.mark.parametrize("kv_cache_dtype, activation_bits", [("model", None), ("int8", None), ("model", 16)])
-def test_fused_decode_layers_give_the_module_paths_tokens(kv_cache_dtype, activation_bits):
+@pytest.mark.parametrize(
+    "kv_cache_dtype, activation_bits, batched_linears, num_prompts",
+    [("model", None, "packed", 5), ("int8", None, "packed", 5), ("model", 16, "packed", 5), ("int8", None, "bf16", 20)],
+)
+def test_fused_decode_layers_give_the_module_paths_tokens(kv_cache_dtype, activation_bits, batched_linears, num_prompts):
     # gguf keeps the file's blocks: all-decode steps run one C++ call per layer, mixed steps the modules.
     # No prefix cache: a second run would prefill only the uncached tails, which SDPA rounds differently.
+    # bf16 with 20 prompts: the decode steps' linears run on the bf16 copies (DENSE_MIN_ROWS is 16), in both paths.
     llm = LLM(dtype="float32", quantization="gguf", max_model_len=256, kv_cache_memory=32 * 1024**2,
-              enable_prefix_caching=False, kv_cache_dtype=kv_cache_dtype, activation_bits=activation_bits)
+              enable_prefix_caching=False, kv_cache_dtype=kv_cache_dtype, activation_bits=activation_bits,
+              batched_linears=batched_linears)
     model = llm.engine.core.runner.model
     assert model.decode_layers is not None
     packed_bits = {m.packed.activation_bits for m in model.modules() if getattr(m, "packed", None) is not None}
     assert packed_bits == {activation_bits or 8}
-    prompts = mixed_prompts(5)
+    dense = {m.packed.dense is not None for m in model.modules() if getattr(m, "packed", None) is not None}
+    assert dense == {batched_linears == "bf16"}
+    assert num_prompts >= DENSE_MIN_ROWS or batched_linears == "packed"
+    prompts = mixed_prompts(num_prompts)
     fused = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(16), use_tqdm=False)]
     packed, model.decode_layers = model.decode_layers, None
     modules = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(16), use_tqdm=False)]
@@ -107,8 +116,11 @@ def test_int8_kv_cache_keeps_teacher_forced_next_tokens_on_heldout_text(default_
 def test_prefix_caching_on_and_off_agree_and_shared_prefix_hits():
     shared = "You are a meticulous assistant. " * 35  # about 210 tokens
     prompts = [shared + "Question one: what is light?", shared + "Question two: what is sound?"]
-    on = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2)
-    off = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, enable_prefix_caching=False)
+    # packed: the bf16 copies of AMX hosts would give the cached prompt's tail (a few rows) and the uncached
+    # prompt (a few hundred) different linears
+    on = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, batched_linears="packed")
+    off = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, enable_prefix_caching=False,
+              batched_linears="packed")
     first = on.generate(prompts[0], greedy(16), use_tqdm=False)[0]
     stats = on.engine.core.kv_manager.stats
     hits_before = stats.hits

@@ -1,15 +1,17 @@
-"""What ``auto`` resolves to: the fastest weights path the machine has, and int8 K/V beside quantized weights."""
+"""What ``auto`` resolves to: the fastest weights path the machine has, int8 K/V beside quantized weights, and
+bf16 copies of packed linears for batches where the CPU has AMX."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from corral import runtime
 from corral.errors import ConfigError
 from corral.kernels import cpu_extension
 from corral.quantization.blockwise import BlockMethod
 from corral.quantization.int8 import Int8Method, fbgemm_available
-from corral.runtime import resolve_kv_cache_dtype, resolve_quantization
+from corral.runtime import resolve_batched_linears, resolve_kv_cache_dtype, resolve_quantization
 
 CPU = torch.device("cpu")
 
@@ -65,3 +67,24 @@ def test_batch_invariant_warns_where_the_linears_depend_on_the_batch(tiny_model_
         if fbgemm_available():  # integer GEMM: rows are independent
             LLM(tiny_model_dir, quantization="int8", max_model_len=64, batch_invariant=True)
     assert "batch_invariant" not in caplog.text
+
+
+@pytest.mark.parametrize("has_amx", [True, False])
+def test_batched_linears_auto_copies_packed_weights_where_the_cpu_has_amx(monkeypatch, has_amx):
+    monkeypatch.setattr(runtime, "has_amx_bf16", lambda: has_amx)
+    blocks = BlockMethod("gguf", 4, keeps_stored_blocks=True)
+    assert resolve_batched_linears("auto", blocks, CPU, batch_invariant=False) == ("bf16" if has_amx else "packed")
+    assert resolve_batched_linears("auto", blocks, CPU, batch_invariant=True) == "packed"
+    assert resolve_batched_linears("auto", None, CPU, batch_invariant=False) == "packed"  # nothing packed to copy
+    assert resolve_batched_linears("bf16", blocks, CPU, batch_invariant=False) == "bf16"  # asked for: any CPU
+    assert resolve_batched_linears("packed", blocks, CPU, batch_invariant=False) == "packed"
+
+
+def test_batched_linears_bf16_is_refused_where_it_cannot_hold():
+    blocks = BlockMethod("gguf", 4, keeps_stored_blocks=True)
+    with pytest.raises(ConfigError, match="unsupported batched_linears 'fp8'"):
+        resolve_batched_linears("fp8", blocks, CPU, batch_invariant=False)
+    with pytest.raises(ConfigError, match="block-quantized weights"):
+        resolve_batched_linears("bf16", None, CPU, batch_invariant=False)
+    with pytest.raises(ConfigError, match="batch_invariant"):
+        resolve_batched_linears("bf16", blocks, CPU, batch_invariant=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import ACTIVATION_BITS, KV_CACHE_DTYPES, QUANTIZATIONS
+from corral.config import ACTIVATION_BITS, BATCHED_LINEARS, DENSE_MIN_ROWS, KV_CACHE_DTYPES, QUANTIZATIONS
 
 QUANTIZATION_HELP = (
     "auto: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks on the C++ kernels, else int8 on fbgemm; none: the exact "
@@ -40,6 +40,15 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         help="auto: int8 beside quantized weights, else the model's dtype; model: the model's "
                              "dtype; int8: 8-bit K/V with a scale per token and head (3.76x the tokens of fp32)")
     add_activation_bits_argument(parser)
+    add_batched_linears_argument(parser)
+
+
+def add_batched_linears_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--batched-linears`` of the commands that run a model (EngineArgs.batched_linears)."""
+    parser.add_argument("--batched-linears", default="auto", choices=BATCHED_LINEARS,
+                        help=f"block-quantized linears on inputs of {DENSE_MIN_ROWS}+ rows: bf16 also keeps a bf16 "
+                             "copy of their weights (2 bytes a parameter) for oneDNN's AMX kernels; packed: the "
+                             "block kernels only; auto: bf16 where the CPU has AMX, unless --batch-invariant")
 
 
 def add_activation_bits_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

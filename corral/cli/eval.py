@@ -7,7 +7,12 @@ import argparse
 import json
 import os
 
-from corral.cli import QUANTIZATION_HELP, HelpFormatter, add_activation_bits_argument
+from corral.cli import (
+    QUANTIZATION_HELP,
+    HelpFormatter,
+    add_activation_bits_argument,
+    add_batched_linears_argument,
+)
 from corral.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 STDLIB = "stdlib"  # the held-out split of the standard library's docstrings (corral.quantization.corpus)
@@ -32,6 +37,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-dtype", default="model", choices=KV_CACHE_DTYPES[1:],
                         help="K/V format inside each window (default: the model's dtype)")
     add_activation_bits_argument(parser)
+    add_batched_linears_argument(parser)
     parser.add_argument("--dataset", default=STDLIB,
                         help="'stdlib' (held-out standard-library docstrings, the default) or a UTF-8 text file")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of the dataset to score")
@@ -58,23 +64,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--dataset {args.dataset!r} is neither 'stdlib' nor a text file")
 
-    def load(model: str | None, quantization: str, activation_bits: int | None = None):
+    def load(model: str | None, quantization: str, activation_bits: int | None = None, batched_linears: str = "auto"):
         # Windows run as dense prefills with their own scratch K/V: the engine's pool stays minimal.
         engine = build_engine(EngineArgs(model=model, quantization=quantization, max_model_len=16,
-                                         kv_cache_memory=4 * 1024**2, activation_bits=activation_bits))
+                                         kv_cache_memory=4 * 1024**2, activation_bits=activation_bits,
+                                         batched_linears=batched_linears))
         context = engine.core.runner.model.config.max_position_embeddings
         if args.window > context:
             raise ConfigError(f"--window {args.window} exceeds the model's context of {context} tokens")
         return engine
 
-    engine = load(args.model, args.quantization, args.activation_bits)
+    engine = load(args.model, args.quantization, args.activation_bits, args.batched_linears)
     token_ids = engine.tokenizer.encode(text)[: args.tokens]
     stride = args.stride if args.stride is not None else args.window // 2
     windows = evaluate.sliding_windows(token_ids, args.window, stride)
     result: dict[str, object] = {
         "metric": args.metric, "model": args.model or "default", "quantization": args.quantization,
-        "kv_cache_dtype": args.kv_cache_dtype, "activation_bits": args.activation_bits, "dataset": args.dataset,
-        "window": args.window, "stride": stride,
+        "kv_cache_dtype": args.kv_cache_dtype, "activation_bits": args.activation_bits,
+        "batched_linears": args.batched_linears, "dataset": args.dataset, "window": args.window, "stride": stride,
     }
     with Progress(transient=True) as progress:
         task = progress.add_task(args.metric, total=len(windows))

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         kv_cache_memory=args.kv_cache_memory, enable_prefix_caching=args.enable_prefix_caching,
         block_size=args.block_size, batch_invariant=args.batch_invariant, kv_cache_dtype=args.kv_cache_dtype,
-        activation_bits=args.activation_bits,
+        activation_bits=args.activation_bits, batched_linears=args.batched_linears,
         speculative_config=args.speculative_config,
     )
     metrics = EngineMetrics()

@@ -22,6 +22,8 @@ class BlockLinearParts(NamedTuple):
     weights: InterleavedBlocks
     bias: torch.Tensor | None
     activation_bits: int
+    dense: torch.Tensor | None = None  # BlockLinear.keep_dense_copy_: for inputs of >= dense_min_rows rows
+    dense_min_rows: int = 0
 
 
 def pack_decoder_layer(
@@ -42,8 +44,11 @@ def pack_decoder_layer(
     if kernels is None or input_norm.dtype != torch.float32:
         return None
     linears = [
-        kernels.BlockLinearWeights(w.values, w.scales, w.mins, bias, w.bits, w.group_size, w.out_features, bits)
-        for w, bias, bits in (qkv_proj, o_proj, gate_up_proj, down_proj)
+        kernels.BlockLinearWeights(
+            p.weights.values, p.weights.scales, p.weights.mins, p.bias, p.weights.bits, p.weights.group_size,
+            p.weights.out_features, p.activation_bits, p.dense, p.dense_min_rows,
+        )
+        for p in (qkv_proj, o_proj, gate_up_proj, down_proj)
     ]
     return kernels.DecoderLayerWeights(
         *linears, input_norm, post_attention_norm, eps, num_heads, num_kv_heads, head_size, head_size**-0.5,

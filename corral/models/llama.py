@@ -92,7 +92,10 @@ class LlamaDecoderLayer(nn.Module):
         linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
         if not all(isinstance(linear.packed, BlockLinear) for linear in linears):
             return None
-        parts = [BlockLinearParts(p.weight, p.bias, p.activation_bits) for p in (linear.packed for linear in linears)]
+        parts = [
+            BlockLinearParts(p.weight, p.bias, p.activation_bits, p.dense, p.dense_min_rows)
+            for p in (linear.packed for linear in linears)
+        ]
         return pack_decoder_layer(
             *parts, self.input_layernorm.weight, self.post_attention_layernorm.weight, self.input_layernorm.eps,
             attn.num_heads, attn.num_kv_heads, attn.head_size, block_size,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from corral.config import ACTIVATION_BITS
@@ -142,6 +143,23 @@ def _to_float16(values: torch.Tensor) -> torch.Tensor:
     return values.half()
 
 
+def dense_weight(weight: torch.Tensor, batch_rows: int) -> torch.Tensor:
+    """``weight`` reordered once into oneDNN's blocked layout for ``dense_linear`` (torch's own prepacking, as
+    its compiler does for frozen weights: a plain weight is reordered again on every product, which costs
+    as much as the product itself below a few dozen rows); as it is where torch has no oneDNN."""
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_rows)
+    return weight.contiguous()
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for a ``dense_weight``; the C++ decoder layer (kernels/csrc/decoder_layer.cpp) calls the
+    same ops, so both round alike."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return F.linear(x, weight)
+
+
 class BlockLinear:
     """A packed linear layer over ``BlockQuantized`` weights, held only in the kernel's layout; each row's
     result is independent of its batch. ``activation_bits`` (8 or 16) is how finely the kernel rounds the
@@ -155,8 +173,20 @@ class BlockLinear:
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.activation_bits = activation_bits
+        self.dense: torch.Tensor | None = None  # see keep_dense_copy_
+        self.dense_min_rows = 0
+
+    def keep_dense_copy_(self, min_rows: int, dtype: torch.dtype = torch.bfloat16) -> None:
+        """Also hold the dequantized weight in ``dtype``, for inputs of at least ``min_rows`` rows: on CPUs with
+        matrix units (AMX) a bf16 product through oneDNN outruns the block kernel on batches, at 2 bytes a
+        parameter. Which path a row takes then depends on its batch's size."""
+        self.dense = dense_weight(self.dequantized_weight().to(dtype), min_rows)
+        self.dense_min_rows = min_rows
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:  # [num_rows, in_features] -> [num_rows, out_features]
+        if self.dense is not None and x.shape[0] >= self.dense_min_rows:
+            y = dense_linear(x.to(self.dense.dtype), self.dense).float()
+            return y if self.bias is None else y.add_(self.bias)
         return block_linear(x, self.weight, self.bias, self.activation_bits)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [num_ids] -> [num_ids, in_features]
@@ -173,6 +203,7 @@ class BlockLinear:
     def nbytes(self) -> int:
         w = self.weight
         held = w.values.nbytes + w.scales.nbytes + (0 if w.mins is None else w.mins.nbytes)
+        held += 0 if self.dense is None else self.dense.numel() * self.dense.element_size()
         return held + (0 if self.bias is None else self.bias.nbytes)
 
 
@@ -214,6 +245,19 @@ class BlockMethod:
 
     def quantize_table(self, table: torch.Tensor) -> BlockLinear:
         return BlockLinear(quantize_int8(table, ACTIVATION_BLOCK), None, self.activation_bits)
+
+
+def keep_dense_copies_(
+    model: nn.Module, min_rows: int, min_rows_wide: int, wide: int, dtype: torch.dtype = torch.bfloat16
+) -> int:
+    """``BlockLinear.keep_dense_copy_`` on every block-quantized linear of ``model`` (a tied LM head's table
+    too), used from ``min_rows`` rows, or ``min_rows_wide`` for linears of at least ``wide`` outputs (the LM
+    head), where the dense product pays sooner; returns the bytes the copies take."""
+    added = 0
+    for packed in {id(p): p for m in model.modules() if isinstance(p := getattr(m, "packed", None), BlockLinear)}.values():
+        packed.keep_dense_copy_(min_rows_wide if packed.out_features >= wide else min_rows, dtype)
+        added += packed.dense.numel() * packed.dense.element_size()
+    return added
 
 
 def set_activation_bits_(model: nn.Module, activation_bits: int) -> None:

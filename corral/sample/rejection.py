@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from corral.sample import ops
 from corral.sample.metadata import SamplingMetadata
 from corral.sample.ops import random_sample
 from corral.sample.sampler import constrain_logits, gather_logprobs, sampling_probs
@@ -60,7 +61,7 @@ class RejectionSampler(torch.nn.Module):
 
         raw_logprobs = torch.log_softmax(logits, dim=-1) if metadata.max_num_logprobs is not None else None
         constrained = constrain_logits(logits, metadata)
-        greedy_ids = None if metadata.all_random else constrained.argmax(dim=-1)  # [N]
+        greedy_ids = None if metadata.all_random else ops.greedy_ids(constrained)  # [N]
         probs = None if metadata.all_greedy else sampling_probs(constrained, metadata)  # [N, V]
         greedy_row = metadata.temperature == 0  # [N]
 

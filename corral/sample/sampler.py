@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from corral.sample.metadata import SamplingMetadata
-from corral.sample.ops import apply_min_p, apply_temperature, apply_top_k_top_p, random_sample
+from corral.sample.ops import apply_min_p, apply_temperature, apply_top_k_top_p, greedy_ids, random_sample
 from corral.sample.penalties import apply_penalties
 
 
@@ -67,16 +67,16 @@ class Sampler(torch.nn.Module):
 
     @staticmethod
     def _sample(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        greedy_ids = None
+        greedy = None
         if not metadata.all_random:
-            greedy_ids = logits.argmax(dim=-1)
+            greedy = greedy_ids(logits)
             if metadata.all_greedy:
-                return greedy_ids
+                return greedy
 
         random_ids = random_sample(sampling_probs(logits, metadata), metadata.generators)
-        if greedy_ids is None:
+        if greedy is None:
             return random_ids
-        return torch.where(metadata.temperature == 0, greedy_ids, random_ids)
+        return torch.where(metadata.temperature == 0, greedy, random_ids)
 
 
 def constrain_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:

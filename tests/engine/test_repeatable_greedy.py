@@ -1,12 +1,14 @@
-"""Greedy output on the default path (the GGUF's own blocks, int8 K/V) does not depend on the prefix cache,
-n, the batch around a request or speculation: a request whose prompt comes from the prefix cache computes
+"""Greedy output on the packed path (the GGUF's own blocks on the block kernels, int8 K/V: the default where
+the CPU has no AMX) does not depend on the prefix cache, n, the batch around a request or speculation: a request whose prompt comes from the prefix cache computes
 its prompt's last block on the same per-token kernel as when it computes the whole prompt
 (``engine/input_builder.split_for_attention``).
 
 What stays outside this guarantee, and needs ``batch_invariant=True``: prompts whose prefill is split into
 chunks at different places (a prompt longer than the step's token budget left, under load), prefix-cache
 hits shorter than the prompt's last block (a shared system prompt, a partly evicted prefix) and
-recomputation after preemption: dense prefill attention rounds differently for different chunk shapes."""
+recomputation after preemption: dense prefill attention rounds differently for different chunk shapes. Nor
+does it hold with ``batched_linears="bf16"`` (the default on AMX hosts): a row's linears then run packed or on
+the bf16 copy depending on how many rows share its step."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ CHATS = [
 GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
 
 
-ENGINE = dict(max_model_len=1024, kv_cache_memory=64 * 1024**2)
+ENGINE = dict(max_model_len=1024, kv_cache_memory=64 * 1024**2, batched_linears="packed")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,17 @@ from corral.kernels import cpu_extension, kv_int8
 from corral.kernels.paged_attention import paged_attention_reference
 
 BLOCK_SIZE = 4
+# every set of attention loops this CPU can run ("vector" everywhere, "avx512" for head sizes 64 and 128)
+ISAS = cpu_extension.load().supported_paged_attention_isas() if cpu_extension.load() is not None else []
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    extension = cpu_extension.load()
+    widest = extension.paged_attention_isa()
+    extension.set_paged_attention_isa(request.param)
+    yield request.param
+    extension.set_paged_attention_isa(widest)
 
 
 def paged_case(context_lens: list[int], num_heads: int = 6, num_kv_heads: int = 2, head_size: int = 16):
@@ -25,6 +36,16 @@ def paged_case(context_lens: list[int], num_heads: int = 6, num_kv_heads: int = 
     return query, key_cache, value_cache, block_tables, torch.arange(len(context_lens)), torch.tensor(context_lens)
 
 
+def int8_caches(key_cache: torch.Tensor, value_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float caches quantized into int8 rows (kernels/kv_int8.py)."""
+    slots = torch.arange(key_cache.shape[0])
+    shape = (*key_cache.shape[:2], kv_int8.row_width(key_cache.shape[2]))
+    key_int8, value_int8 = torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int8)
+    kv_int8.write_reference(key_int8, slots, key_cache)
+    kv_int8.write_reference(value_int8, slots, value_cache)
+    return key_int8, value_int8
+
+
 def dense_attention(query, key_cache, value_cache, block_tables, seq_of_query, context_lens):
     outs = []
     for s, n in zip(seq_of_query.tolist(), context_lens.tolist()):
@@ -37,7 +58,7 @@ def dense_attention(query, key_cache, value_cache, block_tables, seq_of_query, c
     return torch.stack(outs)
 
 
-CONTEXTS = [[1], [5, 1, 12, 8], [33, 2]]
+CONTEXTS = [[1], [5, 1, 12, 8], [33, 2], [16, 17, 47, 48]]
 
 
 @pytest.mark.parametrize("context_lens", CONTEXTS)
@@ -50,9 +71,12 @@ def test_reference_matches_dense_attention(context_lens):
 
 @pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
 @pytest.mark.parametrize("context_lens", CONTEXTS)
-@pytest.mark.parametrize("heads", [(6, 2, 16), (9, 3, 64), (4, 4, 8)])
-def test_cpp_kernel_matches_reference(context_lens, heads):
+@pytest.mark.parametrize("heads", [(6, 2, 16), (9, 3, 64), (4, 4, 8), (4, 1, 128)])
+@pytest.mark.parametrize("int8_cache", [False, True])
+def test_cpp_kernel_matches_reference(isa, context_lens, heads, int8_cache):
     case = paged_case(context_lens, *heads)
+    if int8_cache:
+        case = (case[0], *int8_caches(case[1], case[2]), *case[3:])
     scale = heads[2] ** -0.5
     expected = paged_attention_reference(*case, BLOCK_SIZE, scale)
     actual = cpu_extension.load().paged_attention(*case, BLOCK_SIZE, scale)
@@ -90,18 +114,12 @@ def test_several_queries_of_one_sequence_see_their_own_prefixes():
 
 @pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
 @pytest.mark.parametrize("int8_cache", [False, True])
-def test_rows_sharing_their_sequences_reads_equal_each_row_alone(int8_cache):
+def test_rows_sharing_their_sequences_reads_equal_each_row_alone(isa, int8_cache):
     """Draft checks: consecutive rows of one sequence share each K/V read (in runs the kernel may split);
     every row's result is bit-identical to the row computed alone, and matches the reference."""
     query, key_cache, value_cache, block_tables, _, _ = paged_case([40, 40], num_heads=9, num_kv_heads=3, head_size=64)
     if int8_cache:
-        slots = torch.arange(key_cache.shape[0])
-        row = kv_int8.row_width(64)
-        key_int8 = torch.zeros(key_cache.shape[0], 3, row, dtype=torch.int8)
-        value_int8 = torch.zeros_like(key_int8)
-        kv_int8.write_reference(key_int8, slots, key_cache)
-        kv_int8.write_reference(value_int8, slots, value_cache)
-        key_cache, value_cache = key_int8, value_int8
+        key_cache, value_cache = int8_caches(key_cache, value_cache)
     seqs = torch.tensor([0] * 7 + [1] * 3 + [0])
     lens = torch.tensor([20, 21, 22, 23, 24, 25, 26, 30, 31, 32, 40])
     query = torch.randn(len(seqs), 9, 64, generator=torch.Generator().manual_seed(5))
@@ -113,3 +131,11 @@ def test_rows_sharing_their_sequences_reads_equal_each_row_alone(int8_cache):
         assert torch.equal(rows[i : i + 1], alone)
     expected = paged_attention_reference(query, key_cache, value_cache, block_tables, seqs, lens, BLOCK_SIZE, 0.125)
     torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(cpu_extension.load() is None, reason="C++ kernels not built (make install builds them)")
+def test_unknown_or_unsupported_attention_loops_are_refused():
+    extension = cpu_extension.load()
+    with pytest.raises(RuntimeError, match="unknown loops"):
+        extension.set_paged_attention_isa("avx1024")
+    assert extension.paged_attention_isa() in ISAS

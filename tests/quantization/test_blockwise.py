@@ -1,5 +1,6 @@
 """Block-quantized weights: round trips within the analytic bound, packed layers equal to a dequantized
-reference (inputs rounded to 8 bits, or to 16 and then nearly exact), bad shapes refused."""
+reference (inputs rounded to 8 bits, or to 16 and then nearly exact), bad shapes refused, and the bf16 copy
+for batches (``batched_linears="bf16"``) taking over from its row threshold."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from corral.quantization.blockwise import (
     BlockLinear,
     BlockMethod,
     BlockQuantized,
+    keep_dense_copies_,
     quantize_int4,
     quantize_int8,
     set_activation_bits_,
@@ -131,3 +133,36 @@ def test_set_activation_bits_reaches_every_packed_layer():
     assert [layer.packed.activation_bits for layer in model] == [16, 16]
     with pytest.raises(QuantizationError, match="activation bits"):
         set_activation_bits_(model, 32)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dense_copy_runs_batches_from_its_threshold_and_packed_below(bits):
+    w, bias = weight(), torch.randn(24)
+    layer = BlockMethod("int4" if bits == 4 else "int8-blocks", linear_bits=bits).quantize(w, bias)
+    x = torch.randn(12, 256, generator=torch.Generator().manual_seed(4))
+    packed_rows = layer.apply(x)
+    packed_bytes = layer.nbytes()
+    layer.keep_dense_copy_(min_rows=8)
+    assert layer.nbytes() == packed_bytes + 24 * 256 * 2  # 2 bytes a parameter
+    assert torch.equal(layer.apply(x[:7]), packed_rows[:7])  # below the threshold: the block kernel
+    # from it: the bf16 product of the dequantized weight, rounded as torch rounds it
+    dense = layer.apply(x)
+    bf16 = (x.bfloat16() @ layer.dequantized_weight().bfloat16().T).float() + bias
+    torch.testing.assert_close(dense, bf16, rtol=2e-2, atol=2e-2)
+    assert not torch.equal(dense, packed_rows)
+    # and nearer the float product than the packed path's 8-bit activations
+    exact = x @ layer.dequantized_weight().T + bias
+    assert (dense - exact).abs().max() < (packed_rows - exact).abs().max()
+
+
+def test_dense_copies_reach_every_packed_layer_once_with_the_wide_threshold_for_wide_ones():
+    narrow, wide = Linear.from_weight(weight()), Linear.from_weight(weight(rows=64, seed=1))
+    model = torch.nn.Sequential(narrow, wide)
+    for layer in model:
+        layer.quantize_(BlockMethod("int4", linear_bits=4))
+    tied = Linear.from_packed(wide.packed)  # a tied LM head shares its table's packed weight
+    model.append(tied)
+    added = keep_dense_copies_(model, min_rows=16, min_rows_wide=4, wide=64)
+    assert added == (24 + 64) * 256 * 2  # the shared weight copied once
+    assert (narrow.packed.dense_min_rows, wide.packed.dense_min_rows) == (16, 4)
+    assert tied.packed.dense is wide.packed.dense

@@ -157,3 +157,11 @@ def test_random_sample_with_every_row_seeded_leaves_the_global_rng_alone() -> No
     # one unseeded row: the batch draws from the default generator
     random_sample(probs, {0: torch.Generator().manual_seed(1)})
     assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_greedy_ids_take_the_first_maximum_as_argmax_does():
+    """Ties (common with banned tokens at -inf and penalties) and NaN rows pick argmax's index."""
+    logits = torch.randint(0, 3, (64, 1000), generator=torch.Generator().manual_seed(0)).float()
+    logits[5, 7] = float("nan")
+    logits[9] = float("-inf")
+    assert torch.equal(ops.greedy_ids(logits), logits.argmax(dim=-1))

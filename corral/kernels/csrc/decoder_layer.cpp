@@ -1,10 +1,11 @@
 // One Llama decoder layer in one call, for steps whose tokens are all decodes, over block-quantized
-// linears (block_linear.cpp). It runs the same kernels and ATen ops, in the same order, as the module path
+// linears (block_linear.cpp; or their bf16 copies for big batches). It runs the same kernels and ATen ops, in the same order, as the module path
 // (models/llama.py with the CPU paged backend), so its output is bit-identical; what it removes is the
 // Python between them: ~25 module and wrapper calls per layer, which cost more than the arithmetic for a
 // 135M model at one token per step.
 
 #include <torch/extension.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "decoder_layer.h"
 
@@ -21,7 +22,23 @@ torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& k
 
 namespace {
 
+// quantization/blockwise.py's dense_linear: oneDNN's product on a weight it prepacked (an opaque tensor), through
+// the dispatcher as torch.ops.mkldnn._linear_pointwise, else a plain linear.
+torch::Tensor dense_linear(const torch::Tensor& x, const torch::Tensor& weight) {
+  if (!weight.is_mkldnn()) return at::linear(x, weight);
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack{x, weight, c10::IValue(), std::string("none"), c10::List<std::optional<c10::Scalar>>(),
+                          std::string("")};
+  op.callBoxed(&stack);
+  return stack.back().toTensor();
+}
+
+// The ops of BlockLinear.apply (quantization/blockwise.py), so both paths round alike.
 torch::Tensor linear(const BlockLinearWeights& w, const torch::Tensor& x) {
+  if (w.dense.has_value() && x.size(0) >= w.dense_min_rows) {
+    auto y = dense_linear(x.to(w.dense->scalar_type()), *w.dense).to(torch::kFloat32);
+    return w.bias.has_value() ? y.add_(*w.bias) : y;
+  }
   return block_linear(x, w.values, w.scales, w.mins, w.bias, w.bits, w.group_size, w.out_features, w.activation_bits);
 }
 

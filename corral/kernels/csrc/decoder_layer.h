@@ -8,6 +8,8 @@ struct BlockLinearWeights {
   c10::optional<torch::Tensor> mins, bias;
   int64_t bits, group_size, out_features;  // layout in block_linear.cpp
   int64_t activation_bits;                 // 8 or 16
+  c10::optional<torch::Tensor> dense;      // the dequantized weight (bf16), for inputs of >= dense_min_rows rows
+  int64_t dense_min_rows;
 };
 
 struct DecoderLayerWeights {

@@ -22,6 +22,9 @@ torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& valu
 std::string block_linear_isa();
 std::vector<std::string> supported_block_linear_isas();
 void set_block_linear_isa(const std::string& name);
+std::string paged_attention_isa();
+std::vector<std::string> supported_paged_attention_isas();
+void set_paged_attention_isa(const std::string& name);
 torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
                             const torch::Tensor& sin, const torch::Tensor& kv_cache, const torch::Tensor& slot_mapping,
@@ -30,6 +33,9 @@ torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 or int8 KV cache");
+  m.def("paged_attention_isa", &paged_attention_isa, "the loops paged_attention uses for head sizes 64 and 128");
+  m.def("supported_paged_attention_isas", &supported_paged_attention_isas, "the attention loops this CPU can run");
+  m.def("set_paged_attention_isa", &set_paged_attention_isa, "use the given attention loops (for tests)");
   m.def("write_kv", &write_kv, "K or V rows into their cache slots (quantized into an int8 cache)");
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
@@ -40,7 +46,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_block_linear_isa", &set_block_linear_isa, "use the given loops (a narrower set, for tests)");
   py::class_<BlockLinearWeights>(m, "BlockLinearWeights")
       .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, int64_t,
-                    int64_t, int64_t, int64_t>());
+                    int64_t, int64_t, int64_t, c10::optional<torch::Tensor>, int64_t>());
   py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights")
       .def(py::init<BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, torch::Tensor,
                     torch::Tensor, double, int64_t, int64_t, int64_t, double, int64_t>());

@@ -12,10 +12,14 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -194,8 +198,160 @@ void attend(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* s
   });
 }
 
+// ---- AVX-512 loops for head sizes 64 and 128 --------------------------------------------------------
+// The same three passes over 16 keys at a time: each chunk of keys (or values) is converted to floats once
+// into a tile shared by every query head and row of the task; a query's 16 dot products are 16 vectors of
+// lane-wise products reduced together (a transposing tree, about 3 instructions a key where a reduction per
+// key costs 8), and its output stays in registers while it walks the chunk's values. Each row's arithmetic
+// is the same whatever other rows share the task, as in attend().
+
+#define CORRAL_AVX512_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"
+
+constexpr int64_t kChunk = 16;  // keys per tile
+
+// Lane k of the result = the sum of the 16 lanes of d[k].
+__attribute__((target(CORRAL_AVX512_TARGET), always_inline))
+inline __m512 sum_each(const __m512 (&d)[kChunk]) {
+  __m512 x[8], y[4], z[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: pairs of d[2i], d[2i + 1]
+    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(d[2 * i], d[2 * i + 1]), _mm512_unpackhi_ps(d[2 * i], d[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: the lane's sums of d[4i] .. d[4i + 3]
+    const __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
+    y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  for (int i = 0; i < 2; ++i)
+    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88), _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
+}
+
+// The first min(n, 16) lanes.
+inline __mmask16 tail_mask(int64_t n) { return n >= kChunk ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
+
+// exp_non_positive16 in AVX-512 intrinsics (the same steps, so the same results).
+__attribute__((target(CORRAL_AVX512_TARGET), always_inline))
+inline __m512 exp_non_positive_avx512(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_set1_ps(-87.3f));
+  const __m512i k = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(0.5f)));
+  const __m512 kf = _mm512_cvtepi32_ps(k);
+  const __m512 r = _mm512_add_ps(_mm512_sub_ps(v, _mm512_mul_ps(kf, _mm512_set1_ps(0.693359375f))),
+                                 _mm512_mul_ps(kf, _mm512_set1_ps(2.12194440e-4f)));
+  __m512 p = _mm512_set1_ps(1.f / 5040.f);
+  for (const float c : {1.f / 720.f, 1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f, 1.f}) {
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+  }
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23)));
+}
+
+// Cache rows t0 .. t0 + n - 1 (n <= 16) of one KV head as floats in tile[16][D], their scales in scales[16].
+template <int64_t D, typename T>
+__attribute__((target(CORRAL_AVX512_TARGET), always_inline))
+inline void load_tile(const T* base, const PagedKV<T>& kv, int64_t t0, int64_t n, float* tile, float* scales) {
+  int64_t block = t0 / kv.block_size, offset = t0 % kv.block_size;  // walked, not divided, per key
+  for (int64_t k = 0; k < n; ++k, ++offset) {
+    if (offset == kv.block_size) offset = 0, ++block;
+    const T* row = base + (kv.block_table[block] * kv.block_size + offset) * kv.slot_stride;
+    scales[k] = row_scale(row, D);
+    for (int64_t d = 0; d < D; d += 16) {
+      __m512 v;
+      if constexpr (std::is_same_v<T, int8_t>) {
+        v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + d))));
+      } else {
+        v = _mm512_loadu_ps(row + d);
+      }
+      _mm512_store_ps(tile + k * D + d, v);
+    }
+  }
+  for (int64_t k = n; k < kChunk; ++k) {  // a short last chunk: zero rows, whose scores are not stored
+    scales[k] = 0.f;
+    for (int64_t d = 0; d < D; d += 16) _mm512_store_ps(tile + k * D + d, _mm512_setzero_ps());
+  }
+}
+
+template <int64_t D, typename T>
+__attribute__((target(CORRAL_AVX512_TARGET)))
+void attend_avx512(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* scores) {
+  constexpr int64_t V = D / 16;
+  const int64_t group = heads.group, context_len = kv.context_len, queries = heads.rows * group;
+  const int64_t* lens = heads.context_lens;
+  alignas(64) float tile[kChunk * D];
+  alignas(64) float scales[kChunk];
+  const auto query_of = [&](int64_t i) { return heads.query + (i / group) * heads.row_stride + (i % group) * heads.head_stride; };
+  const auto out_of = [&](int64_t i) { return heads.out + (i / group) * heads.row_stride + (i % group) * heads.head_stride; };
+
+  for (int64_t t0 = 0; t0 < context_len; t0 += kChunk) {
+    const int64_t n = std::min(kChunk, context_len - t0);
+    load_tile<D, T>(kv.keys, kv, t0, n, tile, scales);
+    const __m512 key_scales = _mm512_mul_ps(_mm512_load_ps(scales), _mm512_set1_ps(scale));
+    for (int64_t i = 0; i < queries; ++i) {
+      const float* q = query_of(i);
+      __m512 qv[V], dots[kChunk];
+      for (int64_t v = 0; v < V; ++v) qv[v] = _mm512_loadu_ps(q + 16 * v);
+      for (int64_t k = 0; k < kChunk; ++k) {
+        __m512 acc = _mm512_mul_ps(qv[0], _mm512_load_ps(tile + k * D));
+        for (int64_t v = 1; v < V; ++v) acc = _mm512_fmadd_ps(qv[v], _mm512_load_ps(tile + k * D + 16 * v), acc);
+        dots[k] = acc;
+      }
+      _mm512_mask_storeu_ps(scores + i * context_len + t0, tail_mask(n), _mm512_mul_ps(sum_each(dots), key_scales));
+    }
+  }
+  // softmax: exp(score - max) in place, 16 at a time; 1 / sum goes into the value weights below
+  std::vector<float> inv_totals(queries);
+  for (int64_t i = 0; i < queries; ++i) {
+    float* row = scores + i * context_len;
+    const int64_t len = lens[i / group];
+    __m512 max16 = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t t = 0; t < len; t += kChunk) {
+      max16 = _mm512_max_ps(max16, _mm512_mask_loadu_ps(max16, tail_mask(len - t), row + t));
+    }
+    const __m512 max_score = _mm512_set1_ps(_mm512_reduce_max_ps(max16));
+    __m512 total16 = _mm512_setzero_ps();
+    for (int64_t t = 0; t < len; t += kChunk) {
+      const __mmask16 mask = tail_mask(len - t);
+      const __m512 e = exp_non_positive_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, row + t), max_score));
+      _mm512_mask_storeu_ps(row + t, mask, e);
+      total16 = _mm512_add_ps(total16, _mm512_maskz_mov_ps(mask, e));
+    }
+    inv_totals[i] = 1.f / _mm512_reduce_add_ps(total16);
+    std::fill(out_of(i), out_of(i) + D, 0.f);
+  }
+  for (int64_t t0 = 0; t0 < context_len; t0 += kChunk) {
+    const int64_t n = std::min(kChunk, context_len - t0);
+    load_tile<D, T>(kv.values, kv, t0, n, tile, scales);
+    for (int64_t i = 0; i < queries; ++i) {
+      const int64_t len = std::min(n, lens[i / group] - t0);  // this row's keys in the chunk
+      if (len <= 0) continue;
+      float* out = out_of(i);
+      alignas(64) float weights[kChunk];
+      _mm512_store_ps(weights, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n), scores + i * context_len + t0),
+                                             _mm512_mul_ps(_mm512_load_ps(scales), _mm512_set1_ps(inv_totals[i]))));
+      __m512 acc[V];
+      for (int64_t v = 0; v < V; ++v) acc[v] = _mm512_loadu_ps(out + 16 * v);
+      for (int64_t k = 0; k < len; ++k) {
+        const __m512 p = _mm512_set1_ps(weights[k]);
+        for (int64_t v = 0; v < V; ++v) acc[v] = _mm512_fmadd_ps(p, _mm512_load_ps(tile + k * D + 16 * v), acc[v]);
+      }
+      for (int64_t v = 0; v < V; ++v) _mm512_storeu_ps(out + 16 * v, acc[v]);
+    }
+  }
+}
+
+bool has_avx512() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return supported;
+}
+
+// The loops in use: "avx512" (head sizes 64 and 128, on CPUs with AVX-512) or "vector" (attend(), every
+// CPU and head size); tests narrow it with set_paged_attention_isa to run both.
+bool& use_avx512() {
+  static bool enabled = has_avx512();
+  return enabled;
+}
+
 template <typename T>
 void attend_any(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* scores) {
+  if (use_avx512() && heads.head_size == 64) return attend_avx512<64, T>(heads, kv, scale, scores);
+  if (use_avx512() && heads.head_size == 128) return attend_avx512<128, T>(heads, kv, scale, scores);
   switch (heads.head_size) {
     case 64: return attend<64, T>(heads, kv, scale, scores);
     case 128: return attend<128, T>(heads, kv, scale, scores);
@@ -272,6 +428,20 @@ void write_int8_rows(const torch::Tensor& x, const torch::Tensor& slots, torch::
 }
 
 }  // namespace
+
+std::string paged_attention_isa() { return use_avx512() ? "avx512" : "vector"; }
+
+std::vector<std::string> supported_paged_attention_isas() {
+  std::vector<std::string> names{"vector"};
+  if (has_avx512()) names.push_back("avx512");
+  return names;
+}
+
+void set_paged_attention_isa(const std::string& name) {
+  TORCH_CHECK(name == "avx512" || name == "vector", "paged_attention: unknown loops ", name);
+  TORCH_CHECK(name == "vector" || has_avx512(), "paged_attention: this CPU cannot run the avx512 loops");
+  use_avx512() = name == "avx512";
+}
 
 // One query token per row; row i belongs to sequence seq_of_query[i] (its block table) and attends to the
 // first context_lens[i] tokens of it. Decodes use one row per sequence; a prefill chunk in batch-invariant
