@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         speculative_config=args.speculative_config,
     )
     metrics = EngineMetrics()
-    engine = AsyncEngine(build_engine(engine_args), observer=metrics)
+    engine = AsyncEngine(lambda: build_engine(engine_args), observer=metrics)  # built on its own thread
     name = args.served_model_name or served_name(args.model)
     limits = RequestLimits(args.max_request_bytes, args.max_prompts_per_request, args.max_sequences_per_request,
                            args.max_stop_strings)

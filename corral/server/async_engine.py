@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,10 +62,16 @@ class AsyncEngine:
 
     Healthy while that thread runs; if a step raises, in-flight and queued requests fail with
     EngineDeadError (a 500) and the engine stays unhealthy (/health answers 503).
+
+    Given a function that builds the engine rather than the engine, the thread builds it first, so that
+    loading and stepping share one OpenMP thread team: libgomp keeps a team per thread that starts parallel
+    work, and with more of its threads than CPUs (two teams of 2 on 2 cores) it stops spinning idle workers,
+    so every parallel region waits for a futex wake-up (1.5x the time of a block linear at 32 rows, 0.64x the
+    throughput of a whole 32-stream workload, measured on 2 cores: docs/performance.md, "The served path").
     """
 
-    def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None):
-        self.engine = engine
+    def __init__(self, engine: LLMEngine | Callable[[], LLMEngine], observer: EngineObserver | None = None):
+        self.engine: LLMEngine = None  # type: ignore[assignment]  # set below or on the loop thread
         self.observer = observer
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
@@ -74,8 +80,30 @@ class AsyncEngine:
         # Held while checking liveness and queueing an add, and while the loop thread fails what is
         # queued on its way out: so no add can slip in after that final drain and wait forever.
         self._closing = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
+        build = engine if callable(engine) and not hasattr(engine, "step") else None  # an engine has step()
+        if build is None:
+            self.engine = engine
+        built = threading.Event()
+        build_error: list[BaseException] = []
+
+        def run() -> None:
+            if build is not None:
+                try:
+                    self.engine = build()
+                except BaseException as exc:  # re-raised by the constructor
+                    build_error.append(exc)
+                    return
+                finally:
+                    built.set()
+            self._loop()
+
+        self._thread = threading.Thread(target=run, name="corral-engine", daemon=True)
         self._thread.start()
+        if build is not None:
+            built.wait()
+            if build_error:
+                self._thread.join()
+                raise build_error[0]
 
     @property
     def num_waiting(self) -> int:

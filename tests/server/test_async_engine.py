@@ -1,5 +1,6 @@
 """AsyncEngine's contract, on a scripted stand-in for LLMEngine: validation errors before any output,
-early close aborts, no busy loop while idle, and a crashed step fails requests (500) and /health (503)."""
+early close aborts, no busy loop while idle, a crashed step fails requests (500) and /health (503), and an
+engine given as a function is built on the loop thread (its build errors raised by the constructor)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from corral.errors import InvalidRequestError
+from corral.errors import ConfigError, InvalidRequestError
 from corral.outputs import CompletionOutput, RequestOutput
 from corral.sample.params import SamplingParams
 from corral.server.app import build_app
@@ -89,6 +90,33 @@ def test_outputs_arrive_in_order_and_all_engine_calls_run_on_one_thread(make_eng
     assert [o.outputs[0].text for o in outputs] == ["x", "xx", "xxx", "xxxx"]
     assert outputs[-1].finished and outputs[-1].outputs[0].finish_reason == "length"
     assert engine.engine.thread_ids == {engine._thread.ident}
+
+
+def test_an_engine_given_as_a_function_is_built_and_stepped_on_the_loop_thread():
+    """Loading and stepping on one thread keep one OpenMP team (see AsyncEngine): the build runs there."""
+    built_on = []
+
+    def build() -> FakeEngine:
+        built_on.append(threading.get_ident())
+        return FakeEngine()
+
+    engine = AsyncEngine(build)
+    try:
+        assert built_on == [engine._thread.ident] != [threading.get_ident()]
+        assert [o.outputs[0].text for o in asyncio.run(collect(engine, "hi", 2))] == ["x", "xx"]
+        assert engine.engine.thread_ids == {engine._thread.ident}
+    finally:
+        engine.shutdown()
+
+
+def test_a_failing_build_is_raised_by_the_constructor():
+    def build() -> FakeEngine:
+        raise ConfigError("max_model_len 9999 exceeds the model's context 2048")
+
+    threads_before = threading.active_count()
+    with pytest.raises(ConfigError, match="exceeds the model's context"):
+        AsyncEngine(build)
+    assert threading.active_count() == threads_before  # the loop thread is gone
 
 
 def test_validation_error_is_raised_before_any_output(make_engine):

@@ -32,15 +32,19 @@ torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tenso
                             const torch::Tensor& context_lens);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 or int8 KV cache");
+  m.def("paged_attention", &paged_attention, "one-token-per-row attention over a paged fp32 or int8 KV cache",
+        py::call_guard<py::gil_scoped_release>());
   m.def("paged_attention_isa", &paged_attention_isa, "the loops paged_attention uses for head sizes 64 and 128");
   m.def("supported_paged_attention_isas", &supported_paged_attention_isas, "the attention loops this CPU can run");
   m.def("set_paged_attention_isa", &set_paged_attention_isa, "use the given attention loops (for tests)");
-  m.def("write_kv", &write_kv, "K or V rows into their cache slots (quantized into an int8 cache)");
+  m.def("write_kv", &write_kv, "K or V rows into their cache slots (quantized into an int8 cache)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");
-  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
-  m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, 8- or 16-bit activations");
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("block_linear", &block_linear, "x @ W.T (+ bias) for int4/int8 group-quantized W, 8- or 16-bit activations",
+        py::call_guard<py::gil_scoped_release>());
   m.def("block_linear_isa", &block_linear_isa, "the instruction set block_linear's loops use");
   m.def("supported_block_linear_isas", &supported_block_linear_isas, "the loops this CPU can run");
   m.def("set_block_linear_isa", &set_block_linear_isa, "use the given loops (a narrower set, for tests)");
@@ -50,6 +54,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights")
       .def(py::init<BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, BlockLinearWeights, torch::Tensor,
                     torch::Tensor, double, int64_t, int64_t, int64_t, double, int64_t>());
-  m.def("decoder_layer", &decoder_layer, "one decoder layer for all-decode steps over block-quantized linears");
-  m.def("apply_rotary", &apply_rotary, "rotate-half rotary embedding of float32 [tokens, heads, head_size]");
+  m.def("decoder_layer", &decoder_layer, "one decoder layer for all-decode steps over block-quantized linears",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("apply_rotary", &apply_rotary, "rotate-half rotary embedding of float32 [tokens, heads, head_size]",
+        py::call_guard<py::gil_scoped_release>());
 }
