@@ -40,7 +40,11 @@ BATCHED_LINEARS = ("auto", "packed", "bf16")
 # (576 to 3072 outputs) from about 16 rows, the LM head (49152 outputs) from about 8.
 DENSE_MIN_ROWS = 16
 DENSE_MIN_ROWS_WIDE = 8
-WIDE_LINEAR = 16384  # outputs from which a linear counts as wide
+WIDE_LINEAR = 16384
+# The dtype of prefill attention (each prefill chunk's dense SDPA; decodes and batch-invariant mode use the
+# per-token kernel): model: the model's; bfloat16: q, k and v cast to bf16 for it (3x faster at 512 to 2,048
+# tokens on the AMX host); auto: bfloat16 where the CPU has AMX and the model runs in float32, else model.
+PREFILL_ATTENTION = ("auto", "model", "bfloat16")  # outputs from which a linear counts as wide
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from corral.config import (
     DENSE_MIN_ROWS,
     DENSE_MIN_ROWS_WIDE,
     KV_CACHE_DTYPES,
+    PREFILL_ATTENTION,
     QUANTIZATIONS,
     WIDE_LINEAR,
     CacheConfig,
@@ -80,6 +81,9 @@ class EngineArgs:
     # Block-quantized linears on big batches (config.BATCHED_LINEARS): auto: a bf16 copy of their weights for
     # inputs of DENSE_MIN_ROWS rows or more where the CPU has AMX, unless batch_invariant; packed: never.
     batched_linears: str = "auto"
+    # Prefill attention's dtype (config.PREFILL_ATTENTION): auto: bfloat16 where the CPU has AMX and the model
+    # runs in float32, else the model's.
+    prefill_attention: str = "auto"
     # Speculative decoding, as a dict of SpeculativeConfig fields (vLLM's argument) or the config itself.
     speculative_config: dict[str, Any] | SpeculativeConfig | None = None
 
@@ -229,6 +233,15 @@ def resolve_batched_linears(
     return name
 
 
+def resolve_prefill_attention(name: str, dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """The dtype prefill SDPA runs in (config.PREFILL_ATTENTION), or None for the model's own."""
+    if name not in PREFILL_ATTENTION:
+        raise ConfigError(f"unsupported prefill_attention {name!r} (choose from {', '.join(PREFILL_ATTENTION)})")
+    if name == "auto":
+        name = "bfloat16" if device.type == "cpu" and dtype == torch.float32 and has_amx_bf16() else "model"
+    return torch.bfloat16 if name == "bfloat16" else None
+
+
 def is_gguf(model: str | None) -> bool:
     return model is None or str(model).lower().endswith(".gguf")  # None: the default model, a GGUF file
 
@@ -260,7 +273,10 @@ def build_engine(args: EngineArgs) -> LLMEngine:
             f"{scheduler_config.max_model_len}: raise kv_cache_memory or lower max_model_len"
         )
     kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device, cache.kv_cache_dtype)
-    backend = _attention_backend(model, model_config, quant_method, cache.block_size, args.batch_invariant)
+    backend = _attention_backend(
+        model, model_config, quant_method, cache.block_size, args.batch_invariant,
+        resolve_prefill_attention(args.prefill_attention, dtype, device),
+    )
     proposer = None
     if spec is not None:
         proposer = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size)
@@ -310,11 +326,16 @@ def _load(
 
 
 def _attention_backend(
-    model: torch.nn.Module, config: ModelConfig, quant_method: QuantMethod | None, block_size: int, batch_invariant: bool
+    model: torch.nn.Module,
+    config: ModelConfig,
+    quant_method: QuantMethod | None,
+    block_size: int,
+    batch_invariant: bool,
+    prefill_dtype: torch.dtype | None = None,
 ) -> TorchPagedAttention:
     backend = TorchPagedAttention(
         config.num_attention_heads, config.num_key_value_heads, config.head_size, block_size,
-        batch_invariant=batch_invariant,
+        batch_invariant=batch_invariant, prefill_dtype=prefill_dtype,
     )
     if isinstance(quant_method, BlockMethod) and model.fuse_decode_layers_(block_size):
         logger.info("decode steps run one fused C++ call per layer")

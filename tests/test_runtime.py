@@ -11,7 +11,12 @@ from corral.errors import ConfigError
 from corral.kernels import cpu_extension
 from corral.quantization.blockwise import BlockMethod
 from corral.quantization.int8 import Int8Method, fbgemm_available
-from corral.runtime import resolve_batched_linears, resolve_kv_cache_dtype, resolve_quantization
+from corral.runtime import (
+    resolve_batched_linears,
+    resolve_kv_cache_dtype,
+    resolve_prefill_attention,
+    resolve_quantization,
+)
 
 CPU = torch.device("cpu")
 
@@ -88,3 +93,14 @@ def test_batched_linears_bf16_is_refused_where_it_cannot_hold():
         resolve_batched_linears("bf16", None, CPU, batch_invariant=False)
     with pytest.raises(ConfigError, match="batch_invariant"):
         resolve_batched_linears("bf16", blocks, CPU, batch_invariant=True)
+
+
+@pytest.mark.parametrize("has_amx", [True, False])
+def test_prefill_attention_auto_is_bf16_for_float32_models_where_the_cpu_has_amx(monkeypatch, has_amx):
+    monkeypatch.setattr(runtime, "has_amx_bf16", lambda: has_amx)
+    assert resolve_prefill_attention("auto", torch.float32, CPU) == (torch.bfloat16 if has_amx else None)
+    assert resolve_prefill_attention("auto", torch.bfloat16, CPU) is None  # already the model's dtype
+    assert resolve_prefill_attention("model", torch.float32, CPU) is None
+    assert resolve_prefill_attention("bfloat16", torch.float32, CPU) == torch.bfloat16
+    with pytest.raises(ConfigError, match="unsupported prefill_attention 'fp8'"):
+        resolve_prefill_attention("fp8", torch.float32, CPU)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from corral.config import ACTIVATION_BITS, BATCHED_LINEARS, DENSE_MIN_ROWS, KV_CACHE_DTYPES, QUANTIZATIONS
+from corral.config import (
+    ACTIVATION_BITS,
+    BATCHED_LINEARS,
+    DENSE_MIN_ROWS,
+    KV_CACHE_DTYPES,
+    PREFILL_ATTENTION,
+    QUANTIZATIONS,
+)
 
 QUANTIZATION_HELP = (
     "auto: a GGUF file's own Q4_0/Q4_1/Q8_0 blocks on the C++ kernels, else int8 on fbgemm; none: the exact "
@@ -41,6 +48,9 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                              "dtype; int8: 8-bit K/V with a scale per token and head (3.76x the tokens of fp32)")
     add_activation_bits_argument(parser)
     add_batched_linears_argument(parser)
+    parser.add_argument("--prefill-attention", default="auto", choices=PREFILL_ATTENTION,
+                        help="the dtype of prefill chunks' attention: model: the model's; bfloat16: q, k, v in bf16 "
+                             "(3x faster on AMX); auto: bfloat16 where the CPU has AMX and the model runs in float32")
 
 
 def add_batched_linears_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     llm = LLM(model=args.model, quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
-              activation_bits=args.activation_bits, batched_linears=args.batched_linears)
+              activation_bits=args.activation_bits, batched_linears=args.batched_linears,
+              prefill_attention=args.prefill_attention)
     if args.chat:
         output = llm.chat([{"role": "user", "content": args.prompt}], params, use_tqdm=False)[0]
     else:

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         kv_cache_memory=args.kv_cache_memory, enable_prefix_caching=args.enable_prefix_caching,
         block_size=args.block_size, batch_invariant=args.batch_invariant, kv_cache_dtype=args.kv_cache_dtype,
         activation_bits=args.activation_bits, batched_linears=args.batched_linears,
+        prefill_attention=args.prefill_attention,
         speculative_config=args.speculative_config,
     )
     metrics = EngineMetrics()

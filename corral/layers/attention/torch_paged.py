@@ -20,9 +20,16 @@ from corral.layers.attention.metadata import AttentionMetadata
 
 class TorchPagedAttention:
     def __init__(
-        self, num_heads: int, num_kv_heads: int, head_size: int, block_size: int, batch_invariant: bool = False
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_size: int,
+        block_size: int,
+        batch_invariant: bool = False,
+        prefill_dtype: torch.dtype | None = None,  # cast q, k, v to it for prefill SDPA (None: as they are)
     ):
         self.batch_invariant = batch_invariant
+        self.prefill_dtype = prefill_dtype
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_size = head_size
@@ -81,6 +88,8 @@ class TorchPagedAttention:
             keys, values = kv_int8.dequantize(keys, query.dtype), kv_int8.dequantize(values, query.dtype)
         keys, values = keys.transpose(0, 1).unsqueeze(0), values.transpose(0, 1).unsqueeze(0)
         q = query.transpose(0, 1).unsqueeze(0)  # [1, num_heads, query_len, head_size]
+        if self.prefill_dtype is not None and self.prefill_dtype != q.dtype:
+            q, keys, values = q.to(self.prefill_dtype), keys.to(self.prefill_dtype), values.to(self.prefill_dtype)
         if query_len == context_len:
             out = F.scaled_dot_product_attention(
                 q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
@@ -93,4 +102,4 @@ class TorchPagedAttention:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
             )
-        return out[0].transpose(0, 1).reshape(query_len, self.num_heads * self.head_size)
+        return out[0].transpose(0, 1).reshape(query_len, self.num_heads * self.head_size).to(query.dtype)
