@@ -28,7 +28,7 @@ def main() -> None:
     from corral import LLM, SamplingParams
 
     torch.set_num_threads(args.threads)
-    options = {"max_model_len": 2048, **parse_kv(args.arg)}
+    options = {"max_model_len": 4096, **parse_kv(args.arg)}
     start = time.perf_counter()
     llm = LLM(model=args.model, **options)
     load_s = time.perf_counter() - start

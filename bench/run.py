@@ -50,6 +50,7 @@ from corral.loader.default_model import default_model_path  # noqa: E402
 from corral.text.tokenizer import Tokenizer  # noqa: E402
 
 CORRAL, LLAMA, VLLM = "corral", "llama.cpp", "vLLM"
+TTFT_PROMPT_TOKENS = (512, 2048)  # prefill alone, offline: the issue's TTFT targets
 SYSTEMS = (CORRAL, LLAMA, VLLM)
 
 
@@ -78,12 +79,20 @@ def build_job(tokenizer: Tokenizer, args: argparse.Namespace) -> dict[str, Any]:
         return {"runs": [{"ttft": salt(tokenizer, base + 2 * r) + prompt, "decode": salt(tokenizer, base + 2 * r + 1) + prompt}
                          for r in range(args.repeats)]}
 
+    def exactly(num_tokens: int, run: int) -> list[int]:
+        """A prompt of num_tokens tokens: the salt, then workload B's prompts end to end."""
+        stream = [t for p in prompts_b for t in p]
+        head = salt(tokenizer, run)
+        return head + (stream * (1 + num_tokens // len(stream)))[: num_tokens - len(head)]
+
     longest_b = max(prompts_b, key=len)
     return {
         "max_tokens": args.max_tokens,
         "eos_token_ids": sorted(tokenizer.eos_token_ids),
         "workloads": {"A": workload(prompts_a), "B": workload(prompts_b)},
         "single": {"short": single(prompts_a[0], 100), "long": single(longest_b, 200)},
+        "ttft": {str(n): {"runs": [exactly(n, 300 + 10 * i + r) for r in range(args.repeats)]}
+                 for i, n in enumerate(TTFT_PROMPT_TOKENS)},
     }
 
 
@@ -138,7 +147,12 @@ def serve_one(spec: ServerSpec, prompts: list[str], args: argparse.Namespace, ex
                 server.base_url, "m", prompts, args.max_tokens, max_concurrency=args.serve_concurrency,
                 show_progress=False, extra_body=spec.extra_body, timeout_s=args.timeout))
             slots_after = server.kv_slot_steps()
+            # one stream at a time: what a lone client sees (the served side of the single-stream target)
+            single: BenchmarkReport = asyncio.run(run_benchmark(
+                server.base_url, "m", prompts[: args.repeats], args.max_tokens, max_concurrency=1,
+                show_progress=False, extra_body=spec.extra_body, timeout_s=args.timeout))
             result = report.to_dict()
+            result["single_stream"] = single.to_dict()
             result.update(startup_s=server.startup_s, peak_rss_mib=server.peak_rss_mib(),
                           prompt_tokens_seen=seen, concurrency=args.serve_concurrency)
             if slots_before and slots_after and slots_after[0] > slots_before[0]:
@@ -194,6 +208,10 @@ def offline_rows(offline: dict[str, dict | None], num_prompts: int) -> list[Row]
             out[s] = m * scale if m is not None else None
         return out
 
+    def ttft(name: str) -> dict[str, float | None]:
+        return {s: 1000 * median([r["ttft_s"] for r in res["ttft"][name]]) if res and "ttft" in res else None
+                for s, res in offline.items()}
+
     def prompt_len(name: str) -> int | None:
         return next((res["single"][name][0]["prompt_tokens"] for res in offline.values() if res), None)
 
@@ -208,6 +226,7 @@ def offline_rows(offline: dict[str, dict | None], num_prompts: int) -> list[Row]
         Row(f"single-stream decode, {long_len}-token prompt (tok/s)", True, single("long", "decode_tok_s")),
         Row(f"TTFT offline, {short_len}-token prompt (ms)", False, single("short", "ttft_s", 1000.0)),
         Row(f"TTFT offline, {long_len}-token prompt (ms)", False, single("long", "ttft_s", 1000.0)),
+        *(Row(f"TTFT offline, {n}-token prompt (ms)", False, ttft(str(n))) for n in TTFT_PROMPT_TOKENS),
         Row("offline peak RSS (MiB)", False, rss, "process tree, VmHWM"),
         Row("offline KV waste (% of allocated slots empty)", False,
             {s: 100 * res["kv_waste"] if res and "kv_waste" in res else None for s, res in offline.items()},
@@ -224,6 +243,8 @@ def serve_rows(serve: dict[str, dict | None], startups: list[float], concurrency
             "llama-cpp-python's server: one request at a time"),
         Row(f"server, {concurrency} streams, TTFT p50 (ms)", False, pick(lambda r: r["ttft"]["median_ms"])),
         Row(f"server, {concurrency} streams, TPOT p50 (ms)", False, pick(lambda r: r["tpot"]["median_ms"])),
+        Row("server, 1 stream, decode (tok/s)", True, pick(lambda r: 1000 / r["single_stream"]["tpot"]["median_ms"]),
+            "1000 / TPOT p50, workload B prompts one at a time"),
         Row("server peak RSS (MiB)", False, pick(lambda r: r["peak_rss_mib"]), "process tree, VmHWM"),
         Row("server KV waste (% of allocated slots empty)", False,
             pick(lambda r: 100 * r["kv_waste"] if "kv_waste" in r else None), "corral only: /metrics over the run"),
@@ -277,7 +298,20 @@ def headline(rows_by_label: dict[str, Row], concurrency: int) -> list[str]:
         ("TTFT corral/vLLM (short prompt; lower is better)", get("TTFT offline"), VLLM),
         ("serve peak RSS corral/llama-cpp-python (lower is better)", get("server peak RSS"), LLAMA),
     ]
+    singles = [r for label, r in rows_by_label.items() if label.startswith("single-stream decode")]
+    longest_single = singles[-1] if singles else None
+    items += [(f"TTFT corral/vLLM, {n}-token prompt (lower is better)", get(f"TTFT offline, {n}-token"), VLLM)
+              for n in TTFT_PROMPT_TOKENS]
     out = [f"- {label}: {ratio(row, peer) if row else '-'}" for label, row, peer in items]
+    # the served path against corral's own offline engine, same workload and settings
+    for label, served, offline in (
+        ("corral served/offline, one stream's decode (offline: the longer prompt)", get("server, 1 stream"),
+         longest_single),
+        (f"corral served/offline, {concurrency} streams", get("server, workload B"), get("offline, workload B")),
+    ):
+        ours = served.values.get(CORRAL) if served else None
+        base = offline.values.get(CORRAL) if offline else None
+        out.append(f"- {label}: {ours / base:.2f}x" if ours and base else f"- {label}: -")
     for prefix in ("server KV waste", "offline KV waste"):
         waste = get(prefix)
         out.append(f"- corral {prefix.split()[0]} KV waste: {fmt(waste.values.get(CORRAL)) if waste else '-'}% (target < 4%)")
@@ -374,7 +408,8 @@ def main() -> None:
         ([] if args.skip_serve else serve_rows(serve, startups, args.serve_concurrency))
     prompt_a = sum(len(p) for p in job["workloads"]["A"]["runs"][0])
     prompt_b = sum(len(p) for p in job["workloads"]["B"]["runs"][0])
-    host = "Zen 4 / AVX-512 BF16" if cpu_has("avx512_bf16") else "AVX-512" if cpu_has("avx512f") else "AVX2 only"
+    host = ("Intel with AMX" if cpu_has("amx_bf16") else "AVX-512 BF16 (Zen 4)" if cpu_has("avx512_bf16")
+            else "AVX-512" if cpu_has("avx512f") else "AVX2 only (Zen 3)")
     notes = [
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} {host}, {args.threads} threads; "
         f"total {time.perf_counter() - began:.0f} s.",
@@ -399,7 +434,7 @@ def main() -> None:
     summary = [{"label": r.label, "higher_is_better": r.higher_is_better, "values": r.values,
                 "ratio_vs_llama.cpp": ratio(r, LLAMA), "ratio_vs_vLLM": ratio(r, VLLM), "note": r.note} for r in rows]
     meta = {"args": vars(args), "notes": notes, "model": gguf, "python": sys.version.split()[0],
-            "cpu_avx512_bf16": cpu_has("avx512_bf16"), "cpu_avx512f": cpu_has("avx512f")}
+            "cpu_avx512_bf16": cpu_has("avx512_bf16"), "cpu_avx512f": cpu_has("avx512f"), "cpu_amx_bf16": cpu_has("amx_bf16")}
     with open(os.path.join(args.output_dir, "bench.json"), "w") as f:
         json.dump({**provenance(), "summary": summary, "offline": offline, "serve": serve,
                    "corral_startup_s": startups, "meta": meta}, f, indent=2)

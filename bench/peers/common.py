@@ -143,6 +143,14 @@ def run_job(job: dict[str, Any], generate: GenerateFn, log: Callable[[str], None
             say(f"  workload {name}: {tokens} tokens in {elapsed:.1f} s = {tokens / elapsed:.1f} tok/s")
         result["workloads"][name] = runs
 
+    for name, spec in job.get("ttft", {}).items():  # prefill alone: one token after a long prompt
+        runs = []
+        for prompt in spec["runs"]:
+            ttft, _ = _timed(generate, [prompt], 1)
+            runs.append({"ttft_s": ttft, "prompt_tokens": len(prompt)})
+            say(f"  TTFT {name}: {ttft * 1000:.0f} ms")
+        result.setdefault("ttft", {})[name] = runs
+
     for name, spec in job["single"].items():
         runs = []
         for pair in spec["runs"]:

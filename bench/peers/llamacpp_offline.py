@@ -24,7 +24,7 @@ def main() -> None:
     job = load_job(args.job)
     from llama_cpp import Llama, __version__
 
-    options = {"n_ctx": 2048, "n_batch": 512, "logits_all": False, "verbose": False, **parse_kv(args.arg)}
+    options = {"n_ctx": 4096, "n_batch": 512, "logits_all": False, "verbose": False, **parse_kv(args.arg)}
     # --arg prompt_lookup=N: llama-cpp-python's own n-gram speculation (LlamaPromptLookupDecoding), N drafts
     num_lookup = options.pop("prompt_lookup", None)
     if num_lookup:

@@ -37,7 +37,7 @@ def main() -> None:
     import vllm
     from vllm import LLM, SamplingParams
 
-    options = {"dtype": best_dtype(), "max_model_len": 2048, "seed": 0, **parse_kv(args.arg)}
+    options = {"dtype": best_dtype(), "max_model_len": 4096, "seed": 0, **parse_kv(args.arg)}
     start = time.perf_counter()
     llm = LLM(model=args.model, **options)
     load_s = time.perf_counter() - start
