@@ -43,7 +43,8 @@ DENSE_MIN_ROWS_WIDE = 8
 WIDE_LINEAR = 16384
 # The dtype of prefill attention (each prefill chunk's dense SDPA; decodes and batch-invariant mode use the
 # per-token kernel): model: the model's; bfloat16: q, k and v cast to bf16 for it (3x faster at 512 to 2,048
-# tokens on the AMX host); auto: bfloat16 where the CPU has AMX and the model runs in float32, else model.
+# tokens on the AMX host); auto: bfloat16 where the CPU has AMX, the model runs in float32 and its weights
+# are block-quantized (the exact path stays exact), else model.
 PREFILL_ATTENTION = ("auto", "model", "bfloat16")  # outputs from which a linear counts as wide
 
 

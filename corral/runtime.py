@@ -233,12 +233,16 @@ def resolve_batched_linears(
     return name
 
 
-def resolve_prefill_attention(name: str, dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
-    """The dtype prefill SDPA runs in (config.PREFILL_ATTENTION), or None for the model's own."""
+def resolve_prefill_attention(
+    name: str, dtype: torch.dtype, device: torch.device, quant_method: QuantMethod | None = None
+) -> torch.dtype | None:
+    """The dtype prefill SDPA runs in (config.PREFILL_ATTENTION), or None for the model's own. ``auto`` keeps
+    the exact float path (quantization none) exact: bf16 only beside block-quantized weights."""
     if name not in PREFILL_ATTENTION:
         raise ConfigError(f"unsupported prefill_attention {name!r} (choose from {', '.join(PREFILL_ATTENTION)})")
     if name == "auto":
-        name = "bfloat16" if device.type == "cpu" and dtype == torch.float32 and has_amx_bf16() else "model"
+        packed = isinstance(quant_method, BlockMethod)
+        name = "bfloat16" if packed and device.type == "cpu" and dtype == torch.float32 and has_amx_bf16() else "model"
     return torch.bfloat16 if name == "bfloat16" else None
 
 
@@ -275,7 +279,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device, cache.kv_cache_dtype)
     backend = _attention_backend(
         model, model_config, quant_method, cache.block_size, args.batch_invariant,
-        resolve_prefill_attention(args.prefill_attention, dtype, device),
+        resolve_prefill_attention(args.prefill_attention, dtype, device, quant_method),
     )
     proposer = None
     if spec is not None:

@@ -118,9 +118,9 @@ def test_prefix_caching_on_and_off_agree_and_shared_prefix_hits():
     prompts = [shared + "Question one: what is light?", shared + "Question two: what is sound?"]
     # packed: the bf16 copies of AMX hosts would give the cached prompt's tail (a few rows) and the uncached
     # prompt (a few hundred) different linears
-    on = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, batched_linears="packed")
-    off = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, enable_prefix_caching=False,
-              batched_linears="packed")
+    exact = dict(batched_linears="packed", prefill_attention="model")
+    on = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, **exact)
+    off = LLM(dtype="float32", max_model_len=512, kv_cache_memory=64 * 1024**2, enable_prefix_caching=False, **exact)
     first = on.generate(prompts[0], greedy(16), use_tqdm=False)[0]
     stats = on.engine.core.kv_manager.stats
     hits_before = stats.hits

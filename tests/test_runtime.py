@@ -98,8 +98,10 @@ def test_batched_linears_bf16_is_refused_where_it_cannot_hold():
 @pytest.mark.parametrize("has_amx", [True, False])
 def test_prefill_attention_auto_is_bf16_for_float32_models_where_the_cpu_has_amx(monkeypatch, has_amx):
     monkeypatch.setattr(runtime, "has_amx_bf16", lambda: has_amx)
-    assert resolve_prefill_attention("auto", torch.float32, CPU) == (torch.bfloat16 if has_amx else None)
-    assert resolve_prefill_attention("auto", torch.bfloat16, CPU) is None  # already the model's dtype
+    blocks = BlockMethod("gguf", 4, keeps_stored_blocks=True)
+    assert resolve_prefill_attention("auto", torch.float32, CPU, blocks) == (torch.bfloat16 if has_amx else None)
+    assert resolve_prefill_attention("auto", torch.float32, CPU, None) is None  # the exact path stays exact
+    assert resolve_prefill_attention("auto", torch.bfloat16, CPU, blocks) is None  # already the model's dtype
     assert resolve_prefill_attention("model", torch.float32, CPU) is None
     assert resolve_prefill_attention("bfloat16", torch.float32, CPU) == torch.bfloat16
     with pytest.raises(ConfigError, match="unsupported prefill_attention 'fp8'"):

@@ -50,7 +50,7 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     add_batched_linears_argument(parser)
     parser.add_argument("--prefill-attention", default="auto", choices=PREFILL_ATTENTION,
                         help="the dtype of prefill chunks' attention: model: the model's; bfloat16: q, k, v in bf16 "
-                             "(3x faster on AMX); auto: bfloat16 where the CPU has AMX and the model runs in float32")
+                             "(3x faster on AMX); auto: bfloat16 where the CPU has AMX, beside block-quantized float32 weights")
 
 
 def add_batched_linears_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -32,7 +32,7 @@ CHATS = [
 GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
 
 
-ENGINE = dict(max_model_len=1024, kv_cache_memory=64 * 1024**2, batched_linears="packed")
+ENGINE = dict(max_model_len=1024, kv_cache_memory=64 * 1024**2, batched_linears="packed", prefill_attention="model")
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,11 @@ def test_default_model_name_and_flags():
 def test_default_server_repeats_greedy_answers(corral_serve):
     """`corral serve` with its defaults answers the same greedy chat request the same way every time, though
     every repeat's prompt comes from the prefix cache (these prompts forked on their second run before the
-    prompt's last block was attended per token)."""
+    prompt's last block was attended per token). Packed linears and model-dtype prefill attention: the bf16
+    paths that `auto` picks on AMX hosts make a row's rounding depend on its batch (docs/performance.md)."""
     import httpx
 
-    base = corral_serve()
+    base = corral_serve("--batched-linears", "packed", "--prefill-attention", "model")
     questions = ["Write a poem about the sea.", "Explain how a CPU cache works.", "Tell me a joke about programmers."]
     for question in questions:
         body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": question}],
