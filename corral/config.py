@@ -33,19 +33,21 @@ DEFAULT_QUANTIZED_ACTIVATION_BITS = 16
 KV_CACHE_DTYPES = ("auto", "model", "int8")
 # How block-quantized linears run on big batches (prefill chunks, mixed steps, many decodes, the LM head):
 # packed: the block kernels only; bf16: also a bf16 copy of their weights (2 bytes a parameter), used for
-# inputs of at least DENSE_MIN_ROWS rows (DENSE_MIN_ROWS_WIDE for the LM head), where oneDNN runs it on AMX tiles; auto: bf16 where the CPU has
-# AMX (amx_bf16) and batch_invariant is off (which path a row takes then depends on its batch), else packed.
+# inputs of at least DENSE_MIN_ROWS rows (DENSE_MIN_ROWS_WIDE for the LM head), where oneDNN runs it on AMX
+# tiles; auto: bf16 where the CPU has AMX (amx_bf16) and batch_invariant is off (which path a row takes then
+# depends on its batch), else packed.
 BATCHED_LINEARS = ("auto", "packed", "bf16")
 # The crossovers measured on the AMX host (docs/performance.md, "Matrix units"): a decoder layer's linears
 # (576 to 3072 outputs) from about 16 rows, the LM head (49152 outputs) from about 8.
 DENSE_MIN_ROWS = 16
 DENSE_MIN_ROWS_WIDE = 8
-WIDE_LINEAR = 16384
+WIDE_LINEAR = 16384  # outputs from which a linear counts as wide
 # The dtype of prefill attention (each prefill chunk's dense SDPA; decodes and batch-invariant mode use the
 # per-token kernel): model: the model's; bfloat16: q, k and v cast to bf16 for it (3x faster at 512 to 2,048
 # tokens on the AMX host); auto: bfloat16 where the CPU has AMX, the model runs in float32 and its weights
-# are block-quantized (the exact path stays exact), else model.
-PREFILL_ATTENTION = ("auto", "model", "bfloat16")  # outputs from which a linear counts as wide
+# are block-quantized (the exact path stays exact), else model. batch_invariant attends every token per token:
+# no SDPA, so bfloat16 is refused there.
+PREFILL_ATTENTION = ("auto", "model", "bfloat16")
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,8 @@ class EngineArgs:
     # Block-quantized linears on big batches (config.BATCHED_LINEARS): auto: a bf16 copy of their weights for
     # inputs of DENSE_MIN_ROWS rows or more where the CPU has AMX, unless batch_invariant; packed: never.
     batched_linears: str = "auto"
-    # Prefill attention's dtype (config.PREFILL_ATTENTION): auto: bfloat16 where the CPU has AMX and the model
-    # runs in float32, else the model's.
+    # Prefill attention's dtype (config.PREFILL_ATTENTION): auto: bfloat16 where the CPU has AMX, beside
+    # block-quantized float32 weights, else the model's.
     prefill_attention: str = "auto"
     # Speculative decoding, as a dict of SpeculativeConfig fields (vLLM's argument) or the config itself.
     speculative_config: dict[str, Any] | SpeculativeConfig | None = None
@@ -234,14 +234,20 @@ def resolve_batched_linears(
 
 
 def resolve_prefill_attention(
-    name: str, dtype: torch.dtype, device: torch.device, quant_method: QuantMethod | None = None
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    quant_method: QuantMethod | None = None,
+    batch_invariant: bool = False,
 ) -> torch.dtype | None:
     """The dtype prefill SDPA runs in (config.PREFILL_ATTENTION), or None for the model's own. ``auto`` keeps
     the exact float path (quantization none) exact: bf16 only beside block-quantized weights."""
     if name not in PREFILL_ATTENTION:
         raise ConfigError(f"unsupported prefill_attention {name!r} (choose from {', '.join(PREFILL_ATTENTION)})")
+    if name == "bfloat16" and batch_invariant:
+        raise ConfigError("prefill_attention bfloat16 casts prefill SDPA, which batch_invariant never runs")
     if name == "auto":
-        packed = isinstance(quant_method, BlockMethod)
+        packed = isinstance(quant_method, BlockMethod) and not batch_invariant
         name = "bfloat16" if packed and device.type == "cpu" and dtype == torch.float32 and has_amx_bf16() else "model"
     return torch.bfloat16 if name == "bfloat16" else None
 
@@ -279,7 +285,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     kv_caches = allocate_kv_caches(num_blocks, cache.block_size, model_config, dtype, device, cache.kv_cache_dtype)
     backend = _attention_backend(
         model, model_config, quant_method, cache.block_size, args.batch_invariant,
-        resolve_prefill_attention(args.prefill_attention, dtype, device, quant_method),
+        resolve_prefill_attention(args.prefill_attention, dtype, device, quant_method, args.batch_invariant),
     )
     proposer = None
     if spec is not None:

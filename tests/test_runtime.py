@@ -104,5 +104,8 @@ def test_prefill_attention_auto_is_bf16_for_float32_models_where_the_cpu_has_amx
     assert resolve_prefill_attention("auto", torch.bfloat16, CPU, blocks) is None  # already the model's dtype
     assert resolve_prefill_attention("model", torch.float32, CPU) is None
     assert resolve_prefill_attention("bfloat16", torch.float32, CPU) == torch.bfloat16
+    assert resolve_prefill_attention("auto", torch.float32, CPU, blocks, batch_invariant=True) is None
+    with pytest.raises(ConfigError, match="batch_invariant never runs"):
+        resolve_prefill_attention("bfloat16", torch.float32, CPU, blocks, batch_invariant=True)
     with pytest.raises(ConfigError, match="unsupported prefill_attention 'fp8'"):
         resolve_prefill_attention("fp8", torch.float32, CPU)

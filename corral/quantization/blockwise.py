@@ -255,8 +255,9 @@ def keep_dense_copies_(
     head), where the dense product pays sooner; returns the bytes the copies take."""
     added = 0
     for packed in {id(p): p for m in model.modules() if isinstance(p := getattr(m, "packed", None), BlockLinear)}.values():
+        before = packed.nbytes()
         packed.keep_dense_copy_(min_rows_wide if packed.out_features >= wide else min_rows, dtype)
-        added += packed.dense.numel() * packed.dense.element_size()
+        added += packed.nbytes() - before
     return added
 
 

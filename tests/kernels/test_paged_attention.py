@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from corral.kernels import cpu_extension, kv_int8
 from corral.kernels.paged_attention import paged_attention_reference
+from corral.platform import cpu_flags
 
 BLOCK_SIZE = 4
 # every set of attention loops this CPU can run ("vector" everywhere, "avx512" for head sizes 64 and 128)
@@ -139,3 +140,6 @@ def test_unknown_or_unsupported_attention_loops_are_refused():
     with pytest.raises(RuntimeError, match="unknown loops"):
         extension.set_paged_attention_isa("avx1024")
     assert extension.paged_attention_isa() in ISAS
+    # where the CPU has AVX-512, its loops are there and are the ones in use
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags():
+        assert ISAS == ["vector", "avx512"] and extension.paged_attention_isa() == "avx512"
