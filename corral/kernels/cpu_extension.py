@@ -20,11 +20,11 @@ _CSRC = Path(__file__).parent / "csrc"
 SOURCES = [
     _CSRC / name
     for name in (
-        "module.cpp", "paged_attention.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp", "block_linear.cpp",
-        "decoder_layer.cpp",
+        "module.cpp", "paged_attention.cpp", "kv_int8.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp",
+        "block_linear.cpp", "decoder_layer.cpp",
     )
 ]
-HEADERS = [_CSRC / "decoder_layer.h"]
+HEADERS = [_CSRC / "decoder_layer.h", _CSRC / "isa.h"]
 BUILD_DIR = Path(__file__).parent / "_build"
 HASH_FILE = BUILD_DIR / "sources.sha256"
 

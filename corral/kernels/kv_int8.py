@@ -69,3 +69,14 @@ def dequantize(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     """``[..., head_size + 4]`` int8 rows -> ``[..., head_size]`` floats."""
     codes, scales = codes_and_scales(rows)
     return (codes.float() * scales.unsqueeze(-1)).to(dtype)
+
+
+def gather(cache: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The K (or V) rows at ``slots`` of one layer's cache, float or int8, as ``[num_kv_heads, len(slots),
+    head_size]`` floats of ``dtype``: what prefill attention reads."""
+    if not is_int8(cache):
+        return cache.index_select(0, slots).transpose(0, 1).to(dtype)
+    kernels = cpu_extension.load()
+    if kernels is not None and cache.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
+        return kernels.gather_kv(cache, slots, dtype)
+    return dequantize(cache.index_select(0, slots)).transpose(0, 1).to(dtype)

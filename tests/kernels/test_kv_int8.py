@@ -38,16 +38,48 @@ def test_rows_round_trip_within_half_a_step():
     assert not cache[untouched].any()  # nothing written outside the given slots
 
 
+ISAS = cpu_extension.load().supported_paged_attention_isas() if cpu_extension.load() is not None else []
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """The writer's loops follow the paged-attention switch: each test runs on every loop this CPU has."""
+    extension = cpu_extension.load()
+    widest = extension.paged_attention_isa()
+    extension.set_paged_attention_isa(request.param)
+    yield request.param
+    extension.set_paged_attention_isa(widest)
+
+
 @needs_kernels
-def test_cpp_writer_stores_the_reference_bytes():
-    x = rows(11, seed=3)
-    slots = torch.randperm(32, generator=torch.Generator().manual_seed(1))[:11]
-    by_torch, by_cpp = empty_cache(32), empty_cache(32)
+@pytest.mark.parametrize("head_size", [64, 40])  # 40: a tail shorter than one 16-lane vector
+def test_cpp_writer_stores_the_reference_bytes(isa, head_size):
+    x = rows(300, head_size=head_size, seed=3)  # more tokens than one parallel task
+    slots = torch.randperm(512, generator=torch.Generator().manual_seed(1))[:300]
+    by_torch, by_cpp = empty_cache(512, head_size=head_size), empty_cache(512, head_size=head_size)
     kv_int8.write_reference(by_torch, slots, x)
     cpu_extension.load().write_kv(by_cpp, slots, x)
     assert torch.equal(by_cpp, by_torch)
+
+
+@needs_kernels
+def test_cpp_writer_reads_strided_rows(isa):
+    """K and V arrive as views into the fused qkv projection: rows with a token stride wider than a row."""
+    qkv = torch.randn(20, 5, 64, generator=torch.Generator().manual_seed(2))
+    values = qkv[:, 3:]  # [20, 2, 64], token stride 5 * 64
+    slots = torch.arange(20).flip(0)
+    by_torch, by_cpp = empty_cache(20, num_heads=2), empty_cache(20, num_heads=2)
+    kv_int8.write_reference(by_torch, slots, values.contiguous())
+    cpu_extension.load().write_kv(by_cpp, slots, values)
+    assert torch.equal(by_cpp, by_torch)
+
+
+@needs_kernels
+def test_cpp_writer_refuses_a_slot_out_of_range_and_writes_nothing():
+    cache = empty_cache(32)
     with pytest.raises(RuntimeError, match="slot out of range"):
-        cpu_extension.load().write_kv(by_cpp, torch.tensor([32]), x[:1])
+        cpu_extension.load().write_kv(cache, torch.tensor([3, 32]), rows(2))
+    assert not cache.any()
 
 
 def test_float_caches_are_written_as_they_are():
@@ -74,3 +106,29 @@ def test_attention_over_int8_rows_equals_attention_over_their_floats(use_kernel)
     got = paged_attention(*case) if use_kernel else paged_attention_reference(*case)
     floats = (query, kv_int8.dequantize(keys), kv_int8.dequantize(values), *case[3:])
     torch.testing.assert_close(got, paged_attention_reference(*floats), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("use_kernel", [False, True])
+def test_gather_reads_rows_back_dequantized_per_kv_head(use_kernel, dtype, monkeypatch):
+    if use_kernel and cpu_extension.load() is None:
+        pytest.skip("C++ kernels not built (make install)")
+    if not use_kernel:
+        monkeypatch.setattr(cpu_extension, "load", lambda: None)
+    x = rows(150, seed=6)
+    cache = empty_cache(200)
+    slots = torch.randperm(200, generator=torch.Generator().manual_seed(2))[:150]
+    kv_int8.write_reference(cache, slots, x)
+    order = torch.randperm(150, generator=torch.Generator().manual_seed(3))
+    got = kv_int8.gather(cache, slots[order], dtype)
+    expected = kv_int8.dequantize(cache[slots[order]]).transpose(0, 1).to(dtype)
+    assert got.shape == (3, 150, 64) and got.dtype == dtype
+    assert torch.equal(got, expected)
+    float_cache = torch.randn(10, 3, 64)
+    assert torch.equal(kv_int8.gather(float_cache, torch.tensor([4, 1]), dtype), float_cache[[4, 1]].transpose(0, 1).to(dtype))
+
+
+@needs_kernels
+def test_gather_refuses_a_slot_out_of_range():
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        cpu_extension.load().gather_kv(empty_cache(8), torch.tensor([8]), torch.float32)

@@ -9,6 +9,7 @@
 #include "decoder_layer.h"
 
 void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows);
+torch::Tensor gather_kv(const torch::Tensor& cache, const torch::Tensor& slot_mapping, at::ScalarType dtype);
 torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
                               const torch::Tensor& value_cache, const torch::Tensor& block_tables,
                               const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
@@ -38,6 +39,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_paged_attention_isas", &supported_paged_attention_isas, "the attention loops this CPU can run");
   m.def("set_paged_attention_isa", &set_paged_attention_isa, "use the given attention loops (for tests)");
   m.def("write_kv", &write_kv, "K or V rows into their cache slots (quantized into an int8 cache)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gather_kv", &gather_kv, "int8 cache rows at slots, dequantized, as [num_kv_heads, slots, head_size]",
         py::call_guard<py::gil_scoped_release>());
   m.def("unit_rows_with_pin", &unit_rows_with_pin, "rows / max|row|, plus the pinning row; and the maxima");
   m.def("rescale_rows", &rescale_rows, "y[:rows] * row_absmax (+ bias), in place");

@@ -22,6 +22,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "isa.h"
+
 namespace {
 
 // The query heads of one KV head for a run of consecutive query rows of one sequence (a decode is a run of
@@ -335,19 +337,6 @@ void attend_avx512(const HeadGroups& heads, const PagedKV<T>& kv, float scale, f
   }
 }
 
-bool has_avx512() {
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  return supported;
-}
-
-// The loops in use: "avx512" (head sizes 64 and 128, on CPUs with AVX-512) or "vector" (attend(), every
-// CPU and head size); tests narrow it with set_paged_attention_isa to run both.
-bool& use_avx512() {
-  static bool enabled = has_avx512();
-  return enabled;
-}
-
 template <typename T>
 void attend_any(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* scores) {
   if (use_avx512() && heads.head_size == 64) return attend_avx512<64, T>(heads, kv, scale, scores);
@@ -401,30 +390,6 @@ void attend_all(const torch::Tensor& q, torch::Tensor& out, const torch::Tensor&
       attend_any(heads, kv, scale, scores.data());
     }
   });
-}
-
-// Row i of x ([tokens, heads, head_size] float32) into int8 row slots[i] of cache: the rounding of
-// kv_int8.quantize_rows, operation for operation.
-void write_int8_rows(const torch::Tensor& x, const torch::Tensor& slots, torch::Tensor& cache) {
-  const auto rows = x.contiguous();
-  const int64_t tokens = rows.size(0), heads = rows.size(1), head_size = rows.size(2);
-  const int64_t row = cache.size(2), num_slots = cache.size(0);
-  const float* x_ptr = rows.data_ptr<float>();
-  const int64_t* slot_ptr = slots.data_ptr<int64_t>();
-  int8_t* cache_ptr = cache.data_ptr<int8_t>();
-  for (int64_t t = 0; t < tokens; ++t) {
-    TORCH_CHECK(slot_ptr[t] >= 0 && slot_ptr[t] < num_slots, "write_kv: slot out of range");
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* v = x_ptr + (t * heads + h) * head_size;
-      int8_t* out = cache_ptr + (slot_ptr[t] * heads + h) * row;
-      float absmax = 0.f;
-      for (int64_t d = 0; d < head_size; ++d) absmax = std::max(absmax, std::fabs(v[d]));
-      const float scale = absmax / 127.f;
-      const float inverse = scale > 0.f ? 1.f / scale : 0.f;
-      for (int64_t d = 0; d < head_size; ++d) out[d] = static_cast<int8_t>(std::nearbyint(v[d] * inverse));
-      std::memcpy(out + head_size, &scale, sizeof(scale));
-    }
-  }
 }
 
 }  // namespace
@@ -491,18 +456,4 @@ torch::Tensor paged_attention(
                       static_cast<float>(scale));
   }
   return out;
-}
-
-// K or V rows of a step ([tokens, num_kv_heads, head_size]) into their cache slots: a copy into a float32
-// cache, quantized into an int8 one.
-void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows) {
-  TORCH_CHECK(slot_mapping.dtype() == torch::kInt64 && rows.dim() == 3 && cache.dim() == 3, "write_kv: shapes");
-  if (cache.dtype() != torch::kInt8) {
-    cache.index_copy_(0, slot_mapping, rows);
-    return;
-  }
-  TORCH_CHECK(cache.is_contiguous() && rows.dtype() == torch::kFloat32 && cache.size(1) == rows.size(1) &&
-                  cache.size(2) == rows.size(2) + 4, "write_kv: int8 rows of head_size codes and a float32 scale");
-  TORCH_CHECK(slot_mapping.numel() == rows.size(0), "write_kv: one slot per row");
-  write_int8_rows(rows, slot_mapping.contiguous(), cache);
 }

@@ -35,6 +35,18 @@ class TorchPagedAttention:
         self.head_size = head_size
         self.block_size = block_size
         self.scale = head_size**-0.5
+        self._mask: tuple[tuple, torch.Tensor] | None = None  # see _chunk_mask
+
+    def _chunk_mask(self, query_len: int, context_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The additive mask of a chunk whose queries sit at the end of its context (query i sees keys up to
+        ``context_len - query_len + i``), kept for the step's other layers, which ask for the same one."""
+        key = (query_len, context_len, dtype, device)
+        if self._mask is None or self._mask[0] != key:
+            q_pos = torch.arange(query_len, device=device)[:, None] + (context_len - query_len)
+            hidden = torch.arange(context_len, device=device)[None, :] > q_pos
+            mask = torch.zeros(query_len, context_len, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
+            self._mask = key, mask
+        return self._mask[1]
 
     def forward(
         self,
@@ -82,24 +94,18 @@ class TorchPagedAttention:
         kv_slots: torch.Tensor,  # [context_len]
     ) -> torch.Tensor:
         query_len, context_len = query.shape[0], kv_slots.shape[0]
+        dtype = self.prefill_dtype or query.dtype
         # [1, num_kv_heads, context_len, head_size]
-        keys, values = key_cache.index_select(0, kv_slots), value_cache.index_select(0, kv_slots)
-        if kv_int8.is_int8(key_cache):
-            keys, values = kv_int8.dequantize(keys, query.dtype), kv_int8.dequantize(values, query.dtype)
-        keys, values = keys.transpose(0, 1).unsqueeze(0), values.transpose(0, 1).unsqueeze(0)
-        q = query.transpose(0, 1).unsqueeze(0)  # [1, num_heads, query_len, head_size]
-        if self.prefill_dtype is not None and self.prefill_dtype != q.dtype:
-            q, keys, values = q.to(self.prefill_dtype), keys.to(self.prefill_dtype), values.to(self.prefill_dtype)
+        keys = kv_int8.gather(key_cache, kv_slots, dtype).unsqueeze(0)
+        values = kv_int8.gather(value_cache, kv_slots, dtype).unsqueeze(0)
+        q = query.transpose(0, 1).unsqueeze(0).to(dtype)  # [1, num_heads, query_len, head_size]
         if query_len == context_len:
             out = F.scaled_dot_product_attention(
                 q, keys, values, is_causal=True, scale=self.scale, enable_gqa=True
             )
         else:
-            # The chunk's queries sit at the end of the context: query i sees keys <= offset + i.
-            offset = context_len - query_len
-            q_pos = torch.arange(query_len, device=query.device)[:, None] + offset
-            mask = torch.arange(context_len, device=query.device)[None, :] <= q_pos
             out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
+                q, keys, values, attn_mask=self._chunk_mask(query_len, context_len, dtype, q.device), scale=self.scale,
+                enable_gqa=True,
             )
         return out[0].transpose(0, 1).reshape(query_len, self.num_heads * self.head_size).to(query.dtype)
