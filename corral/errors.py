@@ -20,12 +20,11 @@ class InvalidSamplingParamsError(CorralError, ValueError):
 class PromptTooLongError(CorralError, ValueError):
     """The prompt (plus the tokens to generate) does not fit the model's context."""
 
-    def __init__(self, num_prompt_tokens: int, max_model_len: int):
+    def __init__(self, num_prompt_tokens: int, max_model_len: int, counted_all: bool = True):
         self.num_prompt_tokens = num_prompt_tokens
         self.max_model_len = max_model_len
-        super().__init__(
-            f"prompt has {num_prompt_tokens} tokens, but the model's context is {max_model_len} tokens"
-        )
+        count = num_prompt_tokens if counted_all else f"at least {num_prompt_tokens}"
+        super().__init__(f"prompt has {count} tokens, but the model's context is {max_model_len} tokens")
 
 
 class InvalidRequestError(CorralError, ValueError):
@@ -42,3 +41,7 @@ class ConfigError(CorralError, ValueError):
 
 class QuantizationError(CorralError, ValueError):
     """A weight cannot be quantized as asked, or a quantization config is unsupported or corrupt."""
+
+
+class GrammarError(CorralError, ValueError):
+    """A structured-output spec (JSON Schema, regex, grammar) is invalid, unsupported, or took too long to compile."""

@@ -44,6 +44,8 @@ from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.spec_decode.draft_model import DraftModelProposer
 from corral.spec_decode.ngram import NgramProposer
+from corral.structured.cache import GrammarCache
+from corral.structured.llguidance_backend import LLGuidanceBackend
 from corral.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -290,9 +292,11 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     proposer = None
     if spec is not None:
         proposer = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size)
+    grammars = GrammarCache(LLGuidanceBackend(tokenizer.backend.to_str(), tokenizer.eos_token_id))
     runner = ModelRunner(
         model, kv_caches, backend, cache.block_size, model_config.vocab_size, device,
         proposer=proposer, num_speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
+        structured_stats=grammars.stats,
     )
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
     policy = None if spec is None else SpeculationPolicy(spec.num_speculative_tokens, adaptive=spec.adaptive)
@@ -300,7 +304,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    return LLMEngine(core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos))
+    return LLMEngine(
+        core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos), grammars=grammars
+    )
 
 
 def _load(

@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from corral.engine.core import EngineCore
 from corral.engine.output_processor import OutputProcessor
 from corral.engine.request import Request
-from corral.errors import InvalidRequestError, PromptTooLongError
+from corral.errors import GrammarError, InvalidRequestError, PromptTooLongError
 from corral.outputs import RequestOutput
 from corral.sample.params import SamplingParams
+from corral.structured.backend import CompiledGrammar
+from corral.structured.cache import GrammarCache
 from corral.text.tokenizer import Tokenizer
 
-PromptType = str | Sequence[int]
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt tokenized before it reaches the engine (the server does it on a worker thread, so a long prompt
+    never holds up a step), with its text for ``echo``."""
+
+    text: str | None
+    token_ids: list[int]
+
+
+PromptType = str | Sequence[int] | TokenizedPrompt
 
 
 class LLMEngine:
@@ -26,8 +38,10 @@ class LLMEngine:
         vocab_size: int,
         max_model_len: int,
         eos_token_ids: frozenset[int],
+        grammars: GrammarCache | None = None,
     ):
         self.core = core
+        self.grammars = grammars  # None: no grammar backend installed, structured output is refused
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
@@ -48,6 +62,7 @@ class LLMEngine:
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
         child_ids = [request_id] if params.n == 1 else [f"{i}_{request_id}" for i in range(params.n)]
+        grammar = self._compile_grammar(params)
         self.output_processor.add_request(request_id, prompt_text, prompt_ids, params, child_ids)
         for index, child_id in enumerate(child_ids):
             # Children of n > 1 share the prompt's KV blocks through the prefix cache; seeded ones differ.
@@ -62,8 +77,17 @@ class LLMEngine:
                     eos_token_ids=self.eos_token_ids,
                     max_model_len=self.max_model_len,
                     priority=priority,
+                    grammar=None if grammar is None else grammar.matcher(),
                 )
             )
+
+    def _compile_grammar(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's compiled grammar (cached: the server compiles it before the request gets here)."""
+        if params.structured_outputs is None:
+            return None
+        if self.grammars is None:
+            raise GrammarError("structured output needs the llguidance package, which is not installed")
+        return self.grammars.compile(params.structured_outputs)
 
     def abort_request(self, request_id: str) -> None:
         for child_id in self.output_processor.abort(request_id):
@@ -80,6 +104,9 @@ class LLMEngine:
         return outputs
 
     def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, TokenizedPrompt):
+            text, prompt = prompt.text, prompt.token_ids
+            return text, self._tokenize(prompt)[1]
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt must not be empty")

@@ -4,6 +4,7 @@ decoding, checks the step's draft tokens and keeps the accepted ones)."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +17,7 @@ from corral.layers.attention.backend import AttentionBackend
 from corral.sample.metadata import build_sampling_metadata
 from corral.sample.rejection import RejectionSampler
 from corral.sample.sampler import Sampler
+from corral.structured.cache import StructuredOutputStats
 
 
 class ModelRunner:
@@ -32,6 +34,7 @@ class ModelRunner:
         device: torch.device,
         proposer: Proposer | None = None,
         num_speculative_tokens: int = 0,
+        structured_stats: StructuredOutputStats | None = None,
     ):
         self.model = model
         self.kv_caches = kv_caches
@@ -45,6 +48,7 @@ class ModelRunner:
         self.num_speculative_tokens = num_speculative_tokens
         self._generators: dict[str, torch.Generator] = {}
         self._draft_probs: dict[str, torch.Tensor] = {}
+        self.structured_stats = structured_stats  # where the per-step grammar mask times go
 
     @torch.inference_mode()
     def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[Draft]:
@@ -80,9 +84,27 @@ class ModelRunner:
             banned_token_ids=[r.banned_token_ids() for r in requests],
             vocab_size=self.vocab_size,
             device=self.device,
+            allowed_token_bitmask=self._grammar_masks(requests),
         )
         result = self.sampler(logits, metadata)
         return self._to_output(requests, result)
+
+    def _grammar_masks(
+        self, requests: Sequence[Request], rows: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, bitmask) of the tokens each grammar-constrained request may produce next (request ``i`` at
+        logits row ``rows[i]``, by default ``i``); None when no request is constrained."""
+        constrained = [i for i, r in enumerate(requests) if r.grammar is not None]
+        if not constrained:
+            return None
+        start = time.perf_counter()
+        bitmask = torch.zeros(len(constrained), (self.vocab_size + 31) // 32, dtype=torch.int32)
+        for j, i in enumerate(constrained):
+            requests[i].grammar.fill_bitmask(bitmask, j)
+        if self.structured_stats is not None:
+            self.structured_stats.mask_seconds.append(time.perf_counter() - start)
+        logits_rows = [rows[i] if rows is not None else i for i in constrained]
+        return torch.tensor(logits_rows, dtype=torch.int64, device=self.device), bitmask.to(self.device)
 
     def _generator(self, request_id: str, seed: int | None) -> torch.Generator | None:
         if seed is None:
@@ -107,7 +129,12 @@ class ModelRunner:
                 prompts.append(request.prompt_token_ids)
                 outputs.append(request.output_token_ids + s.spec_token_ids[:j] if p.has_penalties else ())
                 banned.append(request.banned_token_ids(num_pending=j))
-        metadata = build_sampling_metadata(params, generators, prompts, outputs, banned, self.vocab_size, self.device)
+        # A constrained request has no drafts (Request.max_num_spec_tokens), so its one row is its first row.
+        first_row = list(itertools.accumulate((len(s.spec_token_ids) + 1 for s in scheduled), initial=0))
+        masks = self._grammar_masks([s.request for s in scheduled], rows=first_row)
+        metadata = build_sampling_metadata(
+            params, generators, prompts, outputs, banned, self.vocab_size, self.device, allowed_token_bitmask=masks
+        )
         draft_ids = torch.tensor([t for s in scheduled for t in s.spec_token_ids], dtype=torch.int64, device=self.device)
         result = self.rejection_sampler(
             logits, metadata, num_drafts, draft_ids, self._stacked_draft_probs(scheduled),

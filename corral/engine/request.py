@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from corral.sample.params import SamplingParams
+from corral.structured.backend import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -58,6 +59,9 @@ class Request:
     spec_token_ids: list[int] = field(default_factory=list)
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
+    # Structured output: where the output stands in its grammar (advanced by each appended token).
+    grammar: GrammarMatcher | None = None
+    grammar_failed: bool = False
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
@@ -84,11 +88,18 @@ class Request:
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+        if self.grammar is not None and not self.grammar.accept(token_id):
+            # Only a matcher in an error state (a parser limit hit mid-output) refuses a token its own mask
+            # allowed; the request ends here rather than go on unconstrained.
+            self.grammar_failed = True
 
     def check_stop(self) -> RequestStatus | None:
         """The finished status the last appended token puts this request in, if any."""
         params = self.sampling_params
         last = self.output_token_ids[-1]
+        if self.grammar is not None and (self.grammar.is_terminated() or self.grammar_failed):
+            self.stop_reason = None
+            return RequestStatus.FINISHED_STOPPED
         if self.num_output_tokens >= params.min_tokens:
             if not params.ignore_eos and last in self.eos_token_ids:
                 self.stop_reason = None
@@ -102,7 +113,10 @@ class Request:
 
     def max_num_spec_tokens(self, limit: int) -> int:
         """Draft tokens worth checking next step: at most ``limit``, and fewer than the tokens this request may
-        still emit (a check emits the accepted drafts plus one; ``max_tokens`` already fits the context)."""
+        still emit (a check emits the accepted drafts plus one; ``max_tokens`` already fits the context). None
+        under a grammar: drafts are not checked against it, so a constrained request decodes one token a step."""
+        if self.grammar is not None:
+            return 0
         return max(0, min(limit, self.max_tokens - self.num_output_tokens - 1))
 
     def banned_token_ids(self, num_pending: int = 0) -> tuple[int, ...]:

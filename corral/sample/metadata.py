@@ -56,6 +56,9 @@ class SamplingMetadata:
     banned_token_coords: torch.Tensor | None
     # Largest ``SamplingParams.logprobs`` in the batch; None when no row asks for logprobs.
     max_num_logprobs: int | None
+    # Rows under a grammar ([R] int64) and the tokens each may produce next ([R, ceil(V / 32)] int32 bitmask,
+    # see ``ops.apply_token_bitmask``); None when no row is constrained.
+    allowed_token_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_rows(self) -> int:
@@ -78,11 +81,13 @@ def build_sampling_metadata(
     banned_token_ids: Sequence[Sequence[int]],
     vocab_size: int,
     device: torch.device,
+    allowed_token_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SamplingMetadata:
     """Build the metadata for one step; row ``i`` of every sequence describes the same request.
 
     ``generators[i]`` must be set for every seeded row (the engine creates it from ``params[i].seed``
-    and keeps it across steps). ``banned_token_ids[i]`` are ids row ``i`` must not produce this step.
+    and keeps it across steps). ``banned_token_ids[i]`` are ids row ``i`` must not produce this step;
+    ``allowed_token_bitmask`` (rows, bitmask), the only ids the grammar-constrained rows may produce.
     """
     num_rows = len(params)
     assert len(generators) == num_rows, f"{len(generators)} generators for {num_rows} rows"
@@ -154,6 +159,7 @@ def build_sampling_metadata(
         output_token_ids=output_ids,
         banned_token_coords=_banned_coords(banned_token_ids, vocab_size, device),
         max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
+        allowed_token_bitmask=allowed_token_bitmask,
     )
 
 

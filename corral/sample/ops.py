@@ -7,6 +7,7 @@ into the logits of removed tokens.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _NEG_INF = float("-inf")
@@ -17,6 +18,23 @@ def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
     """The first index of each row's maximum (argmax's ties and NaNs): ``max(dim)`` is about 2.5x faster
     than ``argmax`` on [32, 49152] float32 on the CPU, and it runs every greedy step."""
     return logits.max(dim=-1).indices
+
+
+def apply_token_bitmask_(logits: torch.Tensor, rows: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """-inf, in place, into every token of ``rows`` that their bitmask disallows: ``bitmask`` is
+    [len(rows), ceil(V' / 32)] int32, bit ``t % 32`` of word ``t // 32`` set where token ``t`` is allowed (the
+    layout of llguidance and xgrammar). Tokens past the bitmask's width (a vocabulary padded beyond the
+    tokenizer's) are disallowed. One row at a time: a [B, V] op would wake the thread pool for ~50k elements."""
+    # Little-endian int32 words hold the bits in token order, byte by byte: numpy unpacks them in one pass.
+    bits = np.unpackbits(bitmask.cpu().numpy().view(np.uint8), axis=1, bitorder="little")  # [R, 32 * words]
+    vocab_size = logits.shape[1]
+    disallowed = np.ones((bits.shape[0], vocab_size), dtype=bool)
+    width = min(vocab_size, bits.shape[1])
+    disallowed[:, :width] = bits[:, :width] == 0
+    disallowed_rows = torch.from_numpy(disallowed).to(logits.device)
+    for i, row in enumerate(rows.tolist()):
+        logits[row].masked_fill_(disallowed_rows[i], _NEG_INF)
+    return logits
 
 
 def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,41 @@ _GREEDY_EPS = 1e-5
 
 
 @dataclass(frozen=True)
+class StructuredOutputsParams:
+    """Constrain a request's output to a grammar (vLLM's ``structured_outputs``): set exactly one field.
+
+    ``json`` is a JSON Schema as a string (serialized once, so equal schemas share one compiled grammar);
+    ``json_object`` any JSON object; ``regex`` a regular expression the whole output matches; ``choice`` one of
+    the given strings; ``grammar`` a Lark grammar (llguidance's dialect, which also reads most GBNF). ``strict``
+    (JSON Schemas): True refuses a schema keyword the backend does not implement; False drops it, so the output
+    may not meet that keyword (OpenAI's non-strict mode).
+    """
+
+    json: str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if self.choice is not None and not isinstance(self.choice, tuple):
+            object.__setattr__(self, "choice", tuple(self.choice))
+        kinds = [name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None]
+        kinds += ["json_object"] if self.json_object else []
+        if len(kinds) != 1:
+            raise InvalidSamplingParamsError(
+                f"structured_outputs takes exactly one of json, json_object, regex, choice, grammar; got {kinds or 'none'}"
+            )
+        if self.choice is not None and (not self.choice or any(not isinstance(c, str) or not c for c in self.choice)):
+            raise InvalidSamplingParamsError("structured_outputs.choice must be a non-empty list of non-empty strings")
+        for name in ("json", "regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidSamplingParamsError(f"structured_outputs.{name} must be a non-empty string")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Sampling parameters, named and defaulted as vLLM names them."""
 
@@ -30,6 +65,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token, besides the sampled one
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         # Accept lists/strings for convenience while keeping the dataclass hashable and immutable.
@@ -77,6 +113,10 @@ class SamplingParams:
             bad("stop_token_ids must be non-negative integers")
         if self.seed is not None and not isinstance(self.seed, int):
             bad(f"seed must be an integer, got {self.seed!r}")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            bad("structured_outputs must be a StructuredOutputsParams")
+        if self.structured_outputs is not None and self.min_tokens > 0:
+            bad("min_tokens cannot be combined with structured_outputs (the grammar decides where the output ends)")
 
     @property
     def is_greedy(self) -> bool:
@@ -89,4 +129,4 @@ class SamplingParams:
         )
 
 
-__all__ = ["SamplingParams"]
+__all__ = ["SamplingParams", "StructuredOutputsParams"]

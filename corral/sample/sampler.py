@@ -4,7 +4,7 @@ Order of operations (as in vLLM's v1 sampler):
 
 1. logprobs, if any row asks, from the RAW model logits: ``log_softmax`` before banned tokens,
    penalties, temperature or any filter. They describe the model's distribution, not the sampler's.
-2. banned tokens (min_tokens: EOS / stop ids) -> -inf, for greedy rows too;
+2. banned tokens (min_tokens: EOS / stop ids) and tokens a row's grammar disallows -> -inf, for greedy rows too;
 3. penalties: repetition, then frequency, then presence;
 4. greedy rows: argmax of the penalised logits (no randomness consumed);
 5. random rows: temperature, top-k, top-p, min-p, then the exponential race.
@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import torch
 
 from corral.sample.metadata import SamplingMetadata
-from corral.sample.ops import apply_min_p, apply_temperature, apply_top_k_top_p, greedy_ids, random_sample
+from corral.sample.ops import (
+    apply_min_p,
+    apply_temperature,
+    apply_token_bitmask_,
+    apply_top_k_top_p,
+    greedy_ids,
+    random_sample,
+)
 from corral.sample.penalties import apply_penalties
 
 
@@ -51,7 +58,7 @@ class Sampler(torch.nn.Module):
         assert logits.shape[1] == metadata.vocab_size, (
             f"logits have {logits.shape[1]} columns, vocab_size is {metadata.vocab_size}"
         )
-        logits = logits.float()  # no copy when already float32; nothing below writes into it
+        logits = logits.float()  # no copy when already float32; only a grammar mask writes into it (in place)
 
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
@@ -80,10 +87,14 @@ class Sampler(torch.nn.Module):
 
 
 def constrain_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-    """Steps 2-3: banned tokens to -inf, then penalties. Greedy rows take the argmax of the result."""
+    """Steps 2-3: banned and grammar-disallowed tokens to -inf, then penalties. Greedy rows take the argmax of
+    the result."""
     if metadata.banned_token_coords is not None:
         rows, token_ids = metadata.banned_token_coords
         logits = logits.index_put((rows, token_ids), logits.new_full((), float("-inf")))
+    if metadata.allowed_token_bitmask is not None:
+        # in place: the model runner hands over fresh logits, and the raw logprobs are taken before this
+        logits = apply_token_bitmask_(logits, *metadata.allowed_token_bitmask)
     return apply_penalties(logits, metadata)
 
 

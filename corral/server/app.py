@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from fastapi import Depends, FastAPI, Request
@@ -108,7 +109,7 @@ def build_app(
     async def tokenize_route(body: TokenizeRequest) -> dict:
         if body.model is not None:
             check_model(body.model)
-        return tokenize(body, engine.engine.tokenizer, engine.engine.max_model_len)
+        return await asyncio.to_thread(tokenize, body, engine.engine.tokenizer, engine.engine.max_model_len)
 
     @app.post("/detokenize", dependencies=[Depends(check_key)])
     async def detokenize_route(body: DetokenizeRequest) -> dict:

@@ -12,11 +12,11 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from corral.engine.llm_engine import LLMEngine
+from corral.engine.llm_engine import LLMEngine, PromptType
 from corral.outputs import RequestOutput
 from corral.sample.params import SamplingParams
 
@@ -36,7 +36,7 @@ class _Stream:
 @dataclass
 class _Add:
     request_id: str
-    prompt: str | Sequence[int]
+    prompt: PromptType
     params: SamplingParams
     stream: _Stream
     accepted: asyncio.Future
@@ -114,7 +114,7 @@ class AsyncEngine:
         return self._thread.is_alive() and self._error is None
 
     async def add_request(
-        self, prompt: str | Sequence[int], params: SamplingParams, request_id: str
+        self, prompt: PromptType, params: SamplingParams, request_id: str
     ) -> RequestStream:
         """Queue a request; raises its validation error (a CorralError) if the engine refuses it."""
         loop = asyncio.get_running_loop()
@@ -132,7 +132,7 @@ class AsyncEngine:
         return RequestStream(self, request_id, stream.outputs)
 
     async def generate(
-        self, prompt: str | Sequence[int], params: SamplingParams, request_id: str
+        self, prompt: PromptType, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         stream = await self.add_request(prompt, params, request_id)
         async for output in stream:

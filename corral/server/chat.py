@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -13,6 +15,7 @@ from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.protocol import ChatCompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.structured import compile_off_thread, structured_outputs_of
 
 
 def chat_prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
@@ -46,9 +49,14 @@ async def create_chat_completion(
     client_gone: ClientGone | None = None,
 ):
     tokenizer = engine.engine.tokenizer
-    prompt_ids = chat_prompt_ids(request, tokenizer)
+    # the template and the tokenizer run on a worker thread: a long chat never stalls the event loop
+    prompt_ids = await asyncio.to_thread(chat_prompt_ids, request, tokenizer)
     num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
     params = request.sampling_params(max_tokens, num_logprobs)
+    structured = structured_outputs_of(request.model_extra or {})
+    if structured is not None:
+        await compile_off_thread(engine, *structured)
+        params = replace(params, structured_outputs=structured[1])
     request_id = new_id("chatcmpl")
     streams = await add_all(engine, [prompt_ids], params, request_id)
     created = int(time.time())

@@ -6,6 +6,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -13,8 +14,10 @@ from corral.errors import InvalidRequestError
 from corral.outputs import CompletionOutput, RequestOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
+from corral.server.prompt_tokens import tokenized
 from corral.server.protocol import CompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
+from corral.server.structured import compile_off_thread, structured_outputs_of
 
 
 def prompts_of(request: CompletionRequest) -> list[str | list[int]]:
@@ -62,8 +65,12 @@ async def create_completion(
         # echo with logprobs needs the prompt's logprobs, which the engine does not compute
         raise InvalidRequestError("echo together with logprobs is not supported")
     params = request.sampling_params(max_tokens or 16, request.logprobs)
+    structured = structured_outputs_of(request.model_extra or {})
+    if structured is not None:
+        await compile_off_thread(engine, *structured)
+        params = replace(params, structured_outputs=structured[1])
     request_id = new_id("cmpl")
-    streams = await add_all(engine, prompts, params, request_id)
+    streams = await add_all(engine, [await tokenized(engine, p) for p in prompts], params, request_id)
     created = int(time.time())
     tokenizer = engine.engine.tokenizer
     if request.stream:

@@ -64,6 +64,14 @@ class EngineMetrics:
                                      "Accepted over proposed draft tokens since start (0-1).", registry=r)
         self.success = Counter("corral:request_success", "Finished requests, by finished_reason.", ["finished_reason"],
                                registry=r)
+        self.grammar_compile = Histogram(
+            "corral:structured_output_compile_seconds", "Time to compile a structured-output grammar (cache misses).",
+            registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        )
+        self.grammar_mask = Histogram(
+            "corral:structured_output_mask_seconds", "Per step, time to fill the grammar masks of its constrained rows.",
+            registry=r, buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01),
+        )
         self._timings: dict[str, _Timing] = {}
         self._seen = {key: 0 for key in ("queries", "hits", "preemptions", "allocated", "empty", "drafts",
                                          "draft_tokens", "accepted", "emitted")}
@@ -100,6 +108,11 @@ class EngineMetrics:
         self._update_engine_state(engine)
 
     def _update_engine_state(self, engine: LLMEngine) -> None:
+        if engine.grammars is not None:
+            stats = engine.grammars.stats
+            for histogram, timings in ((self.grammar_compile, stats.compile_seconds), (self.grammar_mask, stats.mask_seconds)):
+                for seconds in stats.drain(timings):
+                    histogram.observe(seconds)
         scheduler = engine.core.scheduler
         kv = engine.core.kv_manager
         self.running.set(len(scheduler.running))

@@ -19,15 +19,19 @@ class StreamOptions(BaseModel):
 NO_EFFECT_FIELDS = frozenset({
     "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "parallel_tool_calls",
 })
+# Fields read from the request's extras by server/structured.py (structured output).
+STRUCTURED_OUTPUT_FIELDS = frozenset({
+    "response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+    "guided_decoding_backend",
+})
 # Fields that would change the output and are not implemented yet, each with the values that mean "off"
 # (accepted). Any other value is refused with a 400 naming the field, never silently ignored.
 NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}), "logit_bias": (None, {}), "suffix": (None, ""),
+    "logit_bias": (None, {}), "suffix": (None, ""),
     "best_of": (None, 1), "prompt_logprobs": (None,), "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
-    "structured_outputs": (None,), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
-    "guided_grammar": (None,), "guided_decoding_backend": (None,), "allowed_token_ids": (None,),
+    "allowed_token_ids": (None,),
     "bad_words": (None, []), "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
 }
 
@@ -80,7 +84,7 @@ class _SamplingRequest(BaseModel):
     def refused_field(self) -> tuple[str, str] | None:
         """(field, why) for the first field this server would otherwise have to ignore, or None."""
         for name, value in (self.model_extra or {}).items():
-            if name in NO_EFFECT_FIELDS:
+            if name in NO_EFFECT_FIELDS or name in STRUCTURED_OUTPUT_FIELDS:
                 continue
             if name not in NOT_IMPLEMENTED_FIELDS:
                 return name, f"unrecognized request argument supplied: {name}"

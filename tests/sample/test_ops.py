@@ -165,3 +165,16 @@ def test_greedy_ids_take_the_first_maximum_as_argmax_does():
     logits[5, 7] = float("nan")
     logits[9] = float("-inf")
     assert torch.equal(ops.greedy_ids(logits), logits.argmax(dim=-1))
+
+
+def test_token_bitmask_masks_the_given_rows_only_and_the_padding_past_it() -> None:
+    from corral.sample.ops import apply_token_bitmask_
+
+    logits = torch.zeros(3, 70)  # a vocabulary of 70: wider than the 64 tokens the bitmask covers
+    bitmask = torch.zeros(1, 2, dtype=torch.int32)
+    bitmask[0, 0] = (1 << 3) | -(1 << 31)  # tokens 3 and 31 (bit 31 is the int32 sign bit)
+    bitmask[0, 1] = 1 << 1  # token 33
+    out = apply_token_bitmask_(logits, torch.tensor([1]), bitmask)
+    assert out is logits
+    assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [3, 31, 33]
+    assert torch.equal(out[[0, 2]], torch.zeros(2, 70))

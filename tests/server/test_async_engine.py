@@ -177,7 +177,7 @@ def test_shutdown_ends_requests_in_flight(make_engine):
 
 def test_http_after_a_crash_gives_500_and_health_503(make_engine):
     engine = make_engine(fail_at_step=3)
-    body = {"model": "fake", "prompt": "hi", "max_tokens": 10}
+    body = {"model": "fake", "prompt": [5, 6], "max_tokens": 10}  # token ids: the fake engine has no tokenizer
     with TestClient(build_app(engine, "fake")) as http:
         assert http.get("/health").status_code == 200
         events = [line for line in http.post("/v1/completions", json={**body, "stream": True}).iter_lines() if line]

@@ -1,0 +1,96 @@
+"""The grammar backend over llguidance (Microsoft's Rust grammar engine): compiles in under a millisecond for
+typical schemas, fills a 49k-token mask in about 13 µs (p99 165 µs) on the AMX host, refuses the schema
+keywords it does not implement instead of ignoring them, and needs no other package. Measured against
+xgrammar in docs/structured-output.md.
+
+JSON is compact (no whitespace between tokens): a small model left free to emit whitespace can spin on it until
+``max_tokens``, and it makes the output of a schema with one valid instance unique.
+"""
+
+from __future__ import annotations
+
+import json
+
+import llguidance
+import llguidance.torch
+import torch
+
+from corral.errors import GrammarError
+from corral.sample.params import StructuredOutputsParams
+
+# oneOf is compiled as anyOf: exact for the disjoint branches of a tagged union (what pydantic emits).
+_JSON_OPTIONS = {"whitespace_flexible": False, "json_allow_general_unicode_escapes": True, "coerce_one_of": True}
+
+
+class LLGuidanceMatcher:
+    def __init__(self, matcher: llguidance.LLMatcher, num_words: int):
+        self._matcher = matcher
+        self._num_words = num_words  # bitmask words the tokenizer's vocabulary fills
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        if bitmask.shape[1] == self._num_words:
+            llguidance.torch.fill_next_token_bitmask(self._matcher, bitmask, row)
+            return
+        # A model vocabulary padded past the tokenizer's: the padding is never allowed.
+        words = torch.empty(1, self._num_words, dtype=torch.int32)
+        llguidance.torch.fill_next_token_bitmask(self._matcher, words, 0)
+        bitmask[row] = 0
+        bitmask[row, : self._num_words] = words[0]
+
+    def accept(self, token_id: int) -> bool:
+        return self._matcher.consume_token(token_id)
+
+    def rollback(self, num_tokens: int) -> None:
+        assert self._matcher.rollback(num_tokens), self._matcher.get_error()
+
+    def is_terminated(self) -> bool:
+        return self._matcher.is_stopped()
+
+
+class LLGuidanceGrammar:
+    """A validated grammar; each matcher is a copy of one built at compile time (the copy skips the parse)."""
+
+    def __init__(self, prototype: llguidance.LLMatcher, num_words: int):
+        self._prototype = prototype
+        self._num_words = num_words
+
+    def matcher(self) -> LLGuidanceMatcher:
+        return LLGuidanceMatcher(self._prototype.deep_copy(), self._num_words)
+
+
+class LLGuidanceBackend:
+    name = "llguidance"
+
+    def __init__(self, tokenizer_json: str, eos_token_id: int):
+        self._tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=eos_token_id)
+        self.vocab_size = self._tokenizer.vocab_size
+
+    def compile(self, spec: StructuredOutputsParams) -> LLGuidanceGrammar:
+        matcher = llguidance.LLMatcher(self._tokenizer, grammar_text(spec), log_level=0)
+        if matcher.is_error():
+            raise GrammarError(f"invalid {_kind(spec)}: {matcher.get_error()}")
+        return LLGuidanceGrammar(matcher, (self.vocab_size + 31) // 32)
+
+
+def grammar_text(spec: StructuredOutputsParams) -> str:
+    """llguidance's grammar for ``spec``; raises GrammarError for text that is not what its field says."""
+    try:
+        if spec.json is not None:
+            options = {**_JSON_OPTIONS, "lenient": not spec.strict}
+            return llguidance.LLMatcher.grammar_from_json_schema(spec.json, overrides=options)
+        if spec.json_object:
+            return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, overrides=_JSON_OPTIONS)
+        if spec.regex is not None:
+            return llguidance.LLMatcher.grammar_from_regex(spec.regex)
+        if spec.choice is not None:
+            return llguidance.grammar_from("choice", json.dumps(list(spec.choice)))
+        assert spec.grammar is not None
+        return llguidance.grammar_from("grammar", spec.grammar)
+    except ValueError as error:
+        raise GrammarError(f"invalid {_kind(spec)}: {error}") from None
+
+
+def _kind(spec: StructuredOutputsParams) -> str:
+    if spec.json is not None:
+        return "JSON schema"
+    return "regex" if spec.regex is not None else "choice" if spec.choice is not None else "grammar"
