@@ -1,8 +1,17 @@
 """Typed exceptions for everything a user can cause. Internal invariants use ``assert``."""
 
+from __future__ import annotations
+
 
 class CorralError(Exception):
-    """Base class of every error corral raises on purpose."""
+    """Base class of every error corral raises on purpose. ``param``: the request field at fault, where one is
+    (the server puts it in the OpenAI error's ``param``)."""
+
+    param: str | None = None
+
+    def with_param(self, param: str) -> CorralError:
+        self.param = param
+        return self
 
 
 class ModelLoadError(CorralError):

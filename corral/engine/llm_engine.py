@@ -62,6 +62,11 @@ class LLMEngine:
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
         child_ids = [request_id] if params.n == 1 else [f"{i}_{request_id}" for i in range(params.n)]
+        outside = [t for t, _ in params.logit_bias if t >= self.vocab_size]
+        if outside:
+            raise InvalidRequestError(
+                f"logit_bias token ids {outside[:5]} are outside the vocabulary of {self.vocab_size}"
+            ).with_param("logit_bias")
         grammar = self._compile_grammar(params)
         self.output_processor.add_request(request_id, prompt_text, prompt_ids, params, child_ids)
         for index, child_id in enumerate(child_ids):

@@ -59,6 +59,9 @@ class SamplingMetadata:
     # Rows under a grammar ([R] int64) and the tokens each may produce next ([R, ceil(V / 32)] int32 bitmask,
     # see ``ops.apply_token_bitmask``); None when no row is constrained.
     allowed_token_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None
+    # ([2, K] int64 (row, token id) pairs, [K] float32 biases) added to the logits (logit_bias); None when no
+    # row has one.
+    logit_bias: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_rows(self) -> int:
@@ -160,6 +163,7 @@ def build_sampling_metadata(
         banned_token_coords=_banned_coords(banned_token_ids, vocab_size, device),
         max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
         allowed_token_bitmask=allowed_token_bitmask,
+        logit_bias=_logit_bias(params, vocab_size, device),
     )
 
 
@@ -206,6 +210,18 @@ def _banned_coords(
     assert cols.min() >= 0 and cols.max() < vocab_size, "banned token id outside the vocabulary"
     rows = np.repeat(np.arange(len(banned_token_ids), dtype=np.int64), lens)
     return torch.from_numpy(np.stack([rows, cols])).to(device)
+
+
+def _logit_bias(
+    params: Sequence[SamplingParams], vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if not any(p.logit_bias for p in params):
+        return None
+    entries = [(row, token_id, bias) for row, p in enumerate(params) for token_id, bias in p.logit_bias]
+    assert all(t < vocab_size for _, t, _ in entries), "logit_bias token id outside the vocabulary"
+    coords = torch.tensor([[row for row, _, _ in entries], [t for _, t, _ in entries]], dtype=torch.int64)
+    biases = torch.tensor([b for _, _, b in entries], dtype=torch.float32)
+    return coords.to(device), biases.to(device)
 
 
 __all__ = ["SamplingMetadata", "build_sampling_metadata"]

@@ -66,6 +66,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     structured_outputs: StructuredOutputsParams | None = None
+    # Added to the token's logit before sampling (OpenAI's logit_bias, in [-100, 100]); a dict is accepted and
+    # kept as sorted (token id, bias) pairs so the params stay hashable.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists/strings for convenience while keeping the dataclass hashable and immutable.
@@ -77,6 +80,10 @@ class SamplingParams:
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
         if self.top_k == -1:
             object.__setattr__(self, "top_k", 0)
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", tuple(sorted(self.logit_bias.items())))
+        elif not isinstance(self.logit_bias, tuple):
+            object.__setattr__(self, "logit_bias", tuple(self.logit_bias or ()))
         self._validate()
 
     def _validate(self) -> None:
@@ -115,6 +122,14 @@ class SamplingParams:
             bad(f"seed must be an integer, got {self.seed!r}")
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
             bad("structured_outputs must be a StructuredOutputsParams")
+        for token_id, bias in self.logit_bias:
+            if not isinstance(token_id, int) or token_id < 0:
+                raise InvalidSamplingParamsError(
+                    f"logit_bias keys must be token ids (integers >= 0), got {token_id!r}").with_param("logit_bias")
+            if not isinstance(bias, int | float) or not -100.0 <= bias <= 100.0:
+                raise InvalidSamplingParamsError(
+                    f"logit_bias values must be in [-100, 100], got {bias!r} for token {token_id}"
+                ).with_param("logit_bias")
         if self.structured_outputs is not None and self.min_tokens > 0:
             bad("min_tokens cannot be combined with structured_outputs (the grammar decides where the output ends)")
 

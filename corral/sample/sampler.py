@@ -4,7 +4,8 @@ Order of operations (as in vLLM's v1 sampler):
 
 1. logprobs, if any row asks, from the RAW model logits: ``log_softmax`` before banned tokens,
    penalties, temperature or any filter. They describe the model's distribution, not the sampler's.
-2. banned tokens (min_tokens: EOS / stop ids) and tokens a row's grammar disallows -> -inf, for greedy rows too;
+2. logit_bias added; then banned tokens (min_tokens: EOS / stop ids) and tokens a row's grammar disallows ->
+   -inf, for greedy rows too;
 3. penalties: repetition, then frequency, then presence;
 4. greedy rows: argmax of the penalised logits (no randomness consumed);
 5. random rows: temperature, top-k, top-p, min-p, then the exponential race.
@@ -87,8 +88,11 @@ class Sampler(torch.nn.Module):
 
 
 def constrain_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-    """Steps 2-3: banned and grammar-disallowed tokens to -inf, then penalties. Greedy rows take the argmax of
-    the result."""
+    """Steps 2-3: logit_bias, banned and grammar-disallowed tokens to -inf, then penalties. Greedy rows take the
+    argmax of the result."""
+    if metadata.logit_bias is not None:
+        (rows, token_ids), biases = metadata.logit_bias
+        logits = logits.index_put((rows, token_ids), biases, accumulate=True)
     if metadata.banned_token_coords is not None:
         rows, token_ids = metadata.banned_token_coords
         logits = logits.index_put((rows, token_ids), logits.new_full((), float("-inf")))

@@ -75,7 +75,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
-        return error_response(status_of(exc), str(exc))
+        return error_response(status_of(exc), str(exc), exc.param)
 
     @app.exception_handler(LimitExceeded)
     async def limit_exceeded(_: Request, exc: LimitExceeded) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.errors import InvalidSamplingParamsError
 from corral.sample.params import SamplingParams
 
 
@@ -28,7 +29,7 @@ STRUCTURED_OUTPUT_FIELDS = frozenset({
 # (accepted). Any other value is refused with a 400 naming the field, never silently ignored.
 NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "logit_bias": (None, {}), "suffix": (None, ""),
+    "suffix": (None, ""),
     "best_of": (None, 1), "prompt_logprobs": (None,), "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
     "allowed_token_ids": (None,),
@@ -58,6 +59,7 @@ class _SamplingRequest(BaseModel):
     repetition_penalty: float | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
+    logit_bias: dict[str, float] | None = None  # token id (as OpenAI sends it, a string) -> bias in [-100, 100]
     user: str | None = None
 
     def sampling_params(self, max_tokens: int | None, num_logprobs: int | None) -> SamplingParams:
@@ -79,7 +81,16 @@ class _SamplingRequest(BaseModel):
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
             logprobs=num_logprobs,
+            logit_bias=self.token_biases(),
         )
+
+    def token_biases(self) -> dict[int, float]:
+        biases = {}
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise InvalidSamplingParamsError(f"logit_bias keys must be token ids, got {key!r}").with_param("logit_bias")
+            biases[int(key)] = bias
+        return biases
 
     def refused_field(self) -> tuple[str, str] | None:
         """(field, why) for the first field this server would otherwise have to ignore, or None."""

@@ -448,3 +448,16 @@ def test_top_p_from_candidates_equals_the_full_sort(monkeypatch) -> None:
     assert int(torch.isfinite(fast[8]).sum()) > _NUCLEUS_CANDIDATES  # a flat row went through the sort
     assert int(torch.isfinite(fast[12]).sum()) == 3  # top-k 2 keeps the tie
     assert int(torch.isfinite(fast[13]).sum()) > _NUCLEUS_CANDIDATES  # ties past the candidates: sorted
+
+
+def test_logit_bias_moves_the_greedy_pick_but_not_the_raw_logprobs() -> None:
+    from corral.sample.metadata import build_sampling_metadata
+    from corral.sample.params import SamplingParams
+    from corral.sample.sampler import Sampler
+
+    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0], [0.0, 5.0, 1.0, 2.0]])
+    params = [SamplingParams(temperature=0, logprobs=1, logit_bias={2: 10.0}), SamplingParams(temperature=0, logprobs=1)]
+    metadata = build_sampling_metadata(params, [None, None], [[], []], [[], []], [(), ()], 4, torch.device("cpu"))
+    out = Sampler()(logits, metadata)
+    assert out.sampled_token_ids.tolist() == [2, 1]
+    assert torch.allclose(out.logprobs[0, 0], torch.log_softmax(logits[0], -1)[2])

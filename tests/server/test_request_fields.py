@@ -58,7 +58,9 @@ REFUSED = [
     ("/v1/chat/completions", {**CHAT, "guided_json": {"type": "array", "uniqueItems": True}}, "guided_json"),
     ("/v1/completions", {**COMPLETION, "guided_regex": "(("}, "guided_regex"),
     ("/v1/completions", {**COMPLETION, "guided_grammar": "start: ("}, "guided_grammar"),
-    ("/v1/completions", {**COMPLETION, "logit_bias": {"42": 100}}, "logit_bias"),
+    ("/v1/completions", {**COMPLETION, "logit_bias": {"42": 101}}, "logit_bias"),  # out of [-100, 100]
+    ("/v1/completions", {**COMPLETION, "logit_bias": {"the": 5}}, "logit_bias"),  # not a token id
+    ("/v1/completions", {**COMPLETION, "logit_bias": {"99999999": 5}}, "logit_bias"),  # outside the vocabulary
     ("/v1/completions", {**COMPLETION, "suffix": " world"}, "suffix"),
     ("/v1/completions", {**COMPLETION, "best_of": 3}, "best_of"),
     ("/v1/completions", {**COMPLETION, "repetition_penalty": 0}, "repetition_penalty"),  # was taken as 1.0
