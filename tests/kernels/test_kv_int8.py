@@ -38,17 +38,7 @@ def test_rows_round_trip_within_half_a_step():
     assert not cache[untouched].any()  # nothing written outside the given slots
 
 
-ISAS = cpu_extension.load().supported_paged_attention_isas() if cpu_extension.load() is not None else []
 
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """The writer's loops follow the paged-attention switch: each test runs on every loop this CPU has."""
-    extension = cpu_extension.load()
-    widest = extension.paged_attention_isa()
-    extension.set_paged_attention_isa(request.param)
-    yield request.param
-    extension.set_paged_attention_isa(widest)
 
 
 @needs_kernels

@@ -15,14 +15,6 @@ BLOCK_SIZE = 4
 ISAS = cpu_extension.load().supported_paged_attention_isas() if cpu_extension.load() is not None else []
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    extension = cpu_extension.load()
-    widest = extension.paged_attention_isa()
-    extension.set_paged_attention_isa(request.param)
-    yield request.param
-    extension.set_paged_attention_isa(widest)
-
 
 def paged_case(context_lens: list[int], num_heads: int = 6, num_kv_heads: int = 2, head_size: int = 16):
     """Random K/V for each sequence, scattered over shuffled blocks of a cache."""
