@@ -292,18 +292,18 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     proposer = None
     if spec is not None:
         proposer = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size)
-    grammars = GrammarCache(LLGuidanceBackend(tokenizer.backend.to_str(), tokenizer.eos_token_id))
+    eos = set(model_config.eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    grammars = _grammar_cache(tokenizer, sorted(eos), model_config.vocab_size)
     runner = ModelRunner(
         model, kv_caches, backend, cache.block_size, model_config.vocab_size, device,
         proposer=proposer, num_speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
-        structured_stats=grammars.stats,
+        structured_stats=None if grammars is None else grammars.stats,
     )
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
     policy = None if spec is None else SpeculationPolicy(spec.num_speculative_tokens, adaptive=spec.adaptive)
     core = EngineCore(Scheduler(scheduler_config, kv_manager), runner, policy)
-    eos = set(model_config.eos_token_ids)
-    if tokenizer.eos_token_id is not None:
-        eos.add(tokenizer.eos_token_id)
     return LLMEngine(
         core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos), grammars=grammars
     )
@@ -339,6 +339,16 @@ def _load(
         logger.info("weights quantized: %s", quant_method.name)
     release_free_memory()
     return model_config, model, quant_method
+
+
+def _grammar_cache(tokenizer: Tokenizer, eos_token_ids: list[int], vocab_size: int) -> GrammarCache | None:
+    """Structured output over llguidance, or None (requests that ask for it are refused) where llguidance
+    cannot read this tokenizer."""
+    try:
+        return GrammarCache(LLGuidanceBackend(tokenizer.backend.to_str(), eos_token_ids, vocab_size))
+    except (ValueError, RuntimeError) as error:
+        logger.warning("structured output is off: llguidance cannot use this tokenizer (%s)", error)
+        return None
 
 
 def _attention_backend(

@@ -104,7 +104,8 @@ class ModelRunner:
         if self.structured_stats is not None:
             self.structured_stats.mask_seconds.append(time.perf_counter() - start)
         logits_rows = [rows[i] if rows is not None else i for i in constrained]
-        return torch.tensor(logits_rows, dtype=torch.int64, device=self.device), bitmask.to(self.device)
+        # both stay on the host: the sampler unpacks the bitmask there and sends one bool mask to the device
+        return torch.tensor(logits_rows, dtype=torch.int64), bitmask
 
     def _generator(self, request_id: str, seed: int | None) -> torch.Generator | None:
         if seed is None:

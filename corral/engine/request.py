@@ -90,14 +90,16 @@ class Request:
         self.all_token_ids.append(token_id)
         if self.grammar is not None and not self.grammar.accept(token_id):
             # Only a matcher in an error state (a parser limit hit mid-output) refuses a token its own mask
-            # allowed; the request ends here rather than go on unconstrained.
+            # allowed; the request ends here, as aborted, rather than go on unconstrained.
             self.grammar_failed = True
 
     def check_stop(self) -> RequestStatus | None:
         """The finished status the last appended token puts this request in, if any."""
         params = self.sampling_params
         last = self.output_token_ids[-1]
-        if self.grammar is not None and (self.grammar.is_terminated() or self.grammar_failed):
+        if self.grammar_failed:  # the matcher logged why
+            return RequestStatus.FINISHED_ABORTED
+        if self.grammar is not None and self.grammar.is_terminated():
             self.stop_reason = None
             return RequestStatus.FINISHED_STOPPED
         if self.num_output_tokens >= params.min_tokens:

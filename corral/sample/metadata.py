@@ -57,7 +57,7 @@ class SamplingMetadata:
     # Largest ``SamplingParams.logprobs`` in the batch; None when no row asks for logprobs.
     max_num_logprobs: int | None
     # Rows under a grammar ([R] int64) and the tokens each may produce next ([R, ceil(V / 32)] int32 bitmask,
-    # see ``ops.apply_token_bitmask``); None when no row is constrained.
+    # see ``ops.apply_token_bitmask_``), both on the host; None when no row is constrained.
     allowed_token_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None
     # ([2, K] int64 (row, token id) pairs, [K] float32 biases) added to the logits (logit_bias); None when no
     # row has one.

@@ -28,8 +28,13 @@ class StructuredOutputsParams:
     strict: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.choice, str):
+            raise InvalidSamplingParamsError("structured_outputs.choice must be a list of strings, not one string")
         if self.choice is not None and not isinstance(self.choice, tuple):
             object.__setattr__(self, "choice", tuple(self.choice))
+        for name in ("json_object", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidSamplingParamsError(f"structured_outputs.{name} must be true or false")
         kinds = [name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None]
         kinds += ["json_object"] if self.json_object else []
         if len(kinds) != 1:
@@ -130,8 +135,9 @@ class SamplingParams:
                 raise InvalidSamplingParamsError(
                     f"logit_bias values must be in [-100, 100], got {bias!r} for token {token_id}"
                 ).with_param("logit_bias")
-        if self.structured_outputs is not None and self.min_tokens > 0:
-            bad("min_tokens cannot be combined with structured_outputs (the grammar decides where the output ends)")
+        if self.structured_outputs is not None and (self.min_tokens > 0 or self.ignore_eos):
+            bad("min_tokens and ignore_eos cannot be combined with structured_outputs (the grammar decides where "
+                "the output ends)")
 
     @property
     def is_greedy(self) -> bool:

@@ -47,7 +47,7 @@ async def compile_off_thread(engine: AsyncEngine, field: str, spec: StructuredOu
         raise APIError(400, "structured output needs the llguidance package, which is not installed", param=field)
     try:
         await asyncio.wait_for(asyncio.shield(asyncio.to_thread(grammars.compile, spec)), COMPILE_TIMEOUT_S)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         raise APIError(400, f"{field}: the grammar took longer than {COMPILE_TIMEOUT_S:.0f} s to compile",
                        param=field) from None
     except GrammarError as error:
@@ -85,7 +85,9 @@ def _response_format(value: Any) -> StructuredOutputsParams:
     if not isinstance(json_schema, dict) or not isinstance(json_schema.get("schema"), dict):
         raise ValueError("json_schema needs a schema object: {\"json_schema\": {\"name\": ..., \"schema\": {...}}}")
     strict = json_schema.get("strict")
-    return StructuredOutputsParams(json=_schema_text(json_schema["schema"]), strict=strict is None or bool(strict))
+    if strict is not None and not isinstance(strict, bool):
+        raise ValueError("json_schema.strict must be true or false")
+    return StructuredOutputsParams(json=_schema_text(json_schema["schema"]), strict=strict is not False)
 
 
 def _schema_text(schema: Any) -> str:

@@ -30,7 +30,8 @@ class GrammarMatcher(Protocol):
         """Undo the last ``num_tokens`` accepted tokens."""
 
     def is_terminated(self) -> bool:
-        """Whether the grammar has ended (its EOS accepted): nothing more may follow."""
+        """Whether nothing more may follow: the grammar has ended (EOS accepted, or nothing but EOS is left), or the
+        matcher is in an error state."""
 
 
 class CompiledGrammar(Protocol):

@@ -10,6 +10,7 @@ JSON is compact (no whitespace between tokens): a small model left free to emit 
 from __future__ import annotations
 
 import json
+import logging
 
 import llguidance
 import llguidance.torch
@@ -19,6 +20,8 @@ from corral.errors import GrammarError
 from corral.sample.params import StructuredOutputsParams
 
 # oneOf is compiled as anyOf: exact for the disjoint branches of a tagged union (what pydantic emits).
+logger = logging.getLogger(__name__)
+
 _JSON_OPTIONS = {"whitespace_flexible": False, "json_allow_general_unicode_escapes": True, "coerce_one_of": True}
 
 
@@ -31,17 +34,22 @@ class LLGuidanceMatcher:
         if bitmask.shape[1] == self._num_words:
             llguidance.torch.fill_next_token_bitmask(self._matcher, bitmask, row)
             return
-        # A model vocabulary padded past the tokenizer's: the padding is never allowed.
+        # Widths differ: tokens past the narrower one are never allowed.
         words = torch.empty(1, self._num_words, dtype=torch.int32)
         llguidance.torch.fill_next_token_bitmask(self._matcher, words, 0)
+        width = min(self._num_words, bitmask.shape[1])
         bitmask[row] = 0
-        bitmask[row, : self._num_words] = words[0]
+        bitmask[row, :width] = words[0, :width]
 
     def accept(self, token_id: int) -> bool:
-        return self._matcher.consume_token(token_id)
+        if self._matcher.consume_token(token_id):
+            return True
+        logger.warning("grammar matcher refused token %d: %s", token_id, self._matcher.get_error())
+        return False
 
     def rollback(self, num_tokens: int) -> None:
-        assert self._matcher.rollback(num_tokens), self._matcher.get_error()
+        if not self._matcher.rollback(num_tokens):
+            raise RuntimeError(f"grammar rollback of {num_tokens} tokens failed: {self._matcher.get_error()}")
 
     def is_terminated(self) -> bool:
         return self._matcher.is_stopped()
@@ -61,8 +69,10 @@ class LLGuidanceGrammar:
 class LLGuidanceBackend:
     name = "llguidance"
 
-    def __init__(self, tokenizer_json: str, eos_token_id: int):
-        self._tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=eos_token_id)
+    def __init__(self, tokenizer_json: str, eos_token_ids: list[int], vocab_size: int | None = None):
+        """``eos_token_ids``: every id that ends the model's output (any of them may close a grammar);
+        ``vocab_size``: the model's logits width where it exceeds the tokenizer's."""
+        self._tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos_token_ids)
         self.vocab_size = self._tokenizer.vocab_size
 
     def compile(self, spec: StructuredOutputsParams) -> LLGuidanceGrammar:

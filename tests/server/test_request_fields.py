@@ -53,6 +53,9 @@ REFUSED = [
     ("/v1/chat/completions", {**CHAT, "guided_regex": "a+", "guided_choice": ["a"]}, "guided_regex"),  # two at once
     ("/v1/chat/completions", {**CHAT, "guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
     ("/v1/chat/completions", {**CHAT, "structured_outputs": {"structural_tag": "x"}}, "structured_outputs"),
+    ("/v1/chat/completions", {**CHAT, "structured_outputs": {"choice": "yes"}}, "structured_outputs"),
+    ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object"}, "strict": "false"}}}, "response_format"),
     ("/v1/chat/completions", {**CHAT, "top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
     ("/v1/chat/completions", {**CHAT, "temprature": 0.2}, "temprature"),  # a typo is not a no-op
     ("/v1/chat/completions", {**CHAT, "guided_json": {"type": "array", "uniqueItems": True}}, "guided_json"),

@@ -35,7 +35,7 @@ class CountingBackend:
 @pytest.fixture(scope="module")
 def backend():
     tokenizer = load_tokenizer(default_model_path())
-    return LLGuidanceBackend(tokenizer.backend.to_str(), tokenizer.eos_token_id)
+    return LLGuidanceBackend(tokenizer.backend.to_str(), [tokenizer.eos_token_id])
 
 
 def test_concurrent_requests_for_one_spec_compile_it_once(backend):

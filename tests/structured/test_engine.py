@@ -79,3 +79,9 @@ def test_a_spec_takes_exactly_one_kind_and_no_min_tokens():
         StructuredOutputsParams()
     with pytest.raises(InvalidSamplingParamsError, match="min_tokens"):
         SamplingParams(min_tokens=2, structured_outputs=StructuredOutputsParams(regex="a+"))
+    with pytest.raises(InvalidSamplingParamsError, match="ignore_eos"):
+        SamplingParams(ignore_eos=True, structured_outputs=StructuredOutputsParams(regex="a+"))
+    with pytest.raises(InvalidSamplingParamsError, match="list of strings"):
+        StructuredOutputsParams(choice="yes")
+    with pytest.raises(InvalidSamplingParamsError, match="true or false"):
+        StructuredOutputsParams(json_object="false")

@@ -26,7 +26,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def backend(tokenizer):
-    return LLGuidanceBackend(tokenizer.backend.to_str(), tokenizer.eos_token_id)
+    return LLGuidanceBackend(tokenizer.backend.to_str(), [tokenizer.eos_token_id])
 
 
 def allowed(matcher, vocab_size: int) -> set[int]:
