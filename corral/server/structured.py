@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from corral.errors import GrammarError, InvalidSamplingParamsError
@@ -19,6 +20,9 @@ BACKEND_FIELD = "guided_decoding_backend"
 BACKENDS = (None, "auto", "llguidance")
 COMPILE_TIMEOUT_S = 10.0
 _STRUCTURED_OUTPUTS_KEYS = {"json", "json_object", "regex", "choice", "grammar"}
+# Compiles get threads of their own: one that outlives its timeout keeps its thread, and a burst of those must
+# not take the default pool that tokenizes every request's prompt.
+_COMPILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-compile")
 
 
 def structured_outputs_of(fields: dict[str, Any]) -> tuple[str, StructuredOutputsParams] | None:
@@ -46,7 +50,8 @@ async def compile_off_thread(engine: AsyncEngine, field: str, spec: StructuredOu
     if grammars is None:
         raise APIError(400, "structured output needs the llguidance package, which is not installed", param=field)
     try:
-        await asyncio.wait_for(asyncio.shield(asyncio.to_thread(grammars.compile, spec)), COMPILE_TIMEOUT_S)
+        compiling = asyncio.get_running_loop().run_in_executor(_COMPILER, grammars.compile, spec)
+        await asyncio.wait_for(asyncio.shield(compiling), COMPILE_TIMEOUT_S)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         raise APIError(400, f"{field}: the grammar took longer than {COMPILE_TIMEOUT_S:.0f} s to compile",
                        param=field) from None
