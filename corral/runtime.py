@@ -44,8 +44,7 @@ from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.spec_decode.draft_model import DraftModelProposer
 from corral.spec_decode.ngram import NgramProposer
-from corral.structured.cache import GrammarCache
-from corral.structured.llguidance_backend import LLGuidanceBackend
+from corral.structured.llguidance_backend import llguidance_grammars
 from corral.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -295,7 +294,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    grammars = _grammar_cache(tokenizer, sorted(eos), model_config.vocab_size)
+    grammars = llguidance_grammars(tokenizer.backend.to_str(), sorted(eos), model_config.vocab_size)
     runner = ModelRunner(
         model, kv_caches, backend, cache.block_size, model_config.vocab_size, device,
         proposer=proposer, num_speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
@@ -339,16 +338,6 @@ def _load(
         logger.info("weights quantized: %s", quant_method.name)
     release_free_memory()
     return model_config, model, quant_method
-
-
-def _grammar_cache(tokenizer: Tokenizer, eos_token_ids: list[int], vocab_size: int) -> GrammarCache | None:
-    """Structured output over llguidance, or None (requests that ask for it are refused) where llguidance
-    cannot read this tokenizer."""
-    try:
-        return GrammarCache(LLGuidanceBackend(tokenizer.backend.to_str(), eos_token_ids, vocab_size))
-    except (ValueError, RuntimeError) as error:
-        logger.warning("structured output is off: llguidance cannot use this tokenizer (%s)", error)
-        return None
 
 
 def _attention_backend(

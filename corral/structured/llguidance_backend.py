@@ -18,6 +18,7 @@ import torch
 
 from corral.errors import GrammarError
 from corral.sample.params import StructuredOutputsParams
+from corral.structured.cache import GrammarCache
 
 # oneOf is compiled as anyOf: exact for the disjoint branches of a tagged union (what pydantic emits).
 logger = logging.getLogger(__name__)
@@ -80,6 +81,16 @@ class LLGuidanceBackend:
         if matcher.is_error():
             raise GrammarError(f"invalid {_kind(spec)}: {matcher.get_error()}")
         return LLGuidanceGrammar(matcher, (self.vocab_size + 31) // 32)
+
+
+def llguidance_grammars(tokenizer_json: str, eos_token_ids: list[int], vocab_size: int) -> GrammarCache | None:
+    """A grammar cache over llguidance for this tokenizer, or None (structured output refused, with a warning at
+    start-up) where llguidance cannot read it."""
+    try:
+        return GrammarCache(LLGuidanceBackend(tokenizer_json, eos_token_ids, vocab_size))
+    except (ValueError, RuntimeError) as error:
+        logger.warning("structured output is off: llguidance cannot use this tokenizer (%s)", error)
+        return None
 
 
 def grammar_text(spec: StructuredOutputsParams) -> str:

@@ -86,3 +86,10 @@ def test_a_wider_model_vocabulary_gets_its_padding_masked(backend):
     bitmask = torch.full((2, (backend.vocab_size + 31) // 32 + 4), -1, dtype=torch.int32)
     matcher.fill_bitmask(bitmask, 1)
     assert not bitmask[1, -4:].any() and bitmask[1].any() and (bitmask[0] == -1).all()
+
+
+def test_a_tokenizer_llguidance_cannot_read_turns_structured_output_off(tokenizer):
+    from corral.structured.llguidance_backend import llguidance_grammars
+
+    assert llguidance_grammars('{"model": {}}', [2], 10) is None
+    assert llguidance_grammars(tokenizer.backend.to_str(), [tokenizer.eos_token_id], 49152) is not None
