@@ -11,19 +11,29 @@ from dataclasses import replace
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from corral.outputs import CompletionOutput
+from corral.sample.params import StructuredOutputsParams
 from corral.server.async_engine import AsyncEngine
-from corral.server.errors import error_payload, status_of
+from corral.server.errors import APIError, error_payload, status_of
 from corral.server.protocol import ChatCompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 from corral.server.structured import compile_off_thread, structured_outputs_of
+from corral.server.tool_calls import ToolCallParser, parse_tool_calls
+from corral.server.tools import (
+    ToolRequest,
+    prompt_messages,
+    template_knows_tools,
+    tool_call_grammar,
+    tool_request_of,
+)
 
 
-def chat_prompt_ids(request: ChatCompletionRequest, tokenizer) -> list[int]:
+def chat_prompt_ids(request: ChatCompletionRequest, tokenizer, tools: ToolRequest | None = None) -> list[int]:
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
     for message in messages:  # content parts: keep the text ones
         if isinstance(message.get("content"), list):
             message["content"] = "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=request.add_generation_prompt)
+    messages, variables = prompt_messages(messages, tools, template_knows_tools(tokenizer.chat_template))
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=request.add_generation_prompt, **variables)
     return tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -49,11 +59,18 @@ async def create_chat_completion(
     client_gone: ClientGone | None = None,
 ):
     tokenizer = engine.engine.tokenizer
+    tools = tool_request_of(request.tools, request.tool_choice, request.parallel_tool_calls)
     # the template and the tokenizer run on a worker thread: a long chat never stalls the event loop
-    prompt_ids = await asyncio.to_thread(chat_prompt_ids, request, tokenizer)
+    prompt_ids = await asyncio.to_thread(chat_prompt_ids, request, tokenizer, tools)
     num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
     params = request.sampling_params(max_tokens, num_logprobs)
     structured = structured_outputs_of(request.model_extra or {})
+    if tools is not None:
+        grammar = tool_call_grammar(tools, template_knows_tools(tokenizer.chat_template))
+        if grammar is not None and structured is not None:
+            raise APIError(400, f"{structured[0]} cannot be combined with tool_choice {tools.mode!r}", param=structured[0])
+        if grammar is not None:
+            structured = ("tools", StructuredOutputsParams(grammar=grammar))
     if structured is not None:
         await compile_off_thread(engine, *structured)
         params = replace(params, structured_outputs=structured[1])
@@ -62,24 +79,35 @@ async def create_chat_completion(
     created = int(time.time())
     if request.stream:
         return StreamingResponse(
-            _stream(streams, request, request_id, created, model_name, tokenizer), media_type="text/event-stream"
+            _stream(streams, request, request_id, created, model_name, tokenizer, tools), media_type="text/event-stream"
         )
     outputs = await final_outputs(streams, client_gone and client_gone())
     choices = [
-        {"index": c.index, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+        {"index": c.index, "message": _message(c.text, tools), "finish_reason": c.finish_reason,
          "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer, num_logprobs or 0)}
         for c in outputs[0].outputs
     ]
+    for choice in choices:
+        if choice["message"].get("tool_calls") and choice["finish_reason"] == "stop":
+            choice["finish_reason"] = "tool_calls"
     return JSONResponse({
         "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
         "choices": choices, "usage": usage(outputs),
     })
 
 
-async def _stream(streams, request, request_id, created, model_name, tokenizer) -> AsyncIterator[str]:
+def _message(text: str, tools: ToolRequest | None) -> dict:
+    if tools is None:
+        return {"role": "assistant", "content": text}
+    content, calls = parse_tool_calls(text)
+    return {"role": "assistant", "content": content} | ({"tool_calls": [c.to_dict() for c in calls]} if calls else {})
+
+
+async def _stream(streams, request, request_id, created, model_name, tokenizer, tools) -> AsyncIterator[str]:
     chunk = ChunkWriter(request_id, "chat.completion.chunk", created, model_name)
 
     trackers: dict[int, DeltaTracker] = {}
+    parsers: dict[int, ToolCallParser] = {}
     final = None
     try:
         for index in range(request.n):
@@ -95,9 +123,21 @@ async def _stream(streams, request, request_id, created, model_name, tokenizer) 
                 if not text and not tokens and not c.finished:
                     continue
                 tracker.finished = c.finished
-                yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
-                              "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
-                              "logprobs": logprobs_of(c, start, tokenizer, request.top_logprobs or 0)}])
+                logprobs = logprobs_of(c, start, tokenizer, request.top_logprobs or 0)
+                if tools is None:
+                    yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
+                                  "finish_reason": c.finish_reason, "stop_reason": c.stop_reason, "logprobs": logprobs}])
+                    continue
+                parser = parsers.setdefault(c.index, ToolCallParser())
+                deltas = parser.feed(text) + (parser.finish() if c.finished else [])
+                if not deltas and not c.finished and logprobs is None:
+                    continue  # text held back (it may open a call)
+                finish_reason = "tool_calls" if parser.calls and c.finish_reason == "stop" else c.finish_reason
+                for i, delta in enumerate(deltas or [{}]):
+                    last = i == max(len(deltas), 1) - 1
+                    yield chunk([{"index": c.index, "delta": delta, "finish_reason": finish_reason if last else None,
+                                  "stop_reason": c.stop_reason if last else None,
+                                  "logprobs": logprobs if i == 0 else None}])
         if request.include_usage and final is not None:
             yield chunk([], usage([final]))
     except Exception as exc:

@@ -18,7 +18,7 @@ class StreamOptions(BaseModel):
 
 # Fields of OpenAI's and vLLM's request bodies that change nothing this server computes: accepted, unused.
 NO_EFFECT_FIELDS = frozenset({
-    "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier", "parallel_tool_calls",
+    "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier",
 })
 # Fields read from the request's extras by server/structured.py (structured output).
 STRUCTURED_OUTPUT_FIELDS = frozenset({
@@ -28,13 +28,16 @@ STRUCTURED_OUTPUT_FIELDS = frozenset({
 # Fields that would change the output and are not implemented yet, each with the values that mean "off"
 # (accepted). Any other value is refused with a 400 naming the field, never silently ignored.
 NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
     "suffix": (None, ""),
     "best_of": (None, 1), "prompt_logprobs": (None,), "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
     "allowed_token_ids": (None,),
     "bad_words": (None, []), "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
 }
+
+# OpenAI's older names for what a newer field does, refused with a pointer to it.
+DEPRECATED_FIELDS = {"functions": "tools", "function_call": "tool_choice"}
 
 
 class _SamplingRequest(BaseModel):
@@ -97,9 +100,11 @@ class _SamplingRequest(BaseModel):
         for name, value in (self.model_extra or {}).items():
             if name in NO_EFFECT_FIELDS or name in STRUCTURED_OUTPUT_FIELDS:
                 continue
-            if name not in NOT_IMPLEMENTED_FIELDS:
+            if name not in NOT_IMPLEMENTED_FIELDS and name not in DEPRECATED_FIELDS:
                 return name, f"unrecognized request argument supplied: {name}"
-            if value not in NOT_IMPLEMENTED_FIELDS[name]:
+            if name in DEPRECATED_FIELDS and value is not None:
+                return name, f"{name} is deprecated: use {DEPRECATED_FIELDS[name]}"
+            if name in NOT_IMPLEMENTED_FIELDS and value not in NOT_IMPLEMENTED_FIELDS[name]:
                 return name, f"{name} is not supported by this server yet; leave it out (or null)"
         return None
 
@@ -127,6 +132,10 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     add_generation_prompt: bool = True
+    # tool calling (server/tools.py validates them, naming the field)
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
     def refused_field(self) -> tuple[str, str] | None:
         if self.top_logprobs and not self.logprobs:

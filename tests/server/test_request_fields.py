@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from corral.server.protocol import (
+    DEPRECATED_FIELDS,
     NO_EFFECT_FIELDS,
     NOT_IMPLEMENTED_FIELDS,
     STRUCTURED_OUTPUT_FIELDS,
@@ -40,13 +41,28 @@ OPENAI_CHAT_FIELDS = {
                                            (ChatCompletionRequest, OPENAI_CHAT_FIELDS)])
 def test_every_openai_field_is_served_accepted_or_refused_by_name(model, fields):
     unclassified = (fields - set(model.model_fields) - NO_EFFECT_FIELDS - set(NOT_IMPLEMENTED_FIELDS)
-                    - STRUCTURED_OUTPUT_FIELDS)
+                    - STRUCTURED_OUTPUT_FIELDS - set(DEPRECATED_FIELDS))
     assert not unclassified
 
 
 REFUSED = [
-    ("/v1/chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": "required"}, "tools"),
-    ("/v1/chat/completions", {**CHAT, "tool_choice": "auto"}, "tool_choice"),
+    ("/v1/chat/completions", {**CHAT, "tool_choice": "auto"}, "tool_choice"),  # no tools
+    ("/v1/chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": {"type": "function", "function": {
+        "name": "sub"}}}, "tool_choice"),  # not one of the tools
+    ("/v1/chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": "any"}, "tool_choice"),
+    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools"),
+    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools"),
+    ("/v1/chat/completions", {**CHAT, "tools": [TOOL, TOOL]}, "tools"),  # one name twice
+    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "bogus"}}}}}],
+        "tool_choice": "required"}, "tools"),  # a schema llguidance refuses
+    ("/v1/chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": "required",
+                              "response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {**CHAT, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ("/v1/chat/completions", {**CHAT, "functions": [TOOL["function"]]}, "functions"),  # deprecated: use tools
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "add", "arguments": "{not json"}}]}]}, "messages"),
+    ("/v1/completions", {**COMPLETION, "tools": [TOOL]}, "tools"),  # chat only
     ("/v1/chat/completions", {**CHAT, "response_format": {"type": "xml"}}, "response_format"),
     ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
      "response_format"),  # no schema
@@ -94,8 +110,9 @@ def test_off_values_and_fields_without_effect_are_accepted(server, path, body):
     assert response.status_code == 200, response.text
 
 
-def test_the_openai_client_sees_a_bad_request_naming_tools(server):
+def test_the_openai_client_sees_a_bad_request_naming_tool_choice(server):
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=MODEL_NAME, messages=CHAT["messages"], tools=[TOOL], max_tokens=2)
-    assert caught.value.param == "tools"
+        client.chat.completions.create(model=MODEL_NAME, messages=CHAT["messages"], tools=[TOOL], max_tokens=2,
+                                       tool_choice={"type": "function", "function": {"name": "sub"}})
+    assert caught.value.param == "tool_choice"
