@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-sequences-per-request", type=_positive_int, default=RequestLimits.max_sequences,
                         metavar="N", help="prompts x n in one request")
     limits.add_argument("--max-stop-strings", type=_positive_int, default=RequestLimits.max_stop_strings,
-                        metavar="N", help="stop strings in one request")
+                        metavar="N", help="stop strings in one request, and bad words")
     server.add_argument("--log-level", default="info", type=str.lower, choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's and corral's log level")
 
 

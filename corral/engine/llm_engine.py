@@ -67,7 +67,13 @@ class LLMEngine:
             raise InvalidRequestError(
                 f"logit_bias token ids {outside[:5]} are outside the vocabulary of {self.vocab_size}"
             ).with_param("logit_bias")
+        outside = [t for t in params.allowed_token_ids or () if t >= self.vocab_size]
+        if outside:
+            raise InvalidRequestError(
+                f"allowed_token_ids {outside[:5]} are outside the vocabulary of {self.vocab_size}"
+            ).with_param("allowed_token_ids")
         grammar = self._compile_grammar(params)
+        bad_words = self._bad_words_token_ids(params.bad_words)
         self.output_processor.add_request(request_id, prompt_text, prompt_ids, params, child_ids)
         for index, child_id in enumerate(child_ids):
             # Children of n > 1 share the prompt's KV blocks through the prefix cache; seeded ones differ.
@@ -83,6 +89,7 @@ class LLMEngine:
                     max_model_len=self.max_model_len,
                     priority=priority,
                     grammar=None if grammar is None else grammar.matcher(),
+                    bad_words_token_ids=bad_words,
                 )
             )
 
@@ -93,6 +100,14 @@ class LLMEngine:
         if self.grammars is None:
             raise GrammarError("structured output needs the llguidance package, which is not installed")
         return self.grammars.compile(params.structured_outputs)
+
+    def _bad_words_token_ids(self, bad_words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word as the tokens that spell it, alone and after a space (how it appears mid-text)."""
+        spellings = {
+            tuple(self.tokenizer.encode(text, add_special_tokens=False))
+            for word in bad_words for text in (word, " " + word.lstrip())
+        }
+        return tuple(sorted(s for s in spellings if s))
 
     def abort_request(self, request_id: str) -> None:
         for child_id in self.output_processor.abort(request_id):

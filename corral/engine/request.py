@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from corral.sample.params import SamplingParams
@@ -62,6 +63,8 @@ class Request:
     # Structured output: where the output stands in its grammar (advanced by each appended token).
     grammar: GrammarMatcher | None = None
     grammar_failed: bool = False
+    # bad_words as token sequences (the engine tokenizes them): each one's last token is banned after the rest.
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
@@ -115,16 +118,22 @@ class Request:
 
     def max_num_spec_tokens(self, limit: int) -> int:
         """Draft tokens worth checking next step: at most ``limit``, and fewer than the tokens this request may
-        still emit (a check emits the accepted drafts plus one; ``max_tokens`` already fits the context). None
-        under a grammar: drafts are not checked against it, so a constrained request decodes one token a step."""
-        if self.grammar is not None:
-            return 0
+        still emit (a check emits the accepted drafts plus one; ``max_tokens`` already fits the context)."""
         return max(0, min(limit, self.max_tokens - self.num_output_tokens - 1))
 
-    def banned_token_ids(self, num_pending: int = 0) -> tuple[int, ...]:
-        """Tokens the sampler must not produce at the position ``num_pending`` tokens after the last one (a
-        draft position when verifying): EOS and stop tokens before ``min_tokens``."""
+    def banned_token_ids(self, pending: Sequence[int] = ()) -> tuple[int, ...]:
+        """Tokens the sampler must not produce after the output and then ``pending`` (draft tokens, when checking
+        drafts): EOS and stop tokens before ``min_tokens``, and the last token of each bad word whose other tokens
+        the output ends with."""
         params = self.sampling_params
-        if self.num_output_tokens + num_pending >= params.min_tokens:
-            return ()
-        return tuple(self.eos_token_ids) + params.stop_token_ids
+        banned: tuple[int, ...] = ()
+        if self.num_output_tokens + len(pending) < params.min_tokens:
+            banned = tuple(self.eos_token_ids) + params.stop_token_ids
+        if not self.bad_words_token_ids:
+            return banned
+        longest = max(len(word) for word in self.bad_words_token_ids) - 1
+        tail = (self.output_token_ids[-longest:] if longest else []) + list(pending)
+        return banned + tuple(
+            word[-1] for word in self.bad_words_token_ids
+            if len(word) == 1 or (len(tail) >= len(word) - 1 and tail[len(tail) - len(word) + 1 :] == list(word[:-1]))
+        )

@@ -74,6 +74,10 @@ class SamplingParams:
     # Added to the token's logit before sampling (OpenAI's logit_bias, in [-100, 100]); a dict is accepted and
     # kept as sorted (token id, bias) pairs so the params stay hashable.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # vLLM's: the only token ids that may be sampled (EOS included only if listed), and words never to generate
+    # (each word's last token is banned wherever the output so far ends with the rest of it).
+    allowed_token_ids: tuple[int, ...] | None = None
+    bad_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists/strings for convenience while keeping the dataclass hashable and immutable.
@@ -89,6 +93,12 @@ class SamplingParams:
             object.__setattr__(self, "logit_bias", tuple(sorted(self.logit_bias.items())))
         elif not isinstance(self.logit_bias, tuple):
             object.__setattr__(self, "logit_bias", tuple(self.logit_bias or ()))
+        if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, tuple):
+            object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
+        if isinstance(self.bad_words, str):
+            raise InvalidSamplingParamsError("bad_words must be a list of strings").with_param("bad_words")
+        if not isinstance(self.bad_words, tuple):
+            object.__setattr__(self, "bad_words", tuple(self.bad_words or ()))
         self._validate()
 
     def _validate(self) -> None:
@@ -135,6 +145,13 @@ class SamplingParams:
                 raise InvalidSamplingParamsError(
                     f"logit_bias values must be in [-100, 100], got {bias!r} for token {token_id}"
                 ).with_param("logit_bias")
+        if self.allowed_token_ids is not None and (
+            not self.allowed_token_ids or any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids)
+        ):
+            raise InvalidSamplingParamsError(
+                "allowed_token_ids must be a non-empty list of token ids").with_param("allowed_token_ids")
+        if any(not isinstance(w, str) or not w.strip() for w in self.bad_words):
+            raise InvalidSamplingParamsError("bad_words must be non-empty strings").with_param("bad_words")
         if self.structured_outputs is not None and (self.min_tokens > 0 or self.ignore_eos):
             bad("min_tokens and ignore_eos cannot be combined with structured_outputs (the grammar decides where "
                 "the output ends)")

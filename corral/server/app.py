@@ -91,7 +91,7 @@ def build_app(
     async def completions(body: CompletionRequest, http: Request):
         check_fields(body)
         check_model(body.model)
-        check_request(len(prompts_of(body)), body.n, num_stop_strings(body), limits)
+        check_request(len(prompts_of(body)), body.n, num_stop_strings(body), len(body.bad_words or ()), limits)
         admit()
         return await create_completion(engine, body, served_model_name, cap(body.max_tokens), client_gone(http))
 
@@ -99,7 +99,7 @@ def build_app(
     async def chat_completions(body: ChatCompletionRequest, http: Request):
         check_fields(body)
         check_model(body.model)
-        check_request(1, body.n, num_stop_strings(body), limits)
+        check_request(1, body.n, num_stop_strings(body), len(body.bad_words or ()), limits)
         admit()
         return await create_chat_completion(
             engine, body, served_model_name, cap(body.max_completion_tokens or body.max_tokens), client_gone(http)

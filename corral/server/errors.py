@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,36 +10,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError, ModelLoadError
+from corral.server.api_error import APIError, error_body
 from corral.server.async_engine import EngineDeadError
-from corral.server.limits import LimitExceeded
 from corral.server.streams import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 
-_TYPES = {400: "invalid_request_error", 413: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          429: "rate_limit_error", 500: "internal_server_error", 503: "service_unavailable"}
-
-
-class APIError(Exception):
-    """An error the server answers with directly (bad key, unknown model, ...)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-
-
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param,
-                      "code": code or HTTPStatus(status).phrase.lower().replace(" ", "_")}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(status, message, param, code), status_code=status)
 
 
 def error_payload(status: int, message: str) -> dict:
     """The same shape, for an error that happens mid-stream (sent as one SSE event)."""
-    return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": None, "code": status}}
+    return error_body(status, message, code=status)
 
 
 def status_of(exc: BaseException) -> int:
@@ -76,10 +58,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
         return error_response(status_of(exc), str(exc), exc.param)
-
-    @app.exception_handler(LimitExceeded)
-    async def limit_exceeded(_: Request, exc: LimitExceeded) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, code="limit_exceeded")
 
     @app.exception_handler(ClientDisconnected)
     async def client_disconnected(_: Request, exc: ClientDisconnected) -> Response:

@@ -4,11 +4,13 @@ that names the limit before any tokenizing or engine work."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.server.api_error import APIError, error_body
 
 
 @dataclass(frozen=True)
@@ -24,24 +26,24 @@ class RequestLimits:
                 raise ValueError(f"{name} must be at least 1, got {value}")
 
 
-class LimitExceeded(Exception):
-    """One request asks for more than the server allows; a 400 naming the field (413 for the body)."""
-
-    def __init__(self, message: str, param: str | None, status: int = 400):
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
-
-
-def check_request(num_prompts: int, n: int, num_stop_strings: int, limits: RequestLimits) -> None:
+def check_request(num_prompts: int, n: int, num_stop_strings: int, num_bad_words: int, limits: RequestLimits) -> None:
+    """A 400 naming the field (code ``limit_exceeded``) for the first limit the request goes past."""
     if num_prompts > limits.max_prompts:
-        raise LimitExceeded(f"{num_prompts} prompts in one request; this server allows {limits.max_prompts}"
-                            " (--max-prompts-per-request)", "prompt")
+        _refuse(f"{num_prompts} prompts in one request; this server allows {limits.max_prompts}"
+                " (--max-prompts-per-request)", "prompt")
     if num_prompts * n > limits.max_sequences:
-        raise LimitExceeded(f"{num_prompts} prompts x n={n} = {num_prompts * n} sequences; this server allows"
-                            f" {limits.max_sequences} per request (--max-sequences-per-request)", "n")
+        _refuse(f"{num_prompts} prompts x n={n} = {num_prompts * n} sequences; this server allows"
+                f" {limits.max_sequences} per request (--max-sequences-per-request)", "n")
     if num_stop_strings > limits.max_stop_strings:
-        raise LimitExceeded(f"{num_stop_strings} stop strings; this server allows {limits.max_stop_strings}"
-                            " (--max-stop-strings)", "stop")
+        _refuse(f"{num_stop_strings} stop strings; this server allows {limits.max_stop_strings} (--max-stop-strings)",
+                "stop")
+    if num_bad_words > limits.max_stop_strings:
+        _refuse(f"{num_bad_words} bad words; this server allows {limits.max_stop_strings} (--max-stop-strings bounds"
+                " both)", "bad_words")
+
+
+def _refuse(message: str, param: str) -> None:
+    raise APIError(400, message, param=param, code="limit_exceeded")
 
 
 class BodySizeLimit:
@@ -57,7 +59,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         received = 0
 
@@ -75,11 +77,6 @@ class BodySizeLimit:
     def _message(self) -> str:
         return f"the request body is larger than this server's limit of {self.max_bytes} bytes (--max-request-bytes)"
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": {
-            "message": self._message(),
-            "type": "invalid_request_error", "param": None, "code": "request_too_large",
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = error_body(413, self._message(), code="request_too_large")
+        await JSONResponse(body, status_code=413)(scope, receive, send)

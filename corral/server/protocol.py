@@ -32,8 +32,7 @@ NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "suffix": (None, ""),
     "best_of": (None, 1), "prompt_logprobs": (None,), "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
-    "allowed_token_ids": (None,),
-    "bad_words": (None, []), "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
+    "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
 }
 
 # OpenAI's older names for what a newer field does, refused with a pointer to it.
@@ -63,6 +62,8 @@ class _SamplingRequest(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     logit_bias: dict[str, float] | None = None  # token id (as OpenAI sends it, a string) -> bias in [-100, 100]
+    allowed_token_ids: list[int] | None = None  # vLLM's
+    bad_words: list[str] | None = None  # vLLM's
     user: str | None = None
 
     def sampling_params(self, max_tokens: int | None, num_logprobs: int | None) -> SamplingParams:
@@ -85,6 +86,8 @@ class _SamplingRequest(BaseModel):
             ignore_eos=self.ignore_eos,
             logprobs=num_logprobs,
             logit_bias=self.token_biases(),
+            allowed_token_ids=self.allowed_token_ids,
+            bad_words=tuple(self.bad_words or ()),
         )
 
     def token_biases(self) -> dict[int, float]:

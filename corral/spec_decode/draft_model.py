@@ -158,7 +158,7 @@ class DraftModelProposer:
                 p.request.output_token_ids + p.token_ids if p.request.sampling_params.has_penalties else ()
                 for p in proposals
             ],
-            banned_token_ids=[p.request.banned_token_ids(num_pending=len(p.token_ids)) for p in proposals],
+            banned_token_ids=[p.request.banned_token_ids(pending=p.token_ids) for p in proposals],
             vocab_size=self.vocab_size,
             device=self.device,
         )

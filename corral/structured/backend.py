@@ -26,6 +26,9 @@ class GrammarMatcher(Protocol):
     def accept(self, token_id: int) -> bool:
         """Advance past ``token_id``; False (and no move) if the grammar does not allow it here."""
 
+    def num_valid(self, token_ids: list[int]) -> int:
+        """How many of ``token_ids``, from the first, the grammar would accept in a row from here (no move)."""
+
     def rollback(self, num_tokens: int) -> None:
         """Undo the last ``num_tokens`` accepted tokens."""
 

@@ -48,6 +48,9 @@ class LLGuidanceMatcher:
         logger.warning("grammar matcher refused token %d: %s", token_id, self._matcher.get_error())
         return False
 
+    def num_valid(self, token_ids: list[int]) -> int:
+        return self._matcher.validate_tokens(token_ids)
+
     def rollback(self, num_tokens: int) -> None:
         if not self._matcher.rollback(num_tokens):
             raise RuntimeError(f"grammar rollback of {num_tokens} tokens failed: {self._matcher.get_error()}")

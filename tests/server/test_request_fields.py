@@ -81,6 +81,9 @@ REFUSED = [
     ("/v1/completions", {**COMPLETION, "logit_bias": {"the": 5}}, "logit_bias"),  # not a token id
     ("/v1/completions", {**COMPLETION, "logit_bias": {"99999999": 5}}, "logit_bias"),  # outside the vocabulary
     ("/v1/completions", {**COMPLETION, "suffix": " world"}, "suffix"),
+    ("/v1/completions", {**COMPLETION, "allowed_token_ids": [10**6]}, "allowed_token_ids"),  # outside the vocabulary
+    ("/v1/completions", {**COMPLETION, "allowed_token_ids": []}, "allowed_token_ids"),
+    ("/v1/chat/completions", {**CHAT, "bad_words": ["  "]}, "bad_words"),
     ("/v1/completions", {**COMPLETION, "best_of": 3}, "best_of"),
     ("/v1/completions", {**COMPLETION, "repetition_penalty": 0}, "repetition_penalty"),  # was taken as 1.0
 ]

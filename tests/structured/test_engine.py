@@ -60,15 +60,22 @@ def test_constrained_and_free_rows_in_one_batch(llm):
     {"method": "draft_model", "num_speculative_tokens": 3, "draft_num_layers": 12, "adaptive": False},
 ], ids=["ngram", "draft_model"])
 def test_speculative_decoding_on_and_off_give_the_same_greedy_tokens_under_a_grammar(llm, speculative_config):
-    # The last prompt's grammar allows only what the model would not write there: unchecked drafts would show.
-    prompts = [*PROMPTS, "Count: 1, 2, 3, 4, 5, 6,"]
+    """Constrained requests get drafts too, each checked against the grammar walked through the drafts before it."""
+    # The "Count" prompt's grammar allows only what the model would not write there: drafts the check took
+    # without the grammar's mask would show. The last one repeats itself, so n-gram drafts get accepted.
+    prompts = [*PROMPTS, "Count: 1, 2, 3, 4, 5, 6,", "Say it again and again:"]
     params = [SamplingParams(temperature=0.0, max_tokens=60, structured_outputs=JSON if i % 2 == 0 else None)
               for i in range(len(PROMPTS))]
     params.append(SamplingParams(temperature=0.0, max_tokens=40, structured_outputs=StructuredOutputsParams(
         regex="( [XYZ]| 1| 2){40}")))
+    params.append(SamplingParams(temperature=0.0, max_tokens=60, structured_outputs=StructuredOutputsParams(
+        regex="( I like (green|red) apples\\.){1,20}")))
     plain = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     speculative = LLM(**COMMON, speculative_config=speculative_config)
-    assert [o.outputs[0].token_ids for o in speculative.generate(prompts, params, use_tqdm=False)] == plain
+    outputs = speculative.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outputs] == plain
+    constrained = [o.outputs[0] for o, p in zip(outputs, params, strict=True) if p.structured_outputs is not None]
+    assert sum(c.num_accepted_tokens for c in constrained) > 0
     assert_no_leaks(speculative)
 
 

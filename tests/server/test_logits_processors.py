@@ -1,5 +1,6 @@
-"""logit_bias through the official client: +100 makes a token the greedy choice at every step, -100 removes the
-token greedy decoding would have picked; the logprobs still describe the model's own distribution."""
+"""The per-request logits processors through the official client. logit_bias: +100 makes a token the greedy choice
+at every step, -100 removes the token greedy decoding would have picked, and the logprobs still describe the
+model's own distribution. vLLM's allowed_token_ids and bad_words, as extra fields."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def test_a_large_bias_forces_the_token_and_a_negative_one_bans_it(client, server
     assert banned.logprobs.tokens[0] != first
     # logprobs come from the raw logits: the sampled token's logprob is not the biased one
     assert banned.logprobs.top_logprobs[0][first] == pytest.approx(free.logprobs.token_logprobs[0], abs=1e-4)
+
+
+def test_allowed_token_ids_and_bad_words_over_http(client, server):
+    tokenizer = server.engine.engine.tokenizer
+    allowed = sorted(set(tokenizer.encode(" Paris London", add_special_tokens=False)))
+    choice = greedy(client, extra_body={"allowed_token_ids": allowed})
+    assert choice.text.replace(" Paris", "").replace(" London", "") == ""
+    free = greedy(client).text
+    word = free.split()[0]
+    assert word not in greedy(client, extra_body={"bad_words": [word]}).text.split()
