@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from corral.outputs import CompletionOutput
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
+from corral.server.prompt_logprobs import prompt_logprobs_json
 from corral.server.protocol import ChatCompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 from corral.server.structured import compile_off_thread, structured_outputs_of
@@ -70,10 +71,13 @@ async def create_chat_completion(
          "stop_reason": c.stop_reason, "logprobs": logprobs_of(c, 0, tokenizer, num_logprobs or 0)}
         for c in outputs[0].outputs
     ]
-    return JSONResponse({
+    body = {
         "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
         "choices": choices, "usage": usage(outputs),
-    })
+    }
+    if request.prompt_logprobs is not None:  # vLLM puts the prompt's on the response, beside the choices
+        body["prompt_logprobs"] = prompt_logprobs_json(outputs[0].prompt_logprobs)
+    return JSONResponse(body)
 
 
 async def _stream(streams, request, request_id, created, model_name, tokenizer) -> AsyncIterator[str]:
@@ -85,8 +89,12 @@ async def _stream(streams, request, request_id, created, model_name, tokenizer) 
         for index in range(request.n):
             yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                           "logprobs": None}])
+        prompt_logprobs_sent = request.prompt_logprobs is None
         async for _, output in merged(streams):
             final = output
+            # the prompt's logprobs go out with the first content chunk (they come with the first child's token)
+            if not prompt_logprobs_sent and output.prompt_logprobs is None:
+                continue
             for c in output.outputs:
                 tracker = trackers.setdefault(c.index, DeltaTracker())
                 if tracker.finished:
@@ -95,9 +103,12 @@ async def _stream(streams, request, request_id, created, model_name, tokenizer) 
                 if not text and not tokens and not c.finished:
                     continue
                 tracker.finished = c.finished
+                extra = None
+                if not prompt_logprobs_sent:
+                    extra, prompt_logprobs_sent = {"prompt_logprobs": prompt_logprobs_json(output.prompt_logprobs)}, True
                 yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
                               "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,
-                              "logprobs": logprobs_of(c, start, tokenizer, request.top_logprobs or 0)}])
+                              "logprobs": logprobs_of(c, start, tokenizer, request.top_logprobs or 0)}], extra=extra)
         if request.include_usage and final is not None:
             yield chunk([], usage([final]))
     except Exception as exc:
