@@ -4,12 +4,17 @@ value equal to the offline engine's prompt logprobs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from corral import LLM, SamplingParams
+from corral.outputs import CompletionOutput
+from corral.server import completions
+from corral.server.protocol import CompletionRequest
 
 from .conftest import ENGINE_ARGS, MODEL_NAME
 
@@ -183,6 +188,48 @@ def test_streamed_echo_with_logprobs_sends_the_prompt_first(server, expected):
     only = streamed(server, "/v1/completions", {"prompt": PROMPT, "echo": True, "logprobs": 1, "max_tokens": 0})
     assert "".join(c["choices"][0]["text"] for c in only) == PROMPT
     assert sum(len(c["choices"][0]["logprobs"]["tokens"]) for c in only) == len(expected.prompt_token_ids)
+
+
+class FakeStream:
+    """A RequestStream that replays given outputs."""
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    async def __aiter__(self):
+        for output in self.outputs:
+            yield output
+
+    def abort(self) -> None:
+        pass
+
+
+def test_streamed_choices_wait_for_the_prompt_logprobs(server, expected):
+    """With n > 1 only the first child computes the prompt's logprobs; another child reusing the cached prompt
+    may sample first. Its first chunk waits for them, so every choice's echo carries the prompt's logprobs."""
+    tokenizer = server.engine.engine.tokenizer
+    generated = expected.outputs[0]
+
+    def choice(index: int, num_tokens: int) -> CompletionOutput:
+        return CompletionOutput(index, tokenizer.decode(generated.token_ids[:num_tokens]),
+                                generated.token_ids[:num_tokens], generated.logprobs[:num_tokens])
+
+    early = replace(expected, outputs=[choice(0, 0), choice(1, 1)], prompt_logprobs=None, finished=False)
+    later = replace(expected, outputs=[choice(0, 1), choice(1, 2)], finished=False)
+    last = replace(expected, outputs=[replace(choice(0, 2), finish_reason="length"),
+                                      replace(choice(1, 2), finish_reason="length")], finished=True)
+    request = CompletionRequest(model=MODEL_NAME, prompt=PROMPT, echo=True, logprobs=2, n=2, stream=True)
+
+    async def collect() -> list[dict]:
+        body = completions._stream([FakeStream([early, later, last])], request, "id", 0, MODEL_NAME, tokenizer,
+                                   echo_only=False)
+        return [json.loads(event[len("data: "):]) async for event in body if event != "data: [DONE]\n\n"]
+
+    chunks = asyncio.run(collect())
+    for index in (0, 1):
+        first = next(c["choices"][0] for c in chunks if c["choices"][0]["index"] == index)
+        assert first["text"].startswith(PROMPT)
+        assert_prompt_part(first["logprobs"], expected, tokenizer)
 
 
 def test_tokenizer_info_names_the_special_tokens(server):
