@@ -16,6 +16,8 @@ class Logprob:
 
 # For each generated position: token id -> Logprob (the sampled token plus the top-N).
 SampleLogprobs = list[dict[int, Logprob]]
+# For each prompt position: the prompt token plus the top-N; None for the first (nothing scores it).
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 @dataclass
@@ -47,3 +49,4 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_cached_tokens: int = 0
+    prompt_logprobs: PromptLogprobs | None = None  # None unless SamplingParams.prompt_logprobs is set

@@ -56,6 +56,9 @@ class ModelRunnerOutput:
     # The tokens each sampling request emits this step: one, or with speculation the accepted drafts then
     # the target's own next token.
     sampled: dict[str, list[SampledToken]] = field(default_factory=dict)
+    # Requests with prompt_logprobs: one row per prompt position computed this step, in order; row p's
+    # ``token_id`` is prompt token p + 1, scored by the logits at position p.
+    prompt_logprobs: dict[str, list[SampledToken]] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +83,8 @@ class EngineCoreOutput:
     request_id: str
     new_token_ids: list[int]
     new_logprobs: list[SampledToken] = field(default_factory=list)
+    # Set once, with the request's first sampled token, when it asked for prompt_logprobs.
+    prompt_logprobs: list[SampledToken] | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache

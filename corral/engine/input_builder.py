@@ -3,13 +3,24 @@ attention metadata, built once per step with numpy (no per-token Python loops)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from corral.engine.batch import ScheduledRequest, SchedulerOutput
+from corral.engine.request import Request
 from corral.layers.attention.metadata import AttentionMetadata, PrefillChunk
+
+
+@dataclass
+class PromptLogprobRows:
+    """Prompt positions ``first_position..`` of a request with prompt_logprobs, computed this step: the rows of
+    the step's hidden states that hold them, in position order."""
+
+    request: Request
+    first_position: int
+    hidden_rows: torch.Tensor  # [num_positions] int64
 
 
 @dataclass
@@ -21,6 +32,7 @@ class ModelInputs:
     # with draft tokens the last token's and every draft's (1 + len(spec_token_ids) rows, in order).
     sampling_requests: list[ScheduledRequest]
     logits_indices: torch.Tensor  # [num_logits_rows]
+    prompt_logprob_rows: list[PromptLogprobRows] = field(default_factory=list)
 
 
 def prompt_tail_start(num_prompt_tokens: int, block_size: int) -> int:
@@ -126,7 +138,24 @@ def build_model_inputs(
         attn_metadata=metadata,
         sampling_requests=[entries[row] for row in sampling_rows],
         logits_indices=to_tensor(logits_indices),
+        prompt_logprob_rows=_prompt_logprob_rows(entries, row_of_token, positions, device),
     )
+
+
+def _prompt_logprob_rows(
+    entries: list[ScheduledRequest], row_of_token: np.ndarray, positions: np.ndarray, device: torch.device
+) -> list[PromptLogprobRows]:
+    """Where each prompt_logprobs request's not yet scored prompt positions sit among this step's tokens (an
+    entry's prompt tail comes before its dense chunk, hence the sort by position)."""
+    found = []
+    for row, s in enumerate(entries):
+        wanted = s.request.prompt_logprob_positions(s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens)
+        if not wanted:
+            continue
+        tokens = np.flatnonzero((row_of_token == row) & (positions >= wanted.start) & (positions < wanted.stop))
+        tokens = tokens[np.argsort(positions[tokens], kind="stable")]
+        found.append(PromptLogprobRows(s.request, wanted.start, torch.from_numpy(tokens).to(device)))
+    return found
 
 
 def build_decode_inputs(

@@ -76,9 +76,11 @@ class LLMEngine:
         bad_words = self._bad_words_token_ids(params.bad_words)
         self.output_processor.add_request(request_id, prompt_text, prompt_ids, params, child_ids)
         for index, child_id in enumerate(child_ids):
-            # Children of n > 1 share the prompt's KV blocks through the prefix cache; seeded ones differ.
+            # Children of n > 1 share the prompt's KV blocks through the prefix cache; seeded ones differ. The
+            # first child alone computes the prompt's logprobs (the others may then reuse its cached blocks).
             child_params = params if params.n == 1 else replace(
-                params, n=1, seed=None if params.seed is None else params.seed + index
+                params, n=1, seed=None if params.seed is None else params.seed + index,
+                prompt_logprobs=params.prompt_logprobs if index == 0 else None,
             )
             self.core.add_request(
                 Request(

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 
 from corral.engine.batch import ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput
-from corral.engine.input_builder import build_model_inputs
+from corral.engine.input_builder import ModelInputs, build_model_inputs
+from corral.engine.prompt_logprobs import compute_prompt_logprobs
 from corral.engine.proposer import Draft, Proposer
 from corral.engine.request import Request
 from corral.engine.token_masks import allowed_token_masks
@@ -70,6 +71,12 @@ class ModelRunner:
         hidden = self.model(
             inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata, self.backend
         )
+        prompt_logprobs = compute_prompt_logprobs(self.model, hidden, inputs.prompt_logprob_rows)
+        output = self._sample(inputs, hidden)
+        output.prompt_logprobs = prompt_logprobs
+        return output
+
+    def _sample(self, inputs: ModelInputs, hidden: torch.Tensor) -> ModelRunnerOutput:
         if not inputs.sampling_requests:
             return ModelRunnerOutput()
         logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()  # [num_logits_rows, vocab]

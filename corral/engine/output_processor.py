@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from corral.engine.batch import EngineCoreOutput, SampledToken
-from corral.outputs import CompletionOutput, Logprob, RequestOutput
+from corral.outputs import CompletionOutput, Logprob, PromptLogprobs, RequestOutput
 from corral.sample.params import SamplingParams
 from corral.text.detokenizer import IncrementalDetokenizer
 from corral.text.stop import StopChecker
@@ -31,6 +31,7 @@ class _RequestState:
     params: SamplingParams
     completions: dict[str, _Completion] = field(default_factory=dict)  # by child request id
     num_cached_tokens: int = 0
+    prompt_logprobs: PromptLogprobs | None = None
 
     @property
     def finished(self) -> bool:
@@ -44,6 +45,7 @@ class _RequestState:
             outputs=[c.output for c in self.completions.values()],
             finished=self.finished,
             num_cached_tokens=self.num_cached_tokens,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 
@@ -99,6 +101,8 @@ class OutputProcessor:
             completion = state.completions[core_output.request_id]
             if completion.output.index == 0:
                 state.num_cached_tokens = core_output.num_cached_tokens
+            if core_output.prompt_logprobs is not None and state.prompt_logprobs is None:
+                state.prompt_logprobs = [None, *map(self._logprobs, core_output.prompt_logprobs)]
             if self._update(completion, core_output) and not core_output.finished:
                 stopped.append(core_output.request_id)
             touched[parent_id] = state

@@ -6,9 +6,13 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from corral.sample.params import SamplingParams
 from corral.structured.backend import GrammarMatcher
+
+if TYPE_CHECKING:
+    from corral.engine.batch import SampledToken
 
 
 class RequestStatus(enum.Enum):
@@ -65,6 +69,10 @@ class Request:
     grammar_failed: bool = False
     # bad_words as token sequences (the engine tokenizes them): each one's last token is banned after the rest.
     bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
+    # prompt_logprobs: the rows computed so far (row p scores prompt token p + 1), kept until they go out with
+    # the first sampled token. They survive preemption, so a recompute never scores a position twice.
+    prompt_logprob_rows: list[SampledToken] = field(default_factory=list)
+    prompt_logprobs_sent: bool = False
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
@@ -87,6 +95,27 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """True while some prompt position's logprobs are still to compute (so no prefix-cache hit may skip it)."""
+        return (
+            self.sampling_params.prompt_logprobs is not None
+            and len(self.prompt_logprob_rows) < self.num_prompt_tokens - 1
+        )
+
+    def prompt_logprob_positions(self, start: int, end: int) -> range:
+        """The positions in ``[start, end)`` whose logits score a prompt token not scored yet."""
+        if self.sampling_params.prompt_logprobs is None:
+            return range(0)
+        return range(max(start, len(self.prompt_logprob_rows)), min(end, self.num_prompt_tokens - 1))
+
+    def take_prompt_logprobs(self) -> list[SampledToken] | None:
+        """The prompt's logprob rows, the first time they are asked for once all are computed; else None."""
+        if self.sampling_params.prompt_logprobs is None or self.prompt_logprobs_sent or self.needs_prompt_logprobs:
+            return None
+        self.prompt_logprobs_sent = True
+        return self.prompt_logprob_rows
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

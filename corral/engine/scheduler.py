@@ -108,7 +108,8 @@ class Scheduler:
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            computed_blocks = self.kv_manager.get_computed_blocks(request)
+            # prompt_logprobs need the logits of every prompt position, so cached ones are computed again
+            computed_blocks = [] if request.needs_prompt_logprobs else self.kv_manager.get_computed_blocks(request)
             num_computed = len(computed_blocks) * self.kv_manager.block_size
             num_new = request.num_tokens - num_computed
             if num_new > budget and not self.config.enable_chunked_prefill:
@@ -135,6 +136,7 @@ class Scheduler:
             if request.is_finished:  # aborted while the step ran
                 continue
             request.num_computed_tokens = scheduled.num_computed_tokens + scheduled.num_new_tokens
+            request.prompt_logprob_rows.extend(runner_output.prompt_logprobs.get(request.request_id, ()))
             sampled = runner_output.sampled.get(request.request_id)
             if sampled is None:
                 continue  # a prefill chunk that does not reach the end of the prompt yet
@@ -146,6 +148,7 @@ class Scheduler:
                     request_id=request.request_id,
                     new_token_ids=[s.token_id for s in emitted],
                     new_logprobs=[s for s in emitted if s.logprobs is not None],
+                    prompt_logprobs=request.take_prompt_logprobs(),
                     finish_reason=request.status.finish_reason,
                     stop_reason=request.stop_reason,
                     num_cached_tokens=request.num_cached_tokens,

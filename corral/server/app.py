@@ -18,7 +18,7 @@ from corral.server.limits import BodySizeLimit, RequestLimits, check_request
 from corral.server.metrics import EngineMetrics
 from corral.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from corral.server.streams import ClientGone
-from corral.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
+from corral.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize, tokenizer_info
 
 
 def build_app(
@@ -116,6 +116,10 @@ def build_app(
         if body.model is not None:
             check_model(body.model)
         return detokenize(body, engine.engine.tokenizer)
+
+    @app.get("/tokenizer_info", dependencies=[Depends(check_key)])
+    async def tokenizer_info_route() -> dict:
+        return tokenizer_info(engine.engine.tokenizer, engine.engine.max_model_len)
 
     return app
 

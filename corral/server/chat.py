@@ -14,6 +14,7 @@ from corral.outputs import CompletionOutput
 from corral.sample.params import StructuredOutputsParams
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import APIError, error_payload, status_of
+from corral.server.prompt_logprobs import prompt_logprobs_json
 from corral.server.protocol import ChatCompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 from corral.server.structured import compile_off_thread, structured_outputs_of
@@ -90,10 +91,13 @@ async def create_chat_completion(
     for choice in choices:
         if choice["message"].get("tool_calls") and choice["finish_reason"] == "stop":
             choice["finish_reason"] = "tool_calls"
-    return JSONResponse({
+    body = {
         "id": request_id, "object": "chat.completion", "created": created, "model": model_name,
         "choices": choices, "usage": usage(outputs),
-    })
+    }
+    if request.prompt_logprobs is not None:  # vLLM puts the prompt's on the response, beside the choices
+        body["prompt_logprobs"] = prompt_logprobs_json(outputs[0].prompt_logprobs)
+    return JSONResponse(body)
 
 
 def _message(text: str, tools: ToolRequest | None) -> dict:
@@ -113,8 +117,12 @@ async def _stream(streams, request, request_id, created, model_name, tokenizer, 
         for index in range(request.n):
             yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                           "logprobs": None}])
+        prompt_logprobs_sent = request.prompt_logprobs is None
         async for _, output in merged(streams):
             final = output
+            # the prompt's logprobs go out with the first content chunk (they come with the first child's token)
+            if not prompt_logprobs_sent and output.prompt_logprobs is None:
+                continue
             for c in output.outputs:
                 tracker = trackers.setdefault(c.index, DeltaTracker())
                 if tracker.finished:
@@ -124,20 +132,24 @@ async def _stream(streams, request, request_id, created, model_name, tokenizer, 
                     continue
                 tracker.finished = c.finished
                 logprobs = logprobs_of(c, start, tokenizer, request.top_logprobs or 0)
+                extra = None
+                if not prompt_logprobs_sent:
+                    extra, prompt_logprobs_sent = {"prompt_logprobs": prompt_logprobs_json(output.prompt_logprobs)}, True
                 if tools is None:
                     yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
-                                  "finish_reason": c.finish_reason, "stop_reason": c.stop_reason, "logprobs": logprobs}])
+                                  "finish_reason": c.finish_reason, "stop_reason": c.stop_reason, "logprobs": logprobs}],
+                                extra=extra)
                     continue
                 parser = parsers.setdefault(c.index, ToolCallParser())
                 deltas = parser.feed(text) + (parser.finish() if c.finished else [])
-                if not deltas and not c.finished and logprobs is None:
+                if not deltas and not c.finished and logprobs is None and extra is None:
                     continue  # text held back (it may open a call)
                 finish_reason = "tool_calls" if parser.calls and c.finish_reason == "stop" else c.finish_reason
                 for i, delta in enumerate(deltas or [{}]):
                     last = i == max(len(deltas), 1) - 1
                     yield chunk([{"index": c.index, "delta": delta, "finish_reason": finish_reason if last else None,
                                   "stop_reason": c.stop_reason if last else None,
-                                  "logprobs": logprobs if i == 0 else None}])
+                                  "logprobs": logprobs if i == 0 else None}], extra=extra if i == 0 else None)
         if request.include_usage and final is not None:
             yield chunk([], usage([final]))
     except Exception as exc:

@@ -30,7 +30,7 @@ STRUCTURED_OUTPUT_FIELDS = frozenset({
 NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
     "suffix": (None, ""),
-    "best_of": (None, 1), "prompt_logprobs": (None,), "audio": (None,), "modalities": (None, ["text"]),
+    "best_of": (None, 1), "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
     "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
 }
@@ -64,6 +64,7 @@ class _SamplingRequest(BaseModel):
     logit_bias: dict[str, float] | None = None  # token id (as OpenAI sends it, a string) -> bias in [-100, 100]
     allowed_token_ids: list[int] | None = None  # vLLM's
     bad_words: list[str] | None = None  # vLLM's
+    prompt_logprobs: int | None = None  # vLLM's extra: top logprobs per prompt token (range checked by SamplingParams)
     user: str | None = None
 
     def sampling_params(self, max_tokens: int | None, num_logprobs: int | None) -> SamplingParams:
@@ -88,6 +89,7 @@ class _SamplingRequest(BaseModel):
             logit_bias=self.token_biases(),
             allowed_token_ids=self.allowed_token_ids,
             bad_words=tuple(self.bad_words or ()),
+            prompt_logprobs=self.prompt_logprobs,
         )
 
     def token_biases(self) -> dict[int, float]:
@@ -118,6 +120,7 @@ class _SamplingRequest(BaseModel):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0)  # 0: with echo only, the prompt alone (create_completion)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 

@@ -126,9 +126,9 @@ class ChunkWriter:
     created: int
     model: str
 
-    def __call__(self, choices: list, usage_: dict | None = None) -> str:
+    def __call__(self, choices: list, usage_: dict | None = None, extra: dict | None = None) -> str:
         body = {"id": self.request_id, "object": self.object, "created": self.created, "model": self.model,
-                "choices": choices}
+                "choices": choices, **(extra or {})}
         if usage_ is not None:
             body["usage"] = usage_
         return f"data: {json.dumps(body)}\n\n"

@@ -1,5 +1,6 @@
-"""POST /tokenize and /detokenize, in vLLM's shapes: the token ids a prompt (or a chat, through the model's
-template) becomes, and the text of token ids, so clients need not load the tokenizer themselves."""
+"""POST /tokenize and /detokenize, and GET /tokenizer_info, in vLLM's shapes: the token ids a prompt (or a chat,
+through the model's template) becomes, the text of token ids, and the special tokens and chat template, so clients
+need not load the tokenizer themselves (lm-evaluation-harness's remote tokenizer reads all three)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,10 @@ def detokenize(request: DetokenizeRequest, tokenizer: Tokenizer) -> dict:
         raise APIError(400, f"token ids {outside[:5]} are outside the vocabulary of {tokenizer.vocab_size}",
                        param="tokens")
     return {"prompt": tokenizer.decode(request.tokens, skip_special_tokens=False)}
+
+
+def tokenizer_info(tokenizer: Tokenizer, max_model_len: int) -> dict:
+    return {
+        "tokenizer_class": "corral.text.Tokenizer", "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+        "pad_token": None, "chat_template": tokenizer.chat_template, "model_max_length": max_model_len,
+    }
