@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from corral.errors import InvalidRequestError
 from corral.outputs import CompletionOutput, RequestOutput
 from corral.sample.params import SamplingParams
+from corral.server.api_error import APIError
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import error_payload, status_of
 from corral.server.prompt_logprobs import echoed_logprobs, joined, prompt_logprobs_json
-from corral.server.prompt_tokens import tokenized
+from corral.server.prompt_tokens import fill_in_middle, fim_token_ids, tokenized
 from corral.server.protocol import CompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 from corral.server.structured import compile_off_thread, structured_outputs_of
@@ -98,7 +99,14 @@ async def create_completion(
         await compile_off_thread(engine, *structured)
         params = replace(params, structured_outputs=structured[1])
     request_id = new_id("cmpl")
-    streams = await add_all(engine, [await tokenized(engine, p) for p in prompts], params, request_id)
+    if request.suffix:
+        if fim_token_ids(engine.engine.tokenizer) is None:
+            raise APIError(400, "suffix needs a model with fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, "
+                           "<fim_middle>); this one has none", param="suffix")
+        engine_prompts = [await fill_in_middle(engine, p, request.suffix) for p in prompts]
+    else:
+        engine_prompts = [await tokenized(engine, p) for p in prompts]
+    streams = await add_all(engine, engine_prompts, params, request_id)
     created = int(time.time())
     tokenizer = engine.engine.tokenizer
     if request.stream:

@@ -17,17 +17,17 @@ from corral.text.tokenizer import Tokenizer
 HEAD_CHARS_PER_TOKEN = 8
 
 
-def encode_bounded(tokenizer: Tokenizer, text: str, max_model_len: int) -> list[int]:
+def encode_bounded(tokenizer: Tokenizer, text: str, max_model_len: int, add_special_tokens: bool = True) -> list[int]:
     """``tokenizer.encode(text)``, or PromptTooLongError as soon as a head of ``text`` alone overflows the context.
     The head ends before a space, where byte-level pre-tokenizers split, so its tokens begin the whole text's."""
     limit = max_model_len * HEAD_CHARS_PER_TOKEN
     if len(text) > limit:
         cut = text.rfind(" ", 0, limit)
         if cut > 0:
-            head = tokenizer.encode(text[:cut])
+            head = tokenizer.encode(text[:cut], add_special_tokens=add_special_tokens)
             if len(head) >= max_model_len:
                 raise PromptTooLongError(len(head), max_model_len, counted_all=False)
-    return tokenizer.encode(text)
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 async def tokenized(engine: AsyncEngine, prompt: str | list[int]) -> TokenizedPrompt | list[int]:
@@ -37,3 +37,30 @@ async def tokenized(engine: AsyncEngine, prompt: str | list[int]) -> TokenizedPr
     inner = engine.engine
     ids = await asyncio.to_thread(encode_bounded, inner.tokenizer, prompt, inner.max_model_len)
     return TokenizedPrompt(prompt, ids)
+
+
+# The fill-in-the-middle tokens of the two common spellings (StarCoder/SantaCoder's, Qwen2.5-Coder's), in
+# prefix-suffix-middle order.
+FIM_SPELLINGS = (("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+
+
+def fim_token_ids(tokenizer: Tokenizer) -> tuple[int, int, int] | None:
+    """The model's (prefix, suffix, middle) token ids, or None when its vocabulary has no such tokens."""
+    for spelling in FIM_SPELLINGS:
+        ids = [tokenizer.backend.token_to_id(token) for token in spelling]
+        if all(i is not None for i in ids):
+            return ids[0], ids[1], ids[2]
+    return None
+
+
+async def fill_in_middle(engine: AsyncEngine, prompt: str | list[int], suffix: str) -> TokenizedPrompt:
+    """``<prefix> prompt <suffix> suffix <middle>``, for a model that has the tokens (the caller checks)."""
+    inner = engine.engine
+    prefix_id, suffix_id, middle_id = fim_token_ids(inner.tokenizer)
+
+    def encode(text: str) -> list[int]:
+        return encode_bounded(inner.tokenizer, text, inner.max_model_len, add_special_tokens=False)
+
+    head = await asyncio.to_thread(encode, prompt) if isinstance(prompt, str) else list(prompt)
+    tail = await asyncio.to_thread(encode, suffix)
+    return TokenizedPrompt(prompt if isinstance(prompt, str) else None, [prefix_id, *head, suffix_id, *tail, middle_id])

@@ -29,7 +29,6 @@ STRUCTURED_OUTPUT_FIELDS = frozenset({
 # (accepted). Any other value is refused with a 400 naming the field, never silently ignored.
 NOT_IMPLEMENTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
-    "suffix": (None, ""),
     "best_of": (None, 1), "audio": (None,), "modalities": (None, ["text"]),
     "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,), "web_search_options": (None,),
     "logits_processors": (None, []), "truncate_prompt_tokens": (None,),
@@ -120,6 +119,7 @@ class _SamplingRequest(BaseModel):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None  # fill in the middle, where the model has the tokens for it
     max_tokens: int | None = Field(default=None, ge=0)  # 0: with echo only, the prompt alone (create_completion)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
