@@ -15,6 +15,7 @@ from corral.sample.params import StructuredOutputsParams
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import APIError, error_payload, status_of
 from corral.server.prompt_logprobs import prompt_logprobs_json
+from corral.server.prompt_tokens import encode_bounded
 from corral.server.protocol import ChatCompletionRequest, new_id
 from corral.server.streams import ChunkWriter, ClientGone, DeltaTracker, add_all, final_outputs, merged, usage
 from corral.server.structured import compile_off_thread, structured_outputs_of
@@ -28,14 +29,19 @@ from corral.server.tools import (
 )
 
 
-def chat_prompt_ids(request: ChatCompletionRequest, tokenizer, tools: ToolRequest | None = None) -> list[int]:
+def chat_prompt_ids(
+    request: ChatCompletionRequest, tokenizer, tools: ToolRequest | None = None, max_model_len: int | None = None
+) -> list[int]:
+    """The chat's prompt tokens; with ``max_model_len``, a chat that cannot fit is refused after its head."""
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
     for message in messages:  # content parts: keep the text ones
         if isinstance(message.get("content"), list):
             message["content"] = "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
     messages, variables = prompt_messages(messages, tools, template_knows_tools(tokenizer.chat_template))
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=request.add_generation_prompt, **variables)
-    return tokenizer.encode(text, add_special_tokens=False)
+    if max_model_len is None:
+        return tokenizer.encode(text, add_special_tokens=False)
+    return encode_bounded(tokenizer, text, max_model_len, add_special_tokens=False)
 
 
 def logprobs_of(completion: CompletionOutput, start: int, tokenizer, num_top: int) -> dict | None:
@@ -62,7 +68,7 @@ async def create_chat_completion(
     tokenizer = engine.engine.tokenizer
     tools = tool_request_of(request.tools, request.tool_choice, request.parallel_tool_calls)
     # the template and the tokenizer run on a worker thread: a long chat never stalls the event loop
-    prompt_ids = await asyncio.to_thread(chat_prompt_ids, request, tokenizer, tools)
+    prompt_ids = await asyncio.to_thread(chat_prompt_ids, request, tokenizer, tools, engine.engine.max_model_len)
     num_logprobs = (request.top_logprobs or 0) if request.logprobs else None
     params = request.sampling_params(max_tokens, num_logprobs)
     structured = structured_outputs_of(request.model_extra or {})

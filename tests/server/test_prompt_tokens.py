@@ -3,6 +3,7 @@ refused after its head: while oversized prompts are being refused, small request
 
 from __future__ import annotations
 
+import gc
 import statistics
 import threading
 import time
@@ -55,9 +56,27 @@ def small_request_seconds(base_url: str) -> float:
     return time.perf_counter() - start
 
 
-def test_small_requests_keep_their_latency_while_oversized_prompts_are_refused(server):
+def rss_mib() -> int:
+    """This process's resident memory (the server under test runs in it)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) // 1024
+
+
+HUGE = TEXT * 40_000  # 3.8 MB: under the body limit, about 800,000 tokens
+OVERSIZED = {
+    "completions": ("/v1/completions", {"model": MODEL_NAME, "prompt": HUGE, "max_tokens": 4}),
+    "chat": ("/v1/chat/completions", {"model": MODEL_NAME, "max_tokens": 4,
+                                      "messages": [{"role": "user", "content": HUGE}]}),
+}
+
+
+@pytest.mark.parametrize("kind", OVERSIZED)
+def test_small_requests_keep_their_latency_and_memory_stays_while_oversized_prompts_are_refused(server, kind):
+    """Chat prompts are bounded too: before, a 3.8 MB chat was tokenized whole (about 4 s) and left the server
+    about 550 MiB larger."""
+    path, body = OVERSIZED[kind]
     idle = statistics.median(small_request_seconds(server.base_url) for _ in range(5))
-    huge = TEXT * 40_000  # 3.8 MB: under the body limit, about 800,000 tokens
+    idle_rss = rss_mib()
     refusals: list[httpx.Response] = []
     stop = threading.Event()
 
@@ -66,8 +85,7 @@ def test_small_requests_keep_their_latency_while_oversized_prompts_are_refused(s
             for _ in range(20):  # bounded in count and time
                 if stop.is_set():
                     return
-                refusals.append(client.post(server.base_url + "/v1/completions", headers=AUTH,
-                                            json={"model": MODEL_NAME, "prompt": huge, "max_tokens": 4}))
+                refusals.append(client.post(server.base_url + path, headers=AUTH, json=body))
 
     attacker = threading.Thread(target=attack)
     attacker.start()
@@ -80,4 +98,6 @@ def test_small_requests_keep_their_latency_while_oversized_prompts_are_refused(s
     assert under_attack <= 2 * idle + 0.05, f"idle {idle * 1000:.0f} ms, under attack {under_attack * 1000:.0f} ms"
     assert refusals and all(r.status_code == 400 for r in refusals), refusals[0].text
     assert "at least" in refusals[0].json()["error"]["message"]
-    assert ENGINE_ARGS.max_model_len * HEAD_CHARS_PER_TOKEN < len(huge) / 100  # the head is a sliver of it
+    assert ENGINE_ARGS.max_model_len * HEAD_CHARS_PER_TOKEN < len(HUGE) / 100  # the head is a sliver of it
+    gc.collect()
+    assert rss_mib() - idle_rss < 200, f"resident memory grew from {idle_rss} to {rss_mib()} MiB"
