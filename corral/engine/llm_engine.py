@@ -53,9 +53,11 @@ class LLMEngine:
         return str(next(self._ids))
 
     def add_request(
-        self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0
+        self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0,
+        grammar: CompiledGrammar | None = None,
     ) -> None:
-        """Validate and queue a request. Raises a CorralError subclass, changing nothing, on bad input."""
+        """Validate and queue a request. Raises a CorralError subclass, changing nothing, on bad input. ``grammar``:
+        ``params.structured_outputs`` compiled already (else it is compiled here, through the cache)."""
         if self.output_processor.has_request(request_id):
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_text, prompt_ids = self._tokenize(prompt)
@@ -72,7 +74,8 @@ class LLMEngine:
             raise InvalidRequestError(
                 f"allowed_token_ids {outside[:5]} are outside the vocabulary of {self.vocab_size}"
             ).with_param("allowed_token_ids")
-        grammar = self._compile_grammar(params)
+        if grammar is None:
+            grammar = self._compile_grammar(params)
         bad_words = self._bad_words_token_ids(params.bad_words)
         self.output_processor.add_request(request_id, prompt_text, prompt_ids, params, child_ids)
         for index, child_id in enumerate(child_ids):

@@ -19,6 +19,7 @@ from typing import Protocol
 from corral.engine.llm_engine import LLMEngine, PromptType
 from corral.outputs import RequestOutput
 from corral.sample.params import SamplingParams
+from corral.structured.backend import CompiledGrammar
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class _Add:
     params: SamplingParams
     stream: _Stream
     accepted: asyncio.Future
+    grammar: CompiledGrammar | None = None
 
 
 @dataclass
@@ -114,16 +116,17 @@ class AsyncEngine:
         return self._thread.is_alive() and self._error is None
 
     async def add_request(
-        self, prompt: PromptType, params: SamplingParams, request_id: str
+        self, prompt: PromptType, params: SamplingParams, request_id: str, grammar: CompiledGrammar | None = None
     ) -> RequestStream:
-        """Queue a request; raises its validation error (a CorralError) if the engine refuses it."""
+        """Queue a request; raises its validation error (a CorralError) if the engine refuses it. ``grammar``:
+        its structured output, compiled already (the engine thread then never compiles)."""
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         accepted = loop.create_future()
         with self._closing:
             if not self.is_healthy() or self._stopping:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(_Add(request_id, prompt, params, stream, accepted))
+            self._commands.put(_Add(request_id, prompt, params, stream, accepted, grammar))
         try:
             await accepted
         except BaseException:
@@ -189,7 +192,7 @@ class AsyncEngine:
     def _apply(self, command: _Add | _Abort | None) -> None:
         if isinstance(command, _Add):
             try:
-                self.engine.add_request(command.request_id, command.prompt, command.params)
+                self.engine.add_request(command.request_id, command.prompt, command.params, grammar=command.grammar)
             except Exception as exc:
                 _post(command.stream.loop, _set_exception, command.accepted, exc)
                 return

@@ -78,11 +78,12 @@ async def create_chat_completion(
             raise APIError(400, f"{structured[0]} cannot be combined with tool_choice {tools.mode!r}", param=structured[0])
         if grammar is not None:
             structured = ("tools", StructuredOutputsParams(grammar=grammar))
+    compiled = None
     if structured is not None:
-        await compile_off_thread(engine, *structured)
+        compiled = await compile_off_thread(engine, *structured)
         params = replace(params, structured_outputs=structured[1])
     request_id = new_id("chatcmpl")
-    streams = await add_all(engine, [prompt_ids], params, request_id)
+    streams = await add_all(engine, [prompt_ids], params, request_id, compiled)
     created = int(time.time())
     if request.stream:
         return StreamingResponse(

@@ -95,8 +95,9 @@ async def create_completion(
         raise InvalidRequestError("prompt must not be empty")
     params = completion_params(request, max_tokens)
     structured = structured_outputs_of(request.model_extra or {})
+    compiled = None
     if structured is not None:
-        await compile_off_thread(engine, *structured)
+        compiled = await compile_off_thread(engine, *structured)
         params = replace(params, structured_outputs=structured[1])
     request_id = new_id("cmpl")
     if request.suffix:
@@ -106,7 +107,7 @@ async def create_completion(
         engine_prompts = [await fill_in_middle(engine, p, request.suffix) for p in prompts]
     else:
         engine_prompts = [await tokenized(engine, p) for p in prompts]
-    streams = await add_all(engine, engine_prompts, params, request_id)
+    streams = await add_all(engine, engine_prompts, params, request_id, compiled)
     created = int(time.time())
     tokenizer = engine.engine.tokenizer
     if request.stream:

@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from corral.outputs import CompletionOutput, RequestOutput
 from corral.sample.params import SamplingParams
 from corral.server.async_engine import AsyncEngine, RequestStream
+from corral.structured.backend import CompiledGrammar
 
 
 async def add_all(
-    engine: AsyncEngine, prompts: Sequence[str | list[int]], params: SamplingParams, base_id: str
+    engine: AsyncEngine, prompts: Sequence[str | list[int]], params: SamplingParams, base_id: str,
+    grammar: CompiledGrammar | None = None,
 ) -> list[RequestStream]:
     streams: list[RequestStream] = []
     try:
         for index, prompt in enumerate(prompts):
-            streams.append(await engine.add_request(prompt, params, f"{base_id}-{index}"))
+            streams.append(await engine.add_request(prompt, params, f"{base_id}-{index}", grammar))
     except BaseException:
         for stream in streams:
             stream.abort()

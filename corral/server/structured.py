@@ -13,6 +13,7 @@ from corral.errors import GrammarError, InvalidSamplingParamsError
 from corral.sample.params import StructuredOutputsParams
 from corral.server.async_engine import AsyncEngine
 from corral.server.errors import APIError
+from corral.structured.backend import CompiledGrammar
 
 GRAMMAR_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
                   "guided_grammar")
@@ -43,15 +44,17 @@ def structured_outputs_of(fields: dict[str, Any]) -> tuple[str, StructuredOutput
         raise APIError(400, f"{name}: {error}", param=name) from None
 
 
-async def compile_off_thread(engine: AsyncEngine, field: str, spec: StructuredOutputsParams) -> None:
-    """Compile ``spec`` into the engine's grammar cache on a worker thread; a 400 naming ``field`` if it is invalid
-    or takes longer than COMPILE_TIMEOUT_S (its compile then finishes in the background, cached for a retry)."""
+async def compile_off_thread(engine: AsyncEngine, field: str, spec: StructuredOutputsParams) -> CompiledGrammar:
+    """Compile ``spec`` through the engine's grammar cache on a worker thread, for the request to carry to the
+    engine (so the engine thread never compiles, even if the cache has evicted it by then); a 400 naming ``field``
+    if it is invalid or takes longer than COMPILE_TIMEOUT_S (its compile then finishes in the background, cached
+    for a retry)."""
     grammars = engine.engine.grammars
     if grammars is None:
         raise APIError(400, "structured output needs the llguidance package, which is not installed", param=field)
     try:
         compiling = asyncio.get_running_loop().run_in_executor(_COMPILER, grammars.compile, spec)
-        await asyncio.wait_for(asyncio.shield(compiling), COMPILE_TIMEOUT_S)
+        return await asyncio.wait_for(asyncio.shield(compiling), COMPILE_TIMEOUT_S)
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         raise APIError(400, f"{field}: the grammar took longer than {COMPILE_TIMEOUT_S:.0f} s to compile",
                        param=field) from None

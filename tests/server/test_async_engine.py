@@ -35,7 +35,7 @@ class FakeEngine:
         self.max_model_len = 64
         self.thread_ids: set[int] = set()
 
-    def add_request(self, request_id: str, prompt, params: SamplingParams, priority: int = 0) -> None:
+    def add_request(self, request_id: str, prompt, params: SamplingParams, priority: int = 0, grammar=None) -> None:
         self.thread_ids.add(threading.get_ident())
         if not prompt:
             raise InvalidRequestError("prompt must not be empty")

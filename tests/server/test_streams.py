@@ -42,7 +42,7 @@ class ScriptedEngine:
         self.running: dict[str, list] = {}  # request id -> [text to emit, characters emitted]
         self.core = SimpleNamespace(scheduler=SimpleNamespace(waiting=[]))
 
-    def add_request(self, request_id: str, prompt, params: SamplingParams, priority: int = 0) -> None:
+    def add_request(self, request_id: str, prompt, params: SamplingParams, priority: int = 0, grammar=None) -> None:
         if not prompt:
             raise InvalidRequestError("prompt must not be empty")
         text = prompt if isinstance(prompt, str) else "".join(map(chr, prompt))

@@ -122,3 +122,16 @@ def test_compile_and_mask_times_are_exported(client, server):
     counts = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert counts["corral:structured_output_compile_seconds_count"] >= 1
     assert counts["corral:structured_output_mask_seconds_count"] >= 1
+
+
+def test_the_engine_thread_never_compiles_a_grammar(server, client, monkeypatch):
+    """The server hands the engine the grammar it compiled, so an LRU eviction in between cannot put a compile on
+    the engine's step thread."""
+    calls = []
+    monkeypatch.setattr(server.engine.engine, "_compile_grammar", lambda params: calls.append(params))
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=20,
+                                           response_format=json_schema_format(schema))
+    assert json.loads(reply.choices[0].message.content) in ({"ok": True}, {"ok": False})
+    assert calls == []
