@@ -101,10 +101,11 @@ async def create_completion(
         params = replace(params, structured_outputs=structured[1])
     request_id = new_id("cmpl")
     if request.suffix:
-        if fim_token_ids(engine.engine.tokenizer) is None:
+        fim_ids = fim_token_ids(engine.engine.tokenizer)
+        if fim_ids is None:
             raise APIError(400, "suffix needs a model with fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, "
                            "<fim_middle>); this one has none", param="suffix")
-        engine_prompts = [await fill_in_middle(engine, p, request.suffix) for p in prompts]
+        engine_prompts = [await fill_in_middle(engine, p, request.suffix, fim_ids) for p in prompts]
     else:
         engine_prompts = [await tokenized(engine, p) for p in prompts]
     streams = await add_all(engine, engine_prompts, params, request_id, compiled)

@@ -53,10 +53,12 @@ def fim_token_ids(tokenizer: Tokenizer) -> tuple[int, int, int] | None:
     return None
 
 
-async def fill_in_middle(engine: AsyncEngine, prompt: str | list[int], suffix: str) -> TokenizedPrompt:
-    """``<prefix> prompt <suffix> suffix <middle>``, for a model that has the tokens (the caller checks)."""
+async def fill_in_middle(
+    engine: AsyncEngine, prompt: str | list[int], suffix: str, fim_ids: tuple[int, int, int]
+) -> TokenizedPrompt:
+    """``<prefix> prompt <suffix> suffix <middle>``, with the model's ``fim_token_ids``."""
     inner = engine.engine
-    prefix_id, suffix_id, middle_id = fim_token_ids(inner.tokenizer)
+    prefix_id, suffix_id, middle_id = fim_ids
 
     def encode(text: str) -> list[int]:
         return encode_bounded(inner.tokenizer, text, inner.max_model_len, add_special_tokens=False)
