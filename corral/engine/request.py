@@ -133,7 +133,7 @@ class Request:
             return RequestStatus.FINISHED_ABORTED
         if self.grammar is not None and self.grammar.is_terminated():
             self.stop_reason = None
-            return RequestStatus.FINISHED_STOPPED
+            return RequestStatus.FINISHED_LENGTH if self.grammar.closed_by_budget else RequestStatus.FINISHED_STOPPED
         if self.num_output_tokens >= params.min_tokens:
             if not params.ignore_eos and last in self.eos_token_ids:
                 self.stop_reason = None

@@ -46,7 +46,8 @@ def allowed_token_masks(
 def _fill_grammar_rows(request: Request, drafts: list[int], bitmask: torch.Tensor, start: int) -> None:
     grammar = request.grammar
     assert grammar is not None
-    grammar.fill_bitmask(bitmask, start)
+    tokens_left = request.max_tokens - request.num_output_tokens  # at row 0; one fewer at each row after
+    grammar.fill_bitmask(bitmask, start, tokens_left)
     accepted = filled = 0  # drafts walked through; rows start .. start + filled hold the grammar's masks
     for token_id in drafts[: grammar.num_valid(drafts)]:
         # EOS, or a token after which nothing may follow, ends the request if the check accepts it
@@ -55,7 +56,7 @@ def _fill_grammar_rows(request: Request, drafts: list[int], bitmask: torch.Tenso
         accepted += 1
         if grammar.is_terminated():
             break
-        grammar.fill_bitmask(bitmask, start + accepted)
+        grammar.fill_bitmask(bitmask, start + accepted, tokens_left - accepted)
         filled = accepted
     if accepted:
         grammar.rollback(accepted)

@@ -20,8 +20,12 @@ class GrammarMatcher(Protocol):
     """One request's position in its grammar. Invariant: after ``accept`` of every token the mask allowed, the
     matcher is never stuck: some token (EOS once the grammar is complete) stays allowed."""
 
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write the tokens allowed next into row ``row`` of ``bitmask`` ([rows, ceil(vocab / 32)] int32)."""
+    closed_by_budget: bool  # the output ended by closing its document early, for ``tokens_left`` (json_closer.py)
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int, tokens_left: int | None = None) -> None:
+        """Write the tokens allowed next into row ``row`` of ``bitmask`` ([rows, ceil(vocab / 32)] int32).
+        ``tokens_left``: output tokens the request may still produce, this row's included; a matcher that knows how
+        to end its document early may narrow the row to that once the budget runs short."""
 
     def accept(self, token_id: int) -> bool:
         """Advance past ``token_id``; False (and no move) if the grammar does not allow it here."""

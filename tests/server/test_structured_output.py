@@ -85,6 +85,24 @@ def test_constrained_and_free_requests_share_batches(client, server):
     server.wait_idle()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_document_the_budget_would_cut_is_closed_and_says_length(client, stream):
+    """A tree the model nests without end: max_tokens closes it (json_closer.py) instead of cutting it."""
+    tree = {"$defs": {"node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                               "required": ["children"], "additionalProperties": False}}, "$ref": "#/$defs/node"}
+    kwargs = dict(model=MODEL_NAME, max_tokens=24, temperature=0.0, response_format=json_schema_format(tree),
+                  messages=[{"role": "user", "content": "Write a tree as JSON, nested twenty levels deep."}])
+    if stream:
+        chunks = [c for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason]
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        text, finish = choice.message.content, [choice.finish_reason]
+    assert finish == ["length"]
+    valid(text, tree)
+
+
 def test_a_schema_with_one_valid_instance_gives_exactly_it(client):
     schema = {"type": "object", "properties": {"ok": {"const": True}}, "required": ["ok"], "additionalProperties": False}
     text = client.chat.completions.create(

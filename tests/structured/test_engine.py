@@ -18,6 +18,8 @@ SCHEMA = {
     "additionalProperties": False,
 }
 JSON = StructuredOutputsParams(json=json.dumps(SCHEMA))
+TREE = {"$defs": {"node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                           "required": ["children"], "additionalProperties": False}}, "$ref": "#/$defs/node"}
 PROMPTS = ["A city as JSON: ", "Once upon a time", "Describe Paris in JSON: ", "The capital of France is"]
 COMMON = dict(quantization="gguf", max_model_len=512, kv_cache_memory=32 * 1024**2, batch_invariant=True)
 
@@ -70,7 +72,14 @@ def test_speculative_decoding_on_and_off_give_the_same_greedy_tokens_under_a_gra
         regex="( [XYZ]| 1| 2){40}")))
     params.append(SamplingParams(temperature=0.0, max_tokens=60, structured_outputs=StructuredOutputsParams(
         regex="( I like (green|red) apples\\.){1,20}")))
-    plain = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    # A tree nests without end: the budget closes it (json_closer.py), draft rows included.
+    prompts.append("A tree as JSON, nested ten levels deep: ")
+    params.append(SamplingParams(temperature=0.0, max_tokens=40, structured_outputs=StructuredOutputsParams(
+        json=json.dumps(TREE))))
+    plain_outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert plain_outputs[-1].outputs[0].finish_reason == "length"
+    json.loads(plain_outputs[-1].outputs[0].text)
+    plain = [o.outputs[0].token_ids for o in plain_outputs]
     speculative = LLM(**COMMON, speculative_config=speculative_config)
     outputs = speculative.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outputs] == plain
