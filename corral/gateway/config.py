@@ -153,7 +153,8 @@ def parse_config(data: object, source: str = "config") -> GatewayConfig:
 def describe(error: ValidationError) -> str:
     """The first problem of a ValidationError on one line, as ``key.path: message``."""
     problems = error.errors(include_url=False)
-    first = problems[0]
+    # A misspelt key also leaves the real one missing: naming the misspelling says more.
+    first = min(problems, key=lambda problem: problem["type"] != "extra_forbidden")
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
     message = message.removeprefix("Value error, ")

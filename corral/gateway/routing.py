@@ -256,8 +256,8 @@ def prompt_text(body: dict) -> str:
             parts.append(f"<{message.get('role', '')}>{content if isinstance(content, str) else ''}\n")
         return "".join(parts)
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt:
-        prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch: the first prompt
     if isinstance(prompt, list):  # token ids
         return " ".join(str(token) for token in prompt)
     return prompt if isinstance(prompt, str) else ""
