@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
     app = build_app(config, args.replica_log_level)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
     return 0

@@ -208,17 +208,20 @@ class RelayResponse(Response):
     upstream stream; the backend failing mid-stream ends the stream with an OpenAI-shaped error event."""
 
     def __init__(self, first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response, done: _Done,
-                 ctx: RequestContext, **kwargs):
-        super().__init__(**kwargs)
+                 ctx: RequestContext, status_code: int, media_type: str, headers: dict[str, str]):
+        # Not Response.__init__: with no body set, init_headers adds no content-length (chunked, as streamed).
+        self.status_code, self.media_type, self.background = status_code, media_type, None
+        self.init_headers(headers)
         self.first, self.chunks, self.upstream, self.done, self.ctx = first, chunks, upstream, done, ctx
         self.outcome: int | str = self.status_code
+        self.relayed_all = False  # every upstream byte reached the client (it may then close before our end)
 
     async def __call__(self, scope, receive, send) -> None:
         relay = asyncio.ensure_future(self._relay(send))
         gone = asyncio.ensure_future(until_disconnected(receive))
         try:
             done, _ = await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if gone in done:
+            if gone in done and not self.relayed_all:
                 self.outcome = 499
         finally:
             for task in (relay, gone):
@@ -240,6 +243,7 @@ class RelayResponse(Response):
             try:
                 chunk = await asyncio.wait_for(anext(self.chunks), min(idle_s, max(self.ctx.remaining(), 0.0)))
             except StopAsyncIteration:
+                self.relayed_all = True
                 break
             except (httpx.HTTPError, asyncio.TimeoutError) as error:
                 await send({"type": "http.response.body", "body": self._error(error, last), "more_body": True})

@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral.gateway.app import Gateway, build_app
 from corral.gateway.config import GatewayConfig, parse_config
-
 from corral.gateway.supervisor import free_port
 
 
