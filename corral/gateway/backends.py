@@ -129,16 +129,19 @@ class Monitor:
 
     async def _health_loop(self, group: Group, backend: Backend) -> None:
         health = group.config.health
+        num_failed = 0
         while True:
             url = backend.url
             if url is not None:
-                healthy = await check_health(self.client, url, health.timeout_s)
+                passed = await check_health(self.client, url, health.timeout_s)
+                num_failed = 0 if passed else num_failed + 1
                 if backend.url == url:  # not replaced by a restart meanwhile
-                    if healthy and not backend.healthy:
+                    if passed and not backend.healthy:
                         logger.info("backend %s is healthy", backend.name)
-                    elif backend.healthy and not healthy:
-                        logger.warning("backend %s failed its health check", backend.name)
-                    backend.healthy = healthy
+                        backend.healthy = True
+                    elif backend.healthy and num_failed >= health.unhealthy_after:
+                        logger.warning("backend %s failed %d health checks", backend.name, num_failed)
+                        backend.healthy = False
             await asyncio.sleep(health.interval_s)
 
     async def _scrape_loop(self, group: Group, backend: Backend) -> None:

@@ -84,6 +84,8 @@ class HealthConfig(_Strict):
 
     interval_s: float = Field(default=2.0, gt=0)
     timeout_s: float = Field(default=2.0, gt=0)
+    # One slow answer from a replica busy on a long prefill is not yet a failure.
+    unhealthy_after: int = Field(default=2, ge=1, description="consecutive failed checks that take it out")
     metrics_interval_s: float = Field(default=0.5, gt=0)
 
 
