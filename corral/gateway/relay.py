@@ -78,7 +78,9 @@ async def race_client(http: Request, awaitable: Awaitable, timeout_s: float):
         return task.result()
     task.cancel()
     with contextlib.suppress(BaseException):
-        await task
+        late = await task  # finished between the wait and the cancel: an open response to close
+        if isinstance(late, httpx.Response):
+            await late.aclose()
     raise ClientGone() if gone in done else asyncio.TimeoutError()
 
 
@@ -189,8 +191,11 @@ class _Done:
         self.metrics.ttft.labels(group=self.ctx.group.name).observe(time.monotonic() - self.ctx.arrival)
 
     def fail(self, failure: _Failure) -> _Failure:
-        self.ctx.group.record_failure(self.backend, time.monotonic())
-        self.finish(failure.status or 502)
+        if self.ctx.remaining() > 0:
+            self.ctx.group.record_failure(self.backend, time.monotonic())
+            self.finish(failure.status or 502)
+        else:  # the request's own time limit, which a client may set short: no fault of the backend's
+            self.finish(504)
         return failure
 
     def finish(self, status: int | str) -> None:
@@ -221,7 +226,10 @@ class RelayResponse(Response):
         gone = asyncio.ensure_future(until_disconnected(receive))
         try:
             done, _ = await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if gone in done and not self.relayed_all:
+            if gone in done and not self.relayed_all and self.outcome == self.status_code:
+                self.outcome = 499
+            elif relay in done and relay.exception() is not None:  # e.g. the client's socket failed on a send
+                logger.warning("request %s: relay failed: %r", self.ctx.request_id, relay.exception())
                 self.outcome = 499
         finally:
             for task in (relay, gone):
@@ -237,6 +245,7 @@ class RelayResponse(Response):
     async def _relay(self, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        self.relayed_all = self.first.endswith(b"data: [DONE]\n\n")
         last = self.first
         idle_s = self.ctx.group.config.timeouts.idle_s
         while True:
@@ -249,6 +258,8 @@ class RelayResponse(Response):
                 await send({"type": "http.response.body", "body": self._error(error, last), "more_body": True})
                 break
             last = chunk
+            # A client may close as soon as it reads the last event, before the upstream's end arrives.
+            self.relayed_all = chunk.endswith(b"data: [DONE]\n\n")
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -126,6 +126,22 @@ def test_bad_requests_get_openai_shaped_errors_and_the_gateway_keeps_serving(gw)
     assert httpx.get(gw.base_url + "/health").status_code == 200
 
 
+def test_the_request_time_limit_ends_a_request_with_504_or_an_error_event(gw):
+    body = {"model": "tiny", "prompt": "Slowly", "max_tokens": 400, "ignore_eos": True}
+    started = time.monotonic()
+    response = httpx.post(gw.base_url + "/v1/completions", json=body, headers={"x-request-timeout": "0.3"},
+                          timeout=30)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 3
+    with httpx.stream("POST", gw.base_url + "/v1/completions", json={**body, "stream": True},
+                      headers={"x-request-timeout": "0.3"}, timeout=30) as stream:
+        events = sse_events(list(stream.iter_lines()))
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["type"] == "timeout_error"
+    assert time.monotonic() - started < 6
+    # A client's own short limit is no fault of the backend's: nothing is ejected.
+    assert all(b["available"] and b["consecutive_failures"] == 0 for b in gw.status("tiny"))
+
+
 def test_a_dead_backend_is_retried_around_then_ejected(gw):
     c = client(gw.base_url)
     for _ in range(6):
@@ -187,6 +203,7 @@ def test_gateway_metrics_count_requests_and_latencies(gw):
     text = httpx.get(gw.base_url + "/metrics").text
     assert metric_value(text, "corral_gateway_requests_total", group="tiny", status="200") >= 12
     assert metric_value(text, "corral_gateway_requests_total", group="tiny", status="499") == 0
+    assert metric_value(text, "corral_gateway_requests_total", group="tiny", status="504") == 1
     assert metric_value(text, "corral_gateway_time_to_first_byte_seconds_count", group="tiny") >= 8
     assert metric_value(text, "corral_gateway_e2e_request_latency_seconds_count", group="tiny") >= 8
     assert metric_value(text, "corral_gateway_backend_healthy", group="tiny") == 2

@@ -110,6 +110,6 @@ def test_the_command_answers_health_within_a_second_without_torch(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    assert startup_s < 1.5, startup_s  # about 0.4 s on an idle 2-core box; slack for a busy one
+    assert startup_s < 2.0, startup_s  # 0.4 s on the idle 2-core development box; slack for a busy CI host
     probe = "import sys, corral.gateway.app, corral.cli.gateway; print(sorted({'torch', 'corral.engine'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
