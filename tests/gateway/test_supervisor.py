@@ -7,10 +7,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
+import openai
+import pytest
+
+from corral.gateway.supervisor import free_port
 
 from .conftest import sse_events
 
@@ -70,3 +76,30 @@ def test_a_replica_killed_mid_load_is_routed_around_and_restarted(tiny_model_dir
     for i in range(4):
         assert httpx.post(url, json={**body, "max_tokens": 2, "prompt": f"After {i}"}, timeout=60).status_code == 200
     assert gw.metric("corral_gateway_requests_total", backend=victim["name"], status="200") == before + 2
+
+
+def test_the_command_serves_replicas_from_flags_and_stops_them_on_exit(tiny_model_dir):
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "gateway", "--model", tiny_model_dir, "--replicas", "1",
+         "--served-model-name", "tiny", "--replica-args", f"--max-model-len 512 --kv-cache-memory {32 * 1024**2}",
+         "--port", str(port), "--log-level", "warning"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and gateway.poll() is None, "no replica came up"
+            try:
+                (backend,) = httpx.get(base + "/gateway/status", timeout=2).json()["groups"]["tiny"]["backends"]
+                if backend["available"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        assert client.completions.create(model="tiny", prompt="Hello", max_tokens=4).choices[0].text
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)
+    with pytest.raises(ProcessLookupError):  # terminated and reaped by the gateway
+        os.kill(backend["pid"], 0)
