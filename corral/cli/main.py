@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": ("corral.cli.bench", "benchmark an OpenAI-compatible server (corral bench serve ...)"),
     "eval": ("corral.cli.eval", "perplexity or greedy agreement of a model on held-out text"),
     "quantize": ("corral.cli.quantize", "write a model's weights packed (int8, rtn/awq/gptq int4) into a directory"),
+    "gateway": ("corral.cli.gateway", "one OpenAI-compatible endpoint over model groups of replicas (docs/gateway.md)"),
 }
 
 

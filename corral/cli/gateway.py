@@ -1,0 +1,57 @@
+"""``corral gateway``: one OpenAI-compatible endpoint over model groups of replicas (docs/gateway.md)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+POLICIES = ("least_loaded", "prefix_aware", "session", "round_robin")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("what to serve: a config file, or one model's replicas from flags")
+    source.add_argument("--config", default=None, metavar="FILE", help="gateway YAML (groups, backends, routing)")
+    source.add_argument("--model", default=None, help="with --replicas: a model for `corral serve --model`")
+    source.add_argument("--replicas", type=int, default=1, metavar="N", help="local replicas of --model")
+    source.add_argument("--routing", default="least_loaded", choices=POLICIES, help="routing policy of --model's group")
+    source.add_argument("--served-model-name", default=None, metavar="NAME",
+                        help="the name clients send for --model (default: its file or folder name)")
+    source.add_argument("--replica-args", default="", metavar="ARGS",
+                        help="more `corral serve` arguments for each replica, as one shell-quoted string")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=None, help="address to bind (default: the config's, else 127.0.0.1)")
+    server.add_argument("--port", type=int, default=None, help="port to bind (default: the config's, else 8080)")
+    server.add_argument("--log-level", default="info", type=str.lower,
+                        choices=("critical", "error", "warning", "info", "debug"), help="the gateway's log level")
+    server.add_argument("--replica-log-level", default="warning", type=str.lower,
+                        choices=("critical", "error", "warning", "info", "debug"), help="local replicas' log level")
+
+
+def load(args: argparse.Namespace):
+    """The GatewayConfig the flags ask for (GatewayConfigError, one line, when they or the file are bad)."""
+    from corral.gateway.config import GatewayConfigError, load_config, simple_config
+
+    if (args.config is None) == (args.model is None):
+        raise GatewayConfigError("give exactly one of --config FILE or --model M [--replicas N]")
+    if args.config is not None:
+        config = load_config(args.config)
+    else:
+        config = simple_config(args.model, args.replicas, args.routing, shlex.split(args.replica_args),
+                               args.served_model_name)
+    updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    return config.model_copy(update=updates)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from corral.gateway.app import build_app
+
+    config = load(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
+    app = build_app(config, args.replica_log_level)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    return 0

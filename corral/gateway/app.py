@@ -1,0 +1,168 @@
+"""The gateway's HTTP face: OpenAI routes relayed to model groups, ``/health``, ``/metrics`` and
+``/gateway/status``; the lifespan starts and stops local replicas and the health and metrics monitor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral.gateway.backends import Group, Monitor
+from corral.gateway.config import GatewayConfig
+from corral.gateway.errors import GatewayError, error_response
+from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.relay import Forwarder, RequestContext
+from corral.gateway.routing import RouteRequest, prompt_text
+from corral.gateway.supervisor import ReplicaSupervisor
+
+logger = logging.getLogger("corral.gateway")
+
+
+class Gateway:
+    """The groups, their backends and the tasks that keep them: one per gateway process."""
+
+    def __init__(self, config: GatewayConfig, replica_log_level: str = "warning"):
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.groups = {name: Group.from_config(name, group, self.metrics) for name, group in config.groups.items()}
+        self.replica_log_level = replica_log_level
+        self.created = int(time.time())
+        self.client: httpx.AsyncClient | None = None
+        self.forwarder: Forwarder | None = None
+        self.supervisors: list[ReplicaSupervisor] = []
+        self.monitor: Monitor | None = None
+
+    async def start(self) -> None:
+        # No pool bound: concurrency is bounded by the clients and the replicas' own admission.
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+        self.forwarder = Forwarder(self.client, self.metrics)
+        for group in self.groups.values():
+            for backend in group.backends:
+                if backend.local:
+                    supervisor = ReplicaSupervisor(group, backend, self.client, self.replica_log_level)
+                    supervisor.start()
+                    self.supervisors.append(supervisor)
+        self.monitor = Monitor(list(self.groups.values()), self.client)
+        self.monitor.start()
+
+    async def stop(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
+        for supervisor in self.supervisors:
+            await supervisor.stop()
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def context(self, http: Request, path: str, request_id: str) -> RequestContext:
+        """Parses and checks what the gateway itself needs of a request: JSON, a known model, a time limit."""
+        try:
+            body = json.loads(await http.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise GatewayError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise GatewayError(400, "`model` is required and must be a string", param="model")
+        group = self.groups.get(model)
+        if group is None:
+            raise GatewayError(404, f"the model {model!r} does not exist (this gateway serves "
+                                    f"{', '.join(map(repr, self.groups))})", param="model", code="model_not_found")
+        arrival = time.monotonic()
+        limit_s = group.config.timeouts.request_s
+        header = http.headers.get("x-request-timeout")
+        if header is not None:
+            try:
+                requested = float(header)
+            except ValueError:
+                requested = -1.0
+            if not requested > 0:
+                raise GatewayError(400, f"x-request-timeout must be a positive number of seconds, got {header!r}")
+            limit_s = min(limit_s, requested)
+        route = RouteRequest(prompt_text(body), http.headers.get(group.config.routing.session_header))
+        return RequestContext(http, path, body, group, request_id, arrival, arrival + limit_s,
+                              stream=body.get("stream") is True, route=route)
+
+    async def dispatch(self, ctx: RequestContext) -> Response:
+        """Answers a checked request. THE SEAM for what issue 24 adds next: a response cache looks up here
+        before forwarding (and stores the answer after), and fallback catches the group's failure here
+        (GatewayError 503, or an upstream 429/503) to send ``ctx`` on to a smaller model's group."""
+        return await self.forwarder.forward(ctx)
+
+    def health(self) -> dict:
+        now = time.monotonic()
+        return {"status": "ok", "groups": {name: {"backends": len(group.backends),
+                                                  "available": len(group.candidates(now))}
+                                           for name, group in self.groups.items()}}
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {"groups": {name: {"policy": group.config.routing.policy,
+                                  "backends": [backend.status(now) for backend in group.backends]}
+                           for name, group in self.groups.items()}}
+
+
+def build_app(config: GatewayConfig, replica_log_level: str = "warning") -> FastAPI:
+    """The FastAPI app over a new Gateway (``app.state.gateway``)."""
+    gateway = Gateway(config, replica_log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="corral gateway", lifespan=lifespan)
+    app.state.gateway = gateway
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(GatewayError(error.status_code, str(error.detail)))
+
+    async def relay(http: Request, path: str) -> Response:
+        request_id = http.headers.get("x-request-id") or f"gw-{uuid.uuid4().hex}"
+        try:
+            response = await gateway.dispatch(await gateway.context(http, path, request_id))
+        except GatewayError as error:
+            gateway.metrics.requests.labels(group="", backend="", status=str(error.status), route="").inc()
+            return error_response(error, headers={"x-request-id": request_id})
+        response.headers["x-request-id"] = request_id
+        return response
+
+    @app.post("/v1/completions")
+    async def completions(http: Request) -> Response:
+        return await relay(http, "/v1/completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: Request) -> Response:
+        return await relay(http, "/v1/chat/completions")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": gateway.created,
+                                            "owned_by": "corral-gateway"} for name in gateway.groups]}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return gateway.health()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/gateway/status")
+    async def status() -> dict:
+        return gateway.status()
+
+    return app

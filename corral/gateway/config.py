@@ -1,0 +1,181 @@
+"""The gateway's configuration: model groups and their backends, read from YAML and validated at start.
+
+Every model forbids unknown keys, so a misspelt knob is an error rather than a silent default; a bad file
+fails with one line naming the key path (``gateway.yaml: groups.smol.backends.0.url: ...``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from corral.errors import CorralError
+
+Policy = Literal["least_loaded", "prefix_aware", "session", "round_robin"]
+
+# Arguments the gateway itself passes to each local replica, so a config may not set them.
+_RESERVED_SERVE_ARGS = ("--host", "--port", "--served-model-name")
+
+
+class GatewayConfigError(CorralError):
+    """The gateway's configuration file or flags are invalid (one line, naming the key)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendConfig(_Strict):
+    """One backend of a group: ``local`` (the arguments of a ``corral serve`` the gateway starts and supervises)
+    or ``url`` (the base URL of any OpenAI-compatible server, without ``/v1``)."""
+
+    name: str | None = None
+    local: list[str] | None = None
+    url: str | None = None
+    model: str | None = Field(default=None, description="the name this backend serves, if not the group's")
+    api_key: str | None = None
+    scrape_metrics: bool = Field(default=True, description="read waiting/running/KV usage from its /metrics")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> BackendConfig:
+        if (self.local is None) == (self.url is None):
+            raise ValueError("a backend needs exactly one of `local` (corral serve arguments) or `url`")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        for arg in self.local or ():
+            if arg.split("=")[0] in _RESERVED_SERVE_ARGS:
+                raise ValueError(f"local: {arg.split('=')[0]} is set by the gateway")
+        return self
+
+
+class RoutingConfig(_Strict):
+    """How a group picks one of its backends. Loads are in requests: in flight at the gateway, plus the
+    backend's reported waiting queue, plus ``kv_usage_weight`` times its KV usage (0-1)."""
+
+    policy: Policy = "least_loaded"
+    kv_usage_weight: float = Field(default=4.0, ge=0)
+    # The affinity of prefix_aware and session yields to the least loaded backend when the preferred one's
+    # load exceeds it by both of these (SGLang's balance_abs_threshold / balance_rel_threshold).
+    balance_abs_threshold: float = Field(default=4.0, ge=0)
+    balance_rel_threshold: float = Field(default=1.5, ge=1)
+    prefix_chunk_chars: int = Field(default=32, ge=1, description="resolution of the prefix index")
+    prefix_min_match_chars: int = Field(default=32, ge=0, description="shorter shared prefixes are ignored")
+    prefix_max_chunks: int = Field(default=65536, ge=1, description="bound of each backend's prefix index")
+    prefix_ttl_s: float = Field(default=600.0, gt=0)
+    session_header: str = "x-session-id"
+    virtual_nodes: int = Field(default=64, ge=1, description="points per backend on the session hash ring")
+
+
+class TimeoutConfig(_Strict):
+    """Seconds. ``first_byte_s`` bounds the wait for a backend's first output (a retry is still possible until
+    then); ``request_s`` the whole request, which a client may lower with the ``x-request-timeout`` header."""
+
+    connect_s: float = Field(default=2.0, gt=0)
+    first_byte_s: float = Field(default=120.0, gt=0)
+    idle_s: float = Field(default=60.0, gt=0)
+    request_s: float = Field(default=600.0, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Active checks of each backend's ``/health``, and the interval at which its ``/metrics`` is scraped."""
+
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    # One slow answer from a replica busy on a long prefill is not yet a failure.
+    unhealthy_after: int = Field(default=2, ge=1, description="consecutive failed checks that take it out")
+    metrics_interval_s: float = Field(default=0.5, gt=0)
+
+
+class EjectionConfig(_Strict):
+    """Passive outlier ejection: this many consecutive failures or timeouts take a backend out of routing for
+    ``cooldown_s``."""
+
+    consecutive_failures: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=10.0, gt=0)
+
+
+class ReplicaConfig(_Strict):
+    """How local replicas are supervised: restarted with exponential backoff when they exit."""
+
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class GroupConfig(_Strict):
+    """A model group: the name clients send as ``model`` maps to these interchangeable backends."""
+
+    backends: list[BackendConfig] = Field(min_length=1)
+    routing: RoutingConfig = RoutingConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    health: HealthConfig = HealthConfig()
+    ejection: EjectionConfig = EjectionConfig()
+    replicas: ReplicaConfig = ReplicaConfig()
+    retries: int = Field(default=2, ge=0, description="other backends tried when one fails before its first byte")
+
+
+class GatewayConfig(_Strict):
+    """The whole file: where the gateway listens and its model groups."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    groups: dict[str, GroupConfig] = Field(min_length=1)
+
+
+def load_config(path: str | os.PathLike) -> GatewayConfig:
+    """Reads and validates a YAML file; raises GatewayConfigError with one line naming the bad key."""
+    import yaml
+
+    name = Path(path).name
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise GatewayConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f"line {where.line + 1}: " if where is not None else ""
+        raise GatewayConfigError(f"{name}: {line}not valid YAML: {getattr(error, 'problem', error)}") from None
+    return parse_config(data, name)
+
+
+def parse_config(data: object, source: str = "config") -> GatewayConfig:
+    """Validates already-parsed data (a dict, as from YAML)."""
+    if not isinstance(data, dict):
+        raise GatewayConfigError(f"{source}: expected a mapping with a `groups` key, got {type(data).__name__}")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as error:
+        raise GatewayConfigError(f"{source}: {describe(error)}") from None
+
+
+def describe(error: ValidationError) -> str:
+    """The first problem of a ValidationError on one line, as ``key.path: message``."""
+    problems = error.errors(include_url=False)
+    # A misspelt key also leaves the real one missing: naming the misspelling says more.
+    first = min(problems, key=lambda problem: problem["type"] != "extra_forbidden")
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
+    message = message.removeprefix("Value error, ")
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"{where}: {message}{more}".replace("\n", " ")
+
+
+def simple_config(model: str, replicas: int, policy: Policy = "least_loaded", serve_args: list[str] | None = None,
+                  name: str | None = None, host: str = "127.0.0.1", port: int = 8080) -> GatewayConfig:
+    """``corral gateway --model M --replicas N``: one group of N local replicas of one model."""
+    if replicas < 1:
+        raise GatewayConfigError(f"--replicas must be at least 1, got {replicas}")
+    group = name or group_name(model)
+    backend = {"local": ["--model", model, *(serve_args or [])]}
+    data = {"host": host, "port": port,
+            "groups": {group: {"backends": [backend] * replicas, "routing": {"policy": policy}}}}
+    return parse_config(data, "flags")
+
+
+def group_name(model: str) -> str:
+    """The name clients send for a model path: its file or folder name, without ``.gguf``."""
+    return os.path.basename(os.path.normpath(model)).removesuffix(".gguf")

@@ -1,0 +1,39 @@
+"""The gateway's Prometheus metrics, in a registry of its own (``corral_gateway_*``; the replicas' own metrics
+stay at their ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                    40.0, 80.0)
+
+
+class GatewayMetrics:
+    """Requests by group, backend, status and route decision; time to the first byte relayed (TTFT at the
+    gateway) and end-to-end latency; in flight and health per backend; retries, ejections, restarts."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("corral_gateway_requests", "Requests answered, by group, backend, status and route.",
+                                ["group", "backend", "status", "route"], registry=r)
+        self.ttft = Histogram("corral_gateway_time_to_first_byte_seconds",
+                              "Arrival at the gateway to the first byte of the backend's answer relayed.",
+                              ["group"], registry=r, buckets=_LATENCY_BUCKETS)
+        self.e2e = Histogram("corral_gateway_e2e_request_latency_seconds", "Arrival to the last byte relayed.",
+                             ["group"], registry=r, buckets=_LATENCY_BUCKETS)
+        self.in_flight = Gauge("corral_gateway_backend_in_flight", "Requests in flight to a backend.",
+                               ["group", "backend"], registry=r)
+        self.healthy = Gauge("corral_gateway_backend_healthy",
+                             "1 when a backend takes requests (up, passing /health, not ejected).",
+                             ["group", "backend"], registry=r)
+        self.retries = Counter("corral_gateway_retries", "Requests retried on another backend before their first byte.",
+                               ["group", "backend"], registry=r)
+        self.ejections = Counter("corral_gateway_ejections", "Backends ejected after consecutive failures.",
+                                 ["group", "backend"], registry=r)
+        self.restarts = Counter("corral_gateway_replica_restarts", "Local replicas restarted after exiting.",
+                                ["group", "backend"], registry=r)
+        self.stream_errors = Counter("corral_gateway_stream_errors",
+                                     "Streams ended with an error event after output had been relayed.",
+                                     ["group", "backend"], registry=r)

@@ -1,0 +1,292 @@
+"""Forwarding one request to a group: pick a backend, send, retry on another while nothing has reached the
+client, then relay the answer (a body as is, or a stream chunk by chunk). The client going away at any point
+closes the upstream connection at once, which is how a replica learns to abort the request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response
+
+from corral.gateway.backends import Backend, Group
+from corral.gateway.errors import GatewayError, error_event
+from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.routing import RouteRequest
+
+logger = logging.getLogger("corral.gateway")
+
+# Upstream failures worth another backend (and counted towards ejection): the replica is down or broken.
+_RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+@dataclass
+class RequestContext:
+    """One request on its way through the gateway."""
+
+    http: Request
+    path: str
+    body: dict
+    group: Group
+    request_id: str
+    arrival: float
+    deadline: float
+    stream: bool = False
+    route: RouteRequest = field(default_factory=RouteRequest)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass
+class _Failure:
+    """An attempt that failed before its first byte; ``status``/``body`` kept to pass through if it was the last."""
+
+    reason: str
+    status: int | None = None
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+async def until_disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    # The body has been read, so the next ASGI message is the disconnect.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def race_client(http: Request, awaitable: Awaitable, timeout_s: float):
+    """``awaitable``'s result, unless the client disconnects first (ClientGone) or ``timeout_s`` passes
+    (TimeoutError); either way it is cancelled."""
+    task = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(until_disconnected(http.receive))
+    try:
+        done, _ = await asyncio.wait({task, gone}, timeout=max(timeout_s, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        late = await task  # finished between the wait and the cancel: an open response to close
+        if isinstance(late, httpx.Response):
+            await late.aclose()
+    raise ClientGone() if gone in done else asyncio.TimeoutError()
+
+
+class Forwarder:
+    """Sends requests to backends over one shared connection pool and relays their answers."""
+
+    def __init__(self, client: httpx.AsyncClient, metrics: GatewayMetrics):
+        self.client = client
+        self.metrics = metrics
+
+    async def forward(self, ctx: RequestContext) -> Response:
+        """Tries up to ``retries + 1`` backends of the group, never the same one twice. Raises GatewayError(503)
+        when none is available, or passes the last upstream 5xx through when every attempt failed."""
+        group, tried, failure = ctx.group, set(), None
+        for attempt in range(group.config.retries + 1):
+            now = time.monotonic()
+            candidates = group.candidates(now, tried)
+            if not candidates or ctx.remaining() <= 0:
+                break
+            decision = group.router.pick(ctx.route, candidates, now)
+            backend = decision.backend
+            tried.add(backend.name)
+            if attempt > 0:
+                self.metrics.retries.labels(group=group.name, backend=backend.name).inc()
+            outcome = await self._attempt(ctx, backend, decision.reason)
+            if isinstance(outcome, Response):
+                return outcome
+            failure = outcome
+            logger.warning("request %s failed on %s before its first byte (%s)", ctx.request_id, backend.name,
+                           outcome.reason)
+        if failure is not None and failure.status is not None:
+            return Response(failure.body, status_code=failure.status, media_type=failure.content_type)
+        if failure is not None and ctx.remaining() <= 0:
+            raise GatewayError(504, f"no answer from group {group.name!r} within the request's time limit",
+                               code="timeout")
+        reason = f" (last: {failure.reason})" if failure is not None else ""
+        raise GatewayError(503, f"no backend of {group.name!r} is available{reason}", code="no_backend_available")
+
+    async def _attempt(self, ctx: RequestContext, backend: Backend, route: str) -> Response | _Failure:
+        group = ctx.group
+        backend.in_flight += 1
+        done = _Done(self.metrics, ctx, backend, route)
+        try:
+            upstream = await race_client(ctx.http, self._send(ctx, backend), self._first_byte_s(ctx))
+        except ClientGone:
+            done.finish(499)
+            return Response(status_code=499)
+        except (httpx.HTTPError, asyncio.TimeoutError) as error:
+            return done.fail(_Failure(_describe(error)))
+        if upstream.status_code in _RETRYABLE_STATUS:
+            body = await _read_quietly(upstream)
+            return done.fail(_Failure(f"status {upstream.status_code}", upstream.status_code, body,
+                                      upstream.headers.get("content-type", "application/json")))
+        headers = {"x-request-id": ctx.request_id}
+        media_type = upstream.headers.get("content-type", "application/json")
+        chunks = upstream.aiter_bytes()
+        try:
+            if not (ctx.stream and media_type.startswith("text/event-stream")):
+                body = await race_client(ctx.http, upstream.aread(), ctx.remaining())
+            else:
+                body = await race_client(ctx.http, anext(chunks), min(group.config.timeouts.first_byte_s,
+                                                                      ctx.remaining()))
+        except ClientGone:
+            await upstream.aclose()
+            done.finish(499)
+            return Response(status_code=499)
+        except StopAsyncIteration:
+            body = b""  # an empty stream; the relay finds it exhausted too
+        except (httpx.HTTPError, asyncio.TimeoutError) as error:
+            await upstream.aclose()
+            return done.fail(_Failure(_describe(error)))
+        group.record_success(backend)
+        done.first_byte()
+        if not (ctx.stream and media_type.startswith("text/event-stream")):
+            done.finish(upstream.status_code)
+            return Response(body, status_code=upstream.status_code, media_type=media_type, headers=headers)
+        return RelayResponse(body, chunks, upstream, done, ctx, status_code=upstream.status_code,
+                             media_type=media_type, headers=headers)
+
+    async def _send(self, ctx: RequestContext, backend: Backend) -> httpx.Response:
+        body = ctx.body
+        if backend.config.model is not None:
+            body = {**body, "model": backend.config.model}
+        headers = {"content-type": "application/json", "x-request-id": ctx.request_id, "accept-encoding": "identity"}
+        if backend.config.api_key is not None:
+            headers["authorization"] = f"Bearer {backend.config.api_key}"
+        timeouts = ctx.group.config.timeouts
+        request = self.client.build_request(
+            "POST", backend.url + ctx.path, content=json.dumps(body).encode(), headers=headers,
+            timeout=httpx.Timeout(connect=timeouts.connect_s, read=None, write=timeouts.connect_s, pool=None),
+        )
+        return await self.client.send(request, stream=True)
+
+    def _first_byte_s(self, ctx: RequestContext) -> float:
+        # A non-streaming answer's headers come only with the whole answer.
+        limit = ctx.group.config.timeouts.first_byte_s if ctx.stream else ctx.remaining()
+        return min(limit, ctx.remaining())
+
+
+class _Done:
+    """The bookkeeping of one attempt, run exactly once when it ends: in-flight count, ejection, metrics."""
+
+    def __init__(self, metrics: GatewayMetrics, ctx: RequestContext, backend: Backend, route: str):
+        self.metrics, self.ctx, self.backend, self.route = metrics, ctx, backend, route
+        self.finished = False
+
+    def first_byte(self) -> None:
+        self.metrics.ttft.labels(group=self.ctx.group.name).observe(time.monotonic() - self.ctx.arrival)
+
+    def fail(self, failure: _Failure) -> _Failure:
+        if self.ctx.remaining() > 0:
+            self.ctx.group.record_failure(self.backend, time.monotonic())
+            self.finish(failure.status or 502)
+        else:  # the request's own time limit, which a client may set short: no fault of the backend's
+            self.finish(504)
+        return failure
+
+    def finish(self, status: int | str) -> None:
+        if not self.finished:
+            self.finished = True
+            self.backend.in_flight -= 1
+            group = self.ctx.group.name
+            self.metrics.requests.labels(group=group, backend=self.backend.name, status=str(status),
+                                         route=self.route).inc()
+            self.metrics.e2e.labels(group=group).observe(time.monotonic() - self.ctx.arrival)
+
+
+class RelayResponse(Response):
+    """Relays an SSE stream chunk by chunk as it arrives. The client leaving cancels the relay and closes the
+    upstream stream; the backend failing mid-stream ends the stream with an OpenAI-shaped error event."""
+
+    def __init__(self, first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response, done: _Done,
+                 ctx: RequestContext, status_code: int, media_type: str, headers: dict[str, str]):
+        # Not Response.__init__: with no body set, init_headers adds no content-length (chunked, as streamed).
+        self.status_code, self.media_type, self.background = status_code, media_type, None
+        self.init_headers(headers)
+        self.first, self.chunks, self.upstream, self.done, self.ctx = first, chunks, upstream, done, ctx
+        self.outcome: int | str = self.status_code
+        self.relayed_all = False  # every upstream byte reached the client (it may then close before our end)
+
+    async def __call__(self, scope, receive, send) -> None:
+        relay = asyncio.ensure_future(self._relay(send))
+        gone = asyncio.ensure_future(until_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone in done and not self.relayed_all and self.outcome == self.status_code:
+                self.outcome = 499
+            elif relay in done and relay.exception() is not None:  # e.g. the client's socket failed on a send
+                logger.warning("request %s: relay failed: %r", self.ctx.request_id, relay.exception())
+                self.outcome = 499
+        finally:
+            for task in (relay, gone):
+                task.cancel()
+            # Its own task, so that it completes even if this one is cancelled again (server shutdown).
+            await asyncio.shield(asyncio.ensure_future(self._close()))
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.upstream.aclose()
+        self.done.finish(self.outcome)
+
+    async def _relay(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        self.relayed_all = self.first.endswith(b"data: [DONE]\n\n")
+        last = self.first
+        idle_s = self.ctx.group.config.timeouts.idle_s
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(self.chunks), min(idle_s, max(self.ctx.remaining(), 0.0)))
+            except StopAsyncIteration:
+                self.relayed_all = True
+                break
+            except (httpx.HTTPError, asyncio.TimeoutError) as error:
+                await send({"type": "http.response.body", "body": self._error(error, last), "more_body": True})
+                break
+            last = chunk
+            # A client may close as soon as it reads the last event, before the upstream's end arrives.
+            self.relayed_all = chunk.endswith(b"data: [DONE]\n\n")
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _error(self, error: Exception, last: bytes) -> bytes:
+        backend, group = self.done.backend, self.ctx.group
+        self.outcome = "stream_error"
+        self.done.metrics.stream_errors.labels(group=group.name, backend=backend.name).inc()
+        if isinstance(error, httpx.HTTPError):
+            group.record_failure(backend, time.monotonic())
+            message, status = f"backend {backend.name} failed mid-stream: {_describe(error)}", 502
+        else:
+            message, status = "the stream exceeded its time limit", 504
+        logger.warning("request %s: %s", self.ctx.request_id, message)
+        separator = b"" if last.endswith(b"\n\n") else b"\n\n"  # end a half-relayed event first
+        return separator + error_event(status, message)
+
+
+async def _read_quietly(upstream: httpx.Response) -> bytes:
+    try:
+        return await upstream.aread()
+    except httpx.HTTPError:
+        return b""
+    finally:
+        await upstream.aclose()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, (asyncio.TimeoutError, httpx.TimeoutException)):
+        return "timed out"
+    return f"{type(error).__name__}: {error}".rstrip(": ")

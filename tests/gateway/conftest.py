@@ -1,0 +1,94 @@
+"""A gateway running in this process (uvicorn on a free port, in a thread), started from a GatewayConfig and
+stopped after the test or module, with helpers to read its /metrics and /gateway/status."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from corral.gateway.app import Gateway, build_app
+from corral.gateway.config import GatewayConfig, parse_config
+from corral.gateway.supervisor import free_port
+
+
+@dataclass
+class RunningGateway:
+    base_url: str
+    gateway: Gateway
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def status(self, group: str) -> list[dict]:
+        return httpx.get(self.base_url + "/gateway/status", timeout=5).json()["groups"][group]["backends"]
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(httpx.get(self.base_url + "/metrics", timeout=5).text, name, **labels)
+
+    def wait_available(self, group: str, count: int, timeout: float = 120) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            backends = self.status(group)
+            if sum(b["available"] for b in backends) >= count:
+                return backends
+            time.sleep(0.1)
+        raise AssertionError(f"group {group}: fewer than {count} backends available: {self.status(group)}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the gateway did not stop"
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` (0 when there are none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def start_gateway(config: GatewayConfig | dict) -> RunningGateway:
+    if isinstance(config, dict):
+        config = parse_config(config, "test")
+    port = free_port()
+    app = build_app(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/health", timeout=2).status_code == 200:
+                return RunningGateway(base_url, app.state.gateway, server, thread)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise AssertionError("the gateway did not answer /health")
+
+
+@pytest.fixture
+def run_gateway() -> Iterator[Callable[[GatewayConfig | dict], RunningGateway]]:
+    """``run_gateway(config)``: a RunningGateway, stopped after the test."""
+    running: list[RunningGateway] = []
+
+    def run(config: GatewayConfig | dict) -> RunningGateway:
+        running.append(start_gateway(config))
+        return running[-1]
+
+    yield run
+    for gateway in running:
+        gateway.stop()
+
+
+def sse_events(lines: list[str]) -> list[str]:
+    """The data payloads of an SSE stream's lines."""
+    return [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
