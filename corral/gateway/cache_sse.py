@@ -206,8 +206,10 @@ def replay_as_sse(response: Mapping[str, Any], path: str, include_usage: bool = 
     ``data: [DONE]\\n\\n``. The usage goes out in a last chunk with no choices, as OpenAI sends it when the
     request asked for ``stream_options.include_usage``."""
     chat = is_chat(path)
-    head = {name: response[name] for name in _SCALAR_FIELDS if name in response}
+    # OpenAI's order: id, object, created, model, ...
+    head = {"id": response["id"]} if "id" in response else {}
     head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    head |= {name: response[name] for name in _SCALAR_FIELDS if name in response and name != "id"}
     for choice in response.get("choices") or []:
         if chat:
             yield from _chat_choice_events(head, choice)
