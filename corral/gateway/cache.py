@@ -33,7 +33,7 @@ class CacheConfig(BaseModel):
     """The ``cache:`` section of gateway.yaml. Off by default: a cache answers from the past, and whoever runs
     the gateway should decide that identical requests may share an answer (and for how long)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
     backend: Literal["memory", "redis"] = "memory"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,28 +30,40 @@ def redis_ping(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory) -> Iterator[str]:
-    """``redis://127.0.0.1:PORT/0`` of a redis-server this module owns; skips where the binary is missing."""
+def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    """A redis-server without persistence on 127.0.0.1:``port``, answering PING (or an AssertionError)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip(REDIS_MISSING)
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    deadline = time.monotonic() + 10
+    while not redis_ping(port):
+        if server.poll() is not None:
+            raise AssertionError(f"redis-server exited: {server.stderr.read() if server.stderr else ''}")
+        if time.monotonic() > deadline:
+            stop_redis(server)
+            raise AssertionError("redis-server did not answer PING within 10 s")
+        time.sleep(0.05)
+    return server
+
+
+def stop_redis(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/0`` of a redis-server this module owns; skips where the binary is missing."""
+    if shutil.which("redis-server") is None:
+        pytest.skip(REDIS_MISSING)
+    port = free_port()
+    server = start_redis(port, tmp_path_factory.mktemp("redis"))
     try:
-        deadline = time.monotonic() + 10
-        while not redis_ping(port):
-            if server.poll() is not None:
-                raise AssertionError(f"redis-server exited: {server.stderr.read() if server.stderr else ''}")
-            if time.monotonic() > deadline:
-                raise AssertionError("redis-server did not answer PING within 10 s")
-            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop_redis(server)

@@ -15,7 +15,7 @@ import pytest
 from corral.gateway.cache import CacheConfig, GatewayCache, MemoryCache, RedisCache
 from corral.gateway.cache_sse import assemble_from_sse
 from corral.gateway.cache_store import CachedResponse
-from tests.gateway.conftest import free_port
+from tests.gateway.conftest import free_port, start_redis, stop_redis
 from tests.gateway.test_cache_sse import CORRAL_TOOL_STREAM
 
 CHAT = "/v1/chat/completions"
@@ -272,6 +272,33 @@ def test_redis_down_is_a_miss_not_an_error(caplog):
         await cache.close()
     run(scenario())
     assert "Redis GET failed" in caplog.text
+
+
+def test_a_redis_that_dies_and_returns(tmp_path):
+    """Killed under a live client: misses (counted), no exception; back on the same port: used again once the
+    client's pause after the error has passed."""
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    try:
+        async def scenario():
+            nonlocal server
+            clock = FakeClock()
+            store = RedisCache(f"redis://127.0.0.1:{port}/0", ttl_s=60, retry_after_s=1, clock=clock)
+            cache = GatewayCache(CacheConfig(enabled=True), store)
+            plan = cache.plan("g", CHAT, BODY, {})
+            await cache.store_response(plan, ANSWER)
+            assert await cache.lookup(plan) is not None
+            stop_redis(server)
+            assert await cache.lookup(plan) is None and store.stats.errors == 1
+            server = start_redis(port, tmp_path)  # empty: no persistence
+            assert await cache.lookup(plan) is None and store.stats.errors == 1  # still pausing: Redis not asked
+            clock.now += 1
+            await cache.store_response(plan, ANSWER)
+            assert await cache.lookup(plan) is not None and store.stats.errors == 1
+            await cache.close()
+        run(scenario())
+    finally:
+        stop_redis(server)
 
 
 def test_redis_keys_carry_the_namespace_and_a_ttl(redis_url):
