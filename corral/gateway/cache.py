@@ -14,6 +14,7 @@ Request path (docs/gateway-cache.md)::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +28,8 @@ from corral.gateway.cache_store import CachedResponse, CacheStats, MemoryCache, 
 __all__ = ["CacheConfig", "CachePlan", "GatewayCache", "open_store", "CachedResponse", "CacheStats",
            "ResponseCache", "MemoryCache", "RedisCache", "CacheDirectives", "cache_control", "cache_key",
            "is_cacheable", "assemble_from_sse", "replay_as_sse", "replayable", "NotReplayable"]
+
+log = logging.getLogger(__name__)
 
 
 class CacheConfig(BaseModel):
@@ -134,7 +137,10 @@ class GatewayCache:
             return False
         try:
             response = assemble_from_sse(chunks, plan.path)
-        except (NotReplayable, ValueError):
+        except NotReplayable:
+            response = None
+        except Exception:  # noqa: BLE001 - an odd stream is not stored; it never fails the request
+            log.exception("response cache: assembling a stream failed; not stored")
             response = None
         body = json.dumps(response, ensure_ascii=False).encode()
         return await self._put(plan, response, body, "application/json")

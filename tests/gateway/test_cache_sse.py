@@ -178,3 +178,22 @@ def test_responses_it_cannot_replay_are_not_replayable(change):
 
 def test_sse_events_joins_multiline_data():
     assert list(sse_events([b": comment\n\ndata: a\ndata: b\n\nevent: x\ndata:c\n\n"])) == ["a\nb", "c"]
+
+
+json_value = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=4),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                              st.sampled_from(["index", "delta", "text", "content", "tool_calls", "function",
+                                               "arguments", "name", "id", "logprobs", "finish_reason", "role"]),
+                              inner, max_size=4), max_leaves=12)
+odd_chunk = st.fixed_dictionaries({"id": st.just("x")}, optional={"choices": json_value, "usage": json_value})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(odd_chunk | json_value, max_size=4), st.sampled_from([CHAT, COMPLETIONS]))
+def test_odd_streams_raise_only_not_replayable(chunks, path):
+    stream = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+    try:
+        response = assemble_from_sse(stream, path)
+    except NotReplayable:
+        return
+    assert isinstance(response, dict)
