@@ -92,7 +92,8 @@ class GatewayCache:
 
     def plan(self, group: str, path: str, body: Any, headers: Mapping[str, str] | Iterable[tuple[str, str]],
              tenant: str | None = None) -> CachePlan:
-        """Whether to look up and store this request (``body`` as the client sent it, parsed), and its key."""
+        """Whether to look up and store this request, and its key. ``body`` is the parsed JSON body as it will
+        be forwarded (after the gateway's own clamps), ``headers`` the client's (for ``Cache-Control``)."""
         verdict = is_cacheable(body, self.config)
         if not verdict:
             if self.config.enabled:
@@ -115,13 +116,15 @@ class GatewayCache:
 
     def render(self, plan: CachePlan, entry: CachedResponse) -> tuple[bytes | Iterator[bytes], str]:
         """(content, media type) for a hit: the stored bytes unchanged, or, when the request streams, an
-        iterator of SSE events (usage only if the request asked for it)."""
+        iterator of SSE events (usage only if the request asked for it; the whole answer is already here, so
+        ``b"".join`` of it as one body is as good as streaming it)."""
         if not plan.stream:
             return entry.body, entry.content_type
         return replay_as_sse(json.loads(entry.body), plan.path, include_usage=plan.include_usage), "text/event-stream"
 
     async def store_response(self, plan: CachePlan, body: bytes, content_type: str = "application/json") -> bool:
-        """Stores a complete non-streaming 200 answer (the bytes sent to the client). False if not stored."""
+        """Stores a complete non-streaming 200 answer (the bytes sent to the client). False when the cache
+        refuses it (the plan says no, not replayable, too large); a store failure is counted, not raised."""
         if not plan.store or plan.key is None:
             return False
         try:
