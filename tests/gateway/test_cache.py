@@ -15,8 +15,9 @@ import pytest
 from corral.gateway.cache import CacheConfig, GatewayCache, MemoryCache, RedisCache
 from corral.gateway.cache_sse import assemble_from_sse
 from corral.gateway.cache_store import CachedResponse
-from .conftest import free_port, start_redis, stop_redis
 from tests.gateway.test_cache_sse import CORRAL_TOOL_STREAM
+
+from .conftest import free_port, start_redis, stop_redis
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0, "max_tokens": 8}
