@@ -135,6 +135,8 @@ class Forwarder:
             return done.fail(_Failure(f"status {upstream.status_code}", upstream.status_code, body,
                                       upstream.headers.get("content-type", "application/json")))
         headers = {"x-request-id": ctx.request_id}
+        if "retry-after" in upstream.headers:  # a 429's advice, passed on (and to the fallback's 429)
+            headers["retry-after"] = upstream.headers["retry-after"]
         media_type = upstream.headers.get("content-type", "application/json")
         chunks = upstream.aiter_bytes()
         try:
