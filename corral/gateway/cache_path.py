@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.background import BackgroundTask
 
-from corral.gateway.cache import CachePlan, GatewayCache
+from corral.gateway.cache import CachedResponse, CachePlan, GatewayCache
 from corral.gateway.relay import RelayResponse, RequestContext
 
 CACHE_HEADER = "x-corral-cache"
@@ -58,7 +58,7 @@ def header_value(plan: CachePlan, hit: bool) -> str:
     return "miss" if plan.lookup else "bypass"
 
 
-def hit_response(cache: GatewayCache, plan: CachePlan, entry, request_id: str) -> Response:
+def hit_response(cache: GatewayCache, plan: CachePlan, entry: CachedResponse, request_id: str) -> Response:
     """The cached answer: the stored bytes, or for a stream its SSE replay, sent as one body."""
     content, media_type = cache.render(plan, entry)
     body = content if isinstance(content, bytes) else b"".join(content)

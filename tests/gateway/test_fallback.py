@@ -72,10 +72,11 @@ def gw(replica, busy_url):
         "big": {"backends": [{"url": busy_url}], "fallbacks": ["tiny"], **fast},
         "strict": {"backends": [{"url": busy_url}], "fallbacks": ["tiny"], "allow_fallback": False, **fast},
         "gone": {"backends": [{"url": "http://127.0.0.1:9"}], "fallbacks": ["tiny"], **fast},
+        "hot": {"backends": [{"url": replica, "model": "tiny"}], "overload": 3, "fallbacks": ["tiny"], **fast},
         "short": {"backends": [{"url": replica, "model": "tiny"}], "max_prompt_chars": 20, "fallbacks": ["tiny"],
                   **fast},
     }, "cache": {"enabled": True}})
-    for name in ("tiny", "big", "strict", "short"):
+    for name in ("tiny", "big", "strict", "short", "hot"):
         gateway.wait_available(name, 1)
     yield gateway
     gateway.stop()
@@ -124,6 +125,19 @@ def test_a_prompt_over_the_primary_limit_falls_back_instead_of_a_400(gw):
     raw = c.completions.with_raw_response.create(model="short", prompt="x" * 30, max_tokens=2)
     assert raw.headers["x-corral-fallback"] == "short->tiny"
     assert gw.metric("corral_gateway_fallbacks_total", reason="context_window") == 1
+
+
+def test_an_overloaded_group_falls_back(gw):
+    backend = gw.gateway.groups["hot"].backends[0]
+    body = {"model": "hot", "prompt": "Hi", "max_tokens": 2}
+    assert "x-corral-fallback" not in httpx.post(gw.base_url + "/v1/completions", json=body, timeout=60).headers
+    backend.in_flight += 3  # as if three requests were in flight there: its load reaches `overload`
+    try:
+        response = httpx.post(gw.base_url + "/v1/completions", json=body, timeout=60)
+    finally:
+        backend.in_flight -= 3
+    assert response.status_code == 200 and response.headers["x-corral-fallback"] == "hot->tiny"
+    assert gw.metric("corral_gateway_fallbacks_total", reason="overloaded") == 1
 
 
 @pytest.mark.parametrize(("groups", "message"), [
