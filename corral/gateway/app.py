@@ -16,13 +16,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.gateway import cache_path
 from corral.gateway.backends import Group, Monitor
+from corral.gateway.cache import GatewayCache
 from corral.gateway.config import GatewayConfig
 from corral.gateway.errors import GatewayError, error_response
+from corral.gateway.fallback import Fallbacks
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.relay import Forwarder, RequestContext
 from corral.gateway.routing import RouteRequest, prompt_text
 from corral.gateway.supervisor import ReplicaSupervisor
+from corral.gateway.token_limits import clamp_max_tokens, prompt_error, prompt_too_long
 
 logger = logging.getLogger("corral.gateway")
 
@@ -40,11 +44,16 @@ class Gateway:
         self.forwarder: Forwarder | None = None
         self.supervisors: list[ReplicaSupervisor] = []
         self.monitor: Monitor | None = None
+        self.fallbacks: Fallbacks | None = None
+        self.cache = GatewayCache(config.cache) if config.cache.enabled else None
+        if self.cache is not None:
+            self.metrics.registry.register(cache_path.CacheCollector(self.cache))
 
     async def start(self) -> None:
         # No pool bound: concurrency is bounded by the clients and the replicas' own admission.
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
         self.forwarder = Forwarder(self.client, self.metrics)
+        self.fallbacks = Fallbacks(self.groups, self.forwarder, self.metrics)
         for group in self.groups.values():
             for backend in group.backends:
                 if backend.local:
@@ -61,6 +70,8 @@ class Gateway:
             await supervisor.stop()
         if self.client is not None:
             await self.client.aclose()
+        if self.cache is not None:
+            await self.cache.close()
 
     async def context(self, http: Request, path: str, request_id: str) -> RequestContext:
         """Parses and checks what the gateway itself needs of a request: JSON, a known model, a time limit."""
@@ -93,10 +104,26 @@ class Gateway:
                               stream=body.get("stream") is True, route=route)
 
     async def dispatch(self, ctx: RequestContext) -> Response:
-        """Answers a checked request. THE SEAM for what issue 24 adds next: a response cache looks up here
-        before forwarding (and stores the answer after), and fallback catches the group's failure here
-        (GatewayError 503, or an upstream 429/503) to send ``ctx`` on to a smaller model's group."""
-        return await self.forwarder.forward(ctx)
+        """Answers a checked request: its prompt limit (a 400, or the context-window fallback) and output budget
+        clamp (token_limits), then the response cache (a hit answered here; a miss's answer stored once sent),
+        then the group's backends and, when they cannot answer, its fallbacks (fallback.py)."""
+        config = ctx.group.config
+        too_long = prompt_too_long(ctx.body, config)
+        if too_long and not config.fallback_allowed:
+            raise prompt_error(ctx.body, ctx.group.name, config)
+        ctx.body = clamp_max_tokens(ctx.body, config)  # before the plan: the key is that of the body forwarded
+        plan = cache_path.plan(self.cache, ctx) if self.cache is not None and not too_long else None
+        if plan is not None and plan.lookup:
+            entry = await self.cache.lookup(plan)
+            if entry is not None:
+                self.metrics.requests.labels(group=ctx.group.name, backend="", status="200", route="cache").inc()
+                return cache_path.hit_response(self.cache, plan, entry, ctx.request_id)
+        response, answered_by = await self.fallbacks.forward(ctx)
+        if plan is not None:
+            response.headers[cache_path.CACHE_HEADER] = cache_path.header_value(plan, hit=False)
+            if answered_by is None:  # never a fallback's answer under the primary's key
+                cache_path.store_after(self.cache, plan, response)
+        return response
 
     def health(self) -> dict:
         now = time.monotonic()

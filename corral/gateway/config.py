@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corral.errors import CorralError
+from corral.gateway.cache import CacheConfig
 
 Policy = Literal["least_loaded", "prefix_aware", "session", "round_robin"]
 
@@ -116,6 +117,31 @@ class GroupConfig(_Strict):
     ejection: EjectionConfig = EjectionConfig()
     replicas: ReplicaConfig = ReplicaConfig()
     retries: int = Field(default=2, ge=0, description="other backends tried when one fails before its first byte")
+    # Token limits (docs/gateway.md): a max_tokens over the cap is clamped, never refused; a missing one gets
+    # the default (else the cap). The whole request's time limit is timeouts.request_s.
+    max_tokens_cap: int | None = Field(default=None, ge=1)
+    default_max_tokens: int | None = Field(default=None, ge=1)
+    max_prompt_chars: int | None = Field(default=None, ge=1, description="longer prompts: 400, or a fallback")
+    # Fallback (docs/gateway.md): groups tried in order when this one cannot answer.
+    fallbacks: list[str] = Field(default_factory=list)
+    allow_fallback: bool | None = Field(default=None, description="default: true when fallbacks are listed")
+    overload: float | None = Field(default=None, gt=0, description="a backend at this load or more is overloaded")
+
+    @model_validator(mode="after")
+    def _default_under_cap(self) -> GroupConfig:
+        cap, default = self.max_tokens_cap, self.default_max_tokens
+        if cap is not None and default is not None and default > cap:
+            raise ValueError(f"default_max_tokens {default} exceeds max_tokens_cap {cap}")
+        return self
+
+    @property
+    def fallback_allowed(self) -> bool:
+        return bool(self.fallbacks) if self.allow_fallback is None else self.allow_fallback and bool(self.fallbacks)
+
+    @property
+    def answers_429(self) -> bool:
+        """A group that names fallbacks (or forbids them) answers 429 + Retry-After when it cannot answer."""
+        return bool(self.fallbacks) or self.allow_fallback is not None
 
 
 class GatewayConfig(_Strict):
@@ -124,6 +150,29 @@ class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     groups: dict[str, GroupConfig] = Field(min_length=1)
+    cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _fallbacks_exist_without_cycles(self) -> GatewayConfig:
+        for name, group in self.groups.items():
+            for i, target in enumerate(group.fallbacks):
+                if target not in self.groups:
+                    raise ValueError(f"groups.{name}.fallbacks.{i}: no group named {target!r}")
+        for name in self.groups:
+            cycle = _fallback_cycle(self.groups, name, [])
+            if cycle:
+                raise ValueError(f"groups.{name}.fallbacks: a cycle: {' -> '.join(cycle)}")
+        return self
+
+
+def _fallback_cycle(groups: dict[str, GroupConfig], name: str, path: list[str]) -> list[str]:
+    if name in path:
+        return [*path[path.index(name):], name]
+    for target in groups[name].fallbacks:
+        cycle = _fallback_cycle(groups, target, [*path, name])
+        if cycle:
+            return cycle
+    return []
 
 
 def load_config(path: str | os.PathLike) -> GatewayConfig:
@@ -161,6 +210,8 @@ def describe(error: ValidationError) -> str:
     message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
     message = message.removeprefix("Value error, ")
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    if not first["loc"] and message.startswith("groups."):  # a whole-file check that names its own key
+        return f"{message}{more}".replace("\n", " ")
     return f"{where}: {message}{more}".replace("\n", " ")
 
 

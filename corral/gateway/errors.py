@@ -16,8 +16,10 @@ _TYPES = {400: "invalid_request_error", 404: "not_found_error", 408: "timeout_er
 class GatewayError(Exception):
     """An error the gateway answers with itself (unknown model, bad JSON, no backend available, timeout)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.message = message
         self.param = param
@@ -31,7 +33,7 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(error.status, error.message, error.param, error.code), status_code=error.status,
-                        headers=headers)
+                        headers={**error.headers, **(headers or {})})
 
 
 def error_event(status: int, message: str, code: str | None = None) -> bytes:

@@ -37,3 +37,5 @@ class GatewayMetrics:
         self.stream_errors = Counter("corral_gateway_stream_errors",
                                      "Streams ended with an error event after output had been relayed.",
                                      ["group", "backend"], registry=r)
+        self.fallbacks = Counter("corral_gateway_fallbacks", "Requests sent on to a fallback group, by reason.",
+                                 ["from", "to", "reason"], registry=r)

@@ -135,6 +135,8 @@ class Forwarder:
             return done.fail(_Failure(f"status {upstream.status_code}", upstream.status_code, body,
                                       upstream.headers.get("content-type", "application/json")))
         headers = {"x-request-id": ctx.request_id}
+        if "retry-after" in upstream.headers:  # a 429's advice, passed on (and to the fallback's 429)
+            headers["retry-after"] = upstream.headers["retry-after"]
         media_type = upstream.headers.get("content-type", "application/json")
         chunks = upstream.aiter_bytes()
         try:
@@ -220,6 +222,9 @@ class RelayResponse(Response):
         self.first, self.chunks, self.upstream, self.done, self.ctx = first, chunks, upstream, done, ctx
         self.outcome: int | str = self.status_code
         self.relayed_all = False  # every upstream byte reached the client (it may then close before our end)
+        # Called with every chunk relayed once a whole 200 stream reached the client (the response cache).
+        self.on_complete: Callable[[list[bytes]], Awaitable[None]] | None = None
+        self.relayed: list[bytes] = []
 
     async def __call__(self, scope, receive, send) -> None:
         relay = asyncio.ensure_future(self._relay(send))
@@ -241,9 +246,16 @@ class RelayResponse(Response):
         with contextlib.suppress(Exception):
             await self.upstream.aclose()
         self.done.finish(self.outcome)
+        if self.on_complete is not None and self.relayed_all and self.outcome == self.status_code == 200:
+            try:
+                await self.on_complete(self.relayed)
+            except Exception:  # noqa: BLE001 - the answer is out; a failed store is only logged
+                logger.exception("request %s: storing the relayed stream failed", self.ctx.request_id)
 
     async def _relay(self, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if self.on_complete is not None:
+            self.relayed.append(self.first)
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
         self.relayed_all = self.first.endswith(b"data: [DONE]\n\n")
         last = self.first
@@ -260,6 +272,8 @@ class RelayResponse(Response):
             last = chunk
             # A client may close as soon as it reads the last event, before the upstream's end arrives.
             self.relayed_all = chunk.endswith(b"data: [DONE]\n\n")
+            if self.on_complete is not None:
+                self.relayed.append(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
