@@ -5,9 +5,11 @@ from __future__ import annotations
 
 class CorralError(Exception):
     """Base class of every error corral raises on purpose. ``param``: the request field at fault, where one is
-    (the server puts it in the OpenAI error's ``param``)."""
+    (the server puts it in the OpenAI error's ``param``); ``code``: OpenAI's machine-readable ``code`` for this
+    kind of error, where it has one (the server otherwise sends the HTTP status phrase)."""
 
     param: str | None = None
+    code: str | None = None
 
     def with_param(self, param: str) -> CorralError:
         self.param = param
@@ -28,6 +30,8 @@ class InvalidSamplingParamsError(CorralError, ValueError):
 
 class PromptTooLongError(CorralError, ValueError):
     """The prompt (plus the tokens to generate) does not fit the model's context."""
+
+    code = "context_length_exceeded"  # OpenAI's; the gateway's context-window fallback keys on it
 
     def __init__(self, num_prompt_tokens: int, max_model_len: int, counted_all: bool = True):
         self.num_prompt_tokens = num_prompt_tokens

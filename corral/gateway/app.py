@@ -76,7 +76,7 @@ class Gateway:
     async def context(self, http: Request, path: str, request_id: str) -> RequestContext:
         """Parses and checks what the gateway itself needs of a request: JSON, a known model, a time limit."""
         try:
-            body = json.loads(await http.body())
+            body = json.loads(await read_body(http, self.config.max_body_bytes))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise GatewayError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
         if not isinstance(body, dict):
@@ -136,6 +136,26 @@ class Gateway:
         return {"groups": {name: {"policy": group.config.routing.policy,
                                   "backends": [backend.status(now) for backend in group.backends]}
                            for name, group in self.groups.items()}}
+
+
+async def read_body(http: Request, max_bytes: int) -> bytes:
+    """The request body, or a 413 as soon as its Content-Length or the bytes arrived so far pass ``max_bytes``
+    (the rest is never read)."""
+    declared = http.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(f"{int(declared)}", max_bytes)
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(f"at least {size}", max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: str, max_bytes: int) -> GatewayError:
+    return GatewayError(413, f"the request body has {size} bytes, over this gateway's "
+                             f"limit of {max_bytes} (max_body_bytes)", code="request_too_large")
 
 
 def build_app(config: GatewayConfig, replica_log_level: str = "warning") -> FastAPI:

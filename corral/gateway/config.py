@@ -151,6 +151,7 @@ class GatewayConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
     groups: dict[str, GroupConfig] = Field(min_length=1)
     cache: CacheConfig = CacheConfig()
+    max_body_bytes: int = Field(default=8 * 1024**2, ge=1, description="larger request bodies get 413")
 
     @model_validator(mode="after")
     def _fallbacks_exist_without_cycles(self) -> GatewayConfig:

@@ -1,13 +1,15 @@
 """Fallback between model groups (issue 24, item 5). A group that lists ``fallbacks`` sends a request on to
 the first of them that can take it when it cannot answer itself: no backend available, every backend at or over
-its ``overload`` load, an upstream 429 or 503 before any byte, or a prompt over its ``max_prompt_chars`` (the
-context-window fallback). The answer carries ``x-corral-fallback: <from>-><to>`` and its body the model that
-answered; a counter keeps them by from, to and reason. A group that names fallbacks, or forbids them with
+its ``overload`` load, an upstream 429 or 503 before any byte, or a prompt too long for it (over its
+``max_prompt_chars``, or its replica's own ``context_length_exceeded`` 400: the context-window fallback). Chains
+are followed (``a -> b -> c``: b's fallbacks after a's). The answer carries ``x-corral-fallback: <from>-><to>``
+and its body the model that answered; a counter keeps them by from, to and reason. A group that names fallbacks, or forbids them with
 ``allow_fallback: false``, answers 429 with ``Retry-After`` when neither it nor a fallback can answer."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 from fastapi.responses import Response
@@ -33,14 +35,17 @@ class Fallbacks:
     async def forward(self, ctx: RequestContext) -> tuple[Response, str | None]:
         """The answer, and the group that gave it when it was a fallback (None when the request's own)."""
         falls = ctx.group.config.answers_429
-        reason, retry_after = precheck(ctx.group, ctx.body, falls), None
+        reason, refusal = precheck(ctx.group, ctx.body, falls), None
         if reason is None:
             response = await self._try(ctx, falls)
-            if response is not None and not _fell(response, falls):
-                return response, None
-            reason = "no_backend" if response is None else f"upstream_{response.status_code}"
-            retry_after = response.headers.get("retry-after") if response is not None else None
-        return await self._fall_back(ctx, reason, retry_after)
+            if response is not None:
+                reason = fall_reason(response, falls)
+                if reason is None:
+                    return response, None
+                refusal = response
+            else:
+                reason = "no_backend"
+        return await self._fall_back(ctx, reason, refusal)
 
     async def _try(self, ctx: RequestContext, falls: bool) -> Response | None:
         """The group's answer, or None when it had no backend to give one (and ``falls``: may fall back)."""
@@ -51,10 +56,13 @@ class Fallbacks:
                 return None
             raise
 
-    async def _fall_back(self, ctx: RequestContext, reason: str, retry_after: str | None) -> tuple[Response, str]:
+    async def _fall_back(self, ctx: RequestContext, reason: str,
+                         refusal: Response | None) -> tuple[Response, str | None]:
+        """Tries the fallbacks in chain order; ``refusal`` is the primary's own answer that made it fall back
+        (an upstream 429/503, or its replica's context-length 400), passed on when no fallback answers."""
         origin = ctx.group
         if origin.config.fallback_allowed:
-            for name in origin.config.fallbacks:
+            for name in fallback_chain(self.groups, origin.name):
                 target = self.groups[name]
                 if precheck(target, ctx.body, True) is not None:
                     continue
@@ -62,16 +70,38 @@ class Fallbacks:
                 body = clamp_max_tokens({**ctx.body, "model": name}, target.config)
                 hop = dataclasses.replace(ctx, group=target, body=body)
                 response = await self._try(hop, True)
-                if response is None or _fell(response, True):
+                if response is None or fall_reason(response, True) is not None:
                     continue
                 response.headers[FALLBACK_HEADER] = f"{origin.name}->{name}"
                 return response, name
         if reason == "context_window":
+            if refusal is not None:
+                return refusal, None  # the replica's own 400, which counted the prompt's tokens
             raise prompt_error(ctx.body, origin.name, origin.config)
         what = "a fallback" if origin.config.fallback_allowed else "no fallback allowed"
+        retry_after = refusal.headers.get("retry-after") if refusal is not None else None
         raise GatewayError(429, f"model {origin.name!r} cannot take the request now ({reason}; {what} could "
                                 f"either); retry later", code="rate_limit_exceeded",
                            headers={"retry-after": retry_after or _RETRY_AFTER_S})
+
+
+def fallback_chain(groups: dict[str, Group], origin: str) -> list[str]:
+    """The groups a request to ``origin`` may fall back to, in the order tried: its own fallbacks, then theirs
+    (breadth first; a group that forbids fallback ends its branch). Config validation rules out cycles."""
+    chain: list[str] = []
+    frontier = [origin]
+    while frontier:
+        following = []
+        for name in frontier:
+            config = groups[name].config
+            if not config.fallback_allowed:
+                continue
+            for target in config.fallbacks:
+                if target != origin and target not in chain:
+                    chain.append(target)
+                    following.append(target)
+        frontier = following
+    return chain
 
 
 def precheck(group: Group, body: dict, falls: bool) -> str | None:
@@ -91,6 +121,22 @@ def precheck(group: Group, body: dict, falls: bool) -> str | None:
     return None
 
 
-def _fell(response: Response, falls: bool) -> bool:
-    """An upstream 429/503 before any byte, when the group falls back (never a stream under way)."""
-    return falls and response.status_code in _FALL_STATUS and not isinstance(response, RelayResponse)
+def fall_reason(response: Response, falls: bool) -> str | None:
+    """Why an answer that came back before any byte reached the client sends the request on (None when it is
+    the answer): an upstream 429/503, or a 400 whose code is ``context_length_exceeded`` (the replica counted
+    the prompt's tokens against its context: the context-window fallback). Never a stream under way."""
+    if not falls or isinstance(response, RelayResponse):
+        return None
+    if response.status_code in _FALL_STATUS:
+        return f"upstream_{response.status_code}"
+    if response.status_code == 400 and _error_code(response.body) == "context_length_exceeded":
+        return "context_window"
+    return None
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None

@@ -57,7 +57,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CorralError)
     async def corral_error(_: Request, exc: CorralError) -> JSONResponse:
-        return error_response(status_of(exc), str(exc), exc.param)
+        return error_response(status_of(exc), str(exc), exc.param, exc.code)
 
     @app.exception_handler(ClientDisconnected)
     async def client_disconnected(_: Request, exc: ClientDisconnected) -> Response:

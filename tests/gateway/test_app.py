@@ -36,13 +36,17 @@ def gw(replicas):
                                                                                  "model": "tiny"}],
                         "routing": {"policy": "prefix_aware", "balance_abs_threshold": 2, "kv_usage_weight": 0},
                         **fast},
+        "tiny-session": {"backends": [{"url": a, "name": "sa", "model": "tiny"}, {"url": b, "name": "sb",
+                                                                                   "model": "tiny"}],
+                         "routing": {"policy": "session"}, **fast},
         "tiny-dead": {"backends": [{"url": "http://127.0.0.1:9", "name": "dead", "model": "tiny"},
                                    {"url": a, "name": "alive", "model": "tiny"}],
                       "routing": {"policy": "round_robin"}, "ejection": {"consecutive_failures": 2},
                       "health": {"interval_s": 60}},  # only passive ejection finds it
-    }})
+    }, "max_body_bytes": 65536})
     gateway.wait_available("tiny", 2)
     gateway.wait_available("tiny-prefix", 2)
+    gateway.wait_available("tiny-session", 2)
     # The dead backend is never healthy by check; pretend it passed one so only passive ejection remains.
     gateway.gateway.groups["tiny-dead"].backends[0].healthy = True
     yield gateway
@@ -102,7 +106,7 @@ def test_request_ids_are_propagated_or_generated(gw):
 
 
 def test_models_are_the_union_of_groups(gw):
-    assert sorted(m.id for m in client(gw.base_url).models.list()) == ["tiny", "tiny-dead", "tiny-prefix"]
+    assert sorted(m.id for m in client(gw.base_url).models.list()) == ["tiny", "tiny-dead", "tiny-prefix", "tiny-session"]
 
 
 def test_bad_requests_get_openai_shaped_errors_and_the_gateway_keeps_serving(gw):
@@ -124,6 +128,23 @@ def test_bad_requests_get_openai_shaped_errors_and_the_gateway_keeps_serving(gw)
     assert httpx.get(gw.base_url + "/nowhere").json()["error"]["type"] == "not_found_error"
     assert c.completions.create(model="tiny", prompt="hi", max_tokens=2).choices[0].text
     assert httpx.get(gw.base_url + "/health").status_code == 200
+
+
+def test_a_body_over_the_limit_gets_413_declared_or_chunked(gw):
+    body = json.dumps({"model": "tiny", "prompt": "x" * 70000, "max_tokens": 1}).encode()
+    declared = httpx.post(gw.base_url + "/v1/completions", content=body, timeout=10)
+
+    def chunks():
+        for start in range(0, len(body), 4096):
+            yield body[start:start + 4096]
+
+    chunked = httpx.post(gw.base_url + "/v1/completions", content=chunks(), timeout=10)
+    for response, size in ((declared, f"has {len(body)} bytes"), (chunked, "has at least")):
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert size in error["message"] and "max_body_bytes" in error["message"]
+        assert error["code"] == "request_too_large"
+    assert client(gw.base_url).completions.create(model="tiny", prompt="hi", max_tokens=2).choices[0].text
 
 
 def test_the_request_time_limit_ends_a_request_with_504_or_an_error_event(gw):
@@ -197,6 +218,24 @@ def test_prefix_aware_keeps_a_shared_prefix_on_one_replica_and_spills_when_it_is
             thread.join(30)
     away = ("pa", "pb")[1 - home]
     assert gw.metric("corral_gateway_requests_total", group="tiny-prefix", backend=away, route="prefix_spill") == 1
+
+
+def test_session_routing_keeps_each_session_on_one_replica_and_spreads_sessions(gw):
+    c = client(gw.base_url)
+    sessions = [f"user-{i}" for i in range(8)]
+    homes = {}
+    for session in sessions:
+        before = {name: gw.metric("corral_gateway_requests_total", group="tiny-session", backend=name)
+                  for name in ("sa", "sb")}
+        for turn in range(3):
+            c.completions.create(model="tiny-session", prompt=f"Turn {turn}", max_tokens=1,
+                                 extra_headers={"x-session-id": session})
+        gained = {name: gw.metric("corral_gateway_requests_total", group="tiny-session", backend=name) - count
+                  for name, count in before.items()}
+        assert sorted(gained.values()) == [0, 3], (session, gained)
+        homes[session] = max(gained, key=gained.get)
+    assert set(homes.values()) == {"sa", "sb"}, homes  # 8 sessions on a ring of 2 x 64 points
+    assert gw.metric("corral_gateway_requests_total", group="tiny-session", route="session") == 24
 
 
 def test_gateway_metrics_count_requests_and_latencies(gw):

@@ -65,7 +65,14 @@ def replica(corral_serve_module) -> str:
 
 
 @pytest.fixture(scope="module")
-def gw(replica, busy_url):
+def narrow_replica(corral_serve_module) -> str:
+    """A replica whose context (64 tokens) a long prompt overflows: it answers 400 context_length_exceeded."""
+    return corral_serve_module("--served-model-name", "narrow", "--max-model-len", "64",
+                               "--kv-cache-memory", str(8 * 1024**2))
+
+
+@pytest.fixture(scope="module")
+def gw(replica, narrow_replica, busy_url):
     fast = {"health": {"interval_s": 0.2}}
     gateway = start_gateway({"groups": {
         "tiny": {"backends": [{"url": replica}], **fast},
@@ -75,8 +82,12 @@ def gw(replica, busy_url):
         "hot": {"backends": [{"url": replica, "model": "tiny"}], "overload": 3, "fallbacks": ["tiny"], **fast},
         "short": {"backends": [{"url": replica, "model": "tiny"}], "max_prompt_chars": 20, "fallbacks": ["tiny"],
                   **fast},
+        "narrow": {"backends": [{"url": narrow_replica}], "fallbacks": ["tiny"], **fast},
+        "narrow_alone": {"backends": [{"url": narrow_replica, "model": "narrow"}], **fast},
+        "first": {"backends": [{"url": busy_url}], "fallbacks": ["second"], **fast},
+        "second": {"backends": [{"url": "http://127.0.0.1:9"}], "fallbacks": ["tiny"], **fast},
     }, "cache": {"enabled": True}})
-    for name in ("tiny", "big", "strict", "short", "hot"):
+    for name in ("tiny", "big", "strict", "short", "hot", "narrow", "narrow_alone", "first"):
         gateway.wait_available(name, 1)
     yield gateway
     gateway.stop()
@@ -125,6 +136,35 @@ def test_a_prompt_over_the_primary_limit_falls_back_instead_of_a_400(gw):
     raw = c.completions.with_raw_response.create(model="short", prompt="x" * 30, max_tokens=2)
     assert raw.headers["x-corral-fallback"] == "short->tiny"
     assert gw.metric("corral_gateway_fallbacks_total", reason="context_window") == 1
+
+
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 12  # about 120 tokens, over narrow's 64
+
+
+def test_a_prompt_the_replica_finds_too_long_falls_back_on_its_context_length_error(gw):
+    c = client(gw)
+    own = c.completions.with_raw_response.create(model="narrow", prompt="Hi", max_tokens=2)
+    assert "x-corral-fallback" not in own.headers and own.parse().model == "narrow"
+    raw = c.chat.completions.with_raw_response.create(
+        model="narrow", messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=2)
+    assert raw.headers["x-corral-fallback"] == "narrow->tiny" and raw.parse().model == "tiny"
+    assert gw.metric("corral_gateway_fallbacks_total", **{"from": "narrow", "reason": "context_window"}) == 1
+
+
+def test_without_a_fallback_the_replicas_context_length_error_reaches_the_client(gw):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(gw).completions.create(model="narrow_alone", prompt=LONG_PROMPT, max_tokens=2)
+    assert raised.value.code == "context_length_exceeded" and "context is 64 tokens" in raised.value.message
+
+
+def test_fallbacks_of_fallbacks_are_followed(gw):
+    """first (429) -> second (no backend) -> tiny: second's fallbacks after first's, marked from the origin."""
+    response = httpx.post(gw.base_url + "/v1/completions", json={"model": "first", "prompt": "Hi", "max_tokens": 2},
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-corral-fallback"] == "first->tiny" and response.json()["model"] == "tiny"
+    # second has no backend, so it is passed over without a try
+    assert gw.metric("corral_gateway_fallbacks_total", **{"from": "first", "to": "tiny", "reason": "upstream_429"}) == 1
 
 
 def test_an_overloaded_group_falls_back(gw):
