@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-cuda mutation docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-kernels bench-deps clean
+.PHONY: install serve test test-cuda mutation docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-gateway bench-kernels bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -142,6 +142,9 @@ bench-vllm: install bench-deps bench-peers bench-vllm-install  ## the same, plus
 
 bench-scaling: install bench-deps  ## `corral serve` throughput and TPOT vs concurrency and prompt length; PNG
 	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
+
+bench-gateway: install bench-deps  ## the gateway: relay overhead, routing policies' prefix-cache hit rate, fallback under a burst
+	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
 
 bench-quant: install  ## the README's weight-format table (quantizes into .bench/quantized once)
 	$(BIN)/python bench/quant_formats.py $(BENCH_ARGS)
