@@ -53,8 +53,8 @@ class BackendConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    """How a group picks one of its backends. Loads are in requests: in flight at the gateway, plus the
-    backend's reported waiting queue, plus ``kv_usage_weight`` times its KV usage (0-1)."""
+    """How a group picks one of its backends. Loads are in requests (routing.load_of: in flight at the gateway,
+    or the backend's reported running and waiting ones if more), plus ``kv_usage_weight`` times its KV usage."""
 
     policy: Policy = "least_loaded"
     kv_usage_weight: float = Field(default=4.0, ge=0)

@@ -16,13 +16,15 @@ from corral.gateway.config import RoutingConfig
 
 
 class BackendView(Protocol):
-    """What a router may read of a backend: its name and load signals (in flight at this gateway; waiting
-    queue and KV usage as last scraped from its /metrics, zero where unknown)."""
+    """What a router may read of a backend: its name and load signals (in flight at this gateway; running and
+    waiting requests and KV usage as last scraped from its /metrics, zero where unknown)."""
 
     @property
     def name(self) -> str: ...
     @property
     def in_flight(self) -> int: ...
+    @property
+    def running(self) -> float: ...
     @property
     def waiting(self) -> float: ...
     @property
@@ -60,7 +62,11 @@ class Router(Protocol):
 
 
 def load_of(backend: BackendView, kv_usage_weight: float) -> float:
-    return backend.in_flight + backend.waiting + kv_usage_weight * backend.kv_usage
+    """Requests at the backend, plus ``kv_usage_weight`` times its KV usage (0-1). The requests are this
+    gateway's in flight there or the replica's own count of running and waiting ones, whichever is larger:
+    the two count the same requests when this gateway is its only client (adding them would count each
+    twice), the replica's count also sees other clients', and the gateway's is current between scrapes."""
+    return max(backend.in_flight, backend.running + backend.waiting) + kv_usage_weight * backend.kv_usage
 
 
 class LeastLoaded:

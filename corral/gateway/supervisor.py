@@ -85,7 +85,10 @@ class ReplicaSupervisor:
     async def _start_once(self) -> bool:
         """Starts the process and waits for its /health; False if it exits or times out first."""
         port = free_port()
+        # A session of its own: a Ctrl-C (or a signal to the gateway's process group) reaches the gateway alone,
+        # which stops its replicas in order; a replica killed first would be seen dying and restarted.
         self.process = subprocess.Popen(self.command(port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        start_new_session=True,
                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.backend.pid = self.process.pid
         url = f"http://127.0.0.1:{port}"
