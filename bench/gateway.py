@@ -7,9 +7,12 @@ corral.bench.serve (greedy, EOS ignored):
     1 stream (8 prompts) and 32 streams (64 prompts), random 128-token prompts, 128 output tokens, a fresh
     seed per run (no prefix-cache hits). Targets: TTFT p50 added <= 5 ms, output tok/s gateway/direct >= 0.95.
   - routing: a gateway over 2 local replicas, a fresh one per policy (prefix_aware, round_robin,
-    least_loaded) so the replicas' prefix caches start empty; 8 system prompts of >= 500 tokens shared by 96
+    least_loaded) so the replicas' prefix caches start empty; 16 system prompts of >= 500 tokens shared by 192
     requests with short distinct user turns (prompt = system + user text: the load generator sends
-    completions), shuffled, 8 concurrent, 32 output tokens. Prefix-cache hit rate = sum over the replicas
+    completions), shuffled, 8 concurrent, 32 output tokens. Each replica's KV pool is 80 MiB (about 6,800
+    tokens: room for half the system prompts beside the running requests, not all 16), as in production where
+    the distinct prefixes outgrow one replica's cache; with 8 prompts and the default 512 MiB pool every
+    policy ends with every prompt cached on both replicas, and the policies tie. Prefix-cache hit rate = sum over the replicas
     of corral:prefix_cache_hits_total / corral:prefix_cache_queries_total (prompt tokens), delta over the run.
   - degrade: groups `big` (one local replica, --max-num-seqs 4) and `small` (one local replica of the same
     model); a burst of 48 requests at once (64-token random prompts, 64 output tokens) at `big`, (a) with
@@ -143,8 +146,8 @@ def part_routing(args: argparse.Namespace, tokenizer: Tokenizer, log_dir: str) -
     warm = random_token_prompts(2, 16, tokenizer.vocab_size, seed=20_000)
     rows = []
     for policy in args.policies:
-        config = {"groups": {SERVED_NAME: {"backends": [{"local": SERVE_ARGS + args.serve_args}] * 2,
-                                           "routing": {"policy": policy}}}, "cache": {"enabled": False}}
+        local = SERVE_ARGS + ["--kv-cache-memory", str(args.routing_kv_cache_memory)] + args.serve_args
+        config = {"groups": {SERVED_NAME: {"backends": [{"local": local}] * 2, "routing": {"policy": policy}}}, "cache": {"enabled": False}}
         with Gateway(config, log_dir, f"routing_{policy}", args.replica_threads) as gateway:
             urls = gateway.backend_urls(SERVED_NAME)
             for url in urls:  # each replica warmed directly, on token ids that share nothing with the workload
@@ -259,9 +262,11 @@ def parse_args() -> argparse.Namespace:
     o.add_argument("--output-len", type=int, default=None, help="default 128")
     r = p.add_argument_group("routing")
     r.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
-    r.add_argument("--systems", type=int, default=None, help="distinct system prompts (default 8, at most 26)")
+    r.add_argument("--systems", type=int, default=None, help="distinct system prompts (default 16, at most 26)")
     r.add_argument("--system-tokens", type=int, default=500, help="least tokens of each system prompt")
-    r.add_argument("--routing-requests", type=int, default=None, help="default 96")
+    r.add_argument("--routing-requests", type=int, default=None, help="default 192")
+    r.add_argument("--routing-kv-cache-memory", type=int, default=80 * 1024**2, metavar="BYTES",
+                   help="each replica's KV pool (default 80 MiB)")
     r.add_argument("--routing-concurrency", type=int, default=None, help="default 8")
     r.add_argument("--routing-output-len", type=int, default=None, help="default 32")
     d = p.add_argument_group("degrade")
@@ -272,7 +277,7 @@ def parse_args() -> argparse.Namespace:
     d.add_argument("--overload", type=float, default=None, help="big's overload load (default 4)")
     args = p.parse_args()
     full = {"repeats": 3, "concurrency": [1, 32], "num_prompts": [8, 64], "input_len": 128, "output_len": 128,
-            "systems": 8, "routing_requests": 96, "routing_concurrency": 8, "routing_output_len": 32,
+            "systems": 16, "routing_requests": 192, "routing_concurrency": 8, "routing_output_len": 32,
             "burst": 48, "burst_output_len": 64, "big_max_num_seqs": 4, "overload": 4.0}
     quick = {"repeats": 1, "concurrency": [1, 4], "num_prompts": [2, 8], "input_len": 64, "output_len": 16,
              "systems": 3, "routing_requests": 12, "routing_concurrency": 4, "routing_output_len": 8,

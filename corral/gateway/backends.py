@@ -1,6 +1,6 @@
 """A group's backends and what the gateway knows of each: where it is, whether it takes requests (up, passing
 ``/health``, not ejected), its load (in flight here; waiting, running and KV usage scraped from its
-``/metrics``), and passive outlier ejection after consecutive failures."""
+``/metrics``, and from them the requests other clients have there), and passive outlier ejection after consecutive failures."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Backend:
     in_flight: int = 0
     waiting: float = 0.0
     running: float = 0.0
+    others: float = 0.0  # running + waiting there, less this gateway's own requests, at the last scrape
     kv_usage: float = 0.0
     consecutive_failures: int = 0
     ejected_until: float = 0.0
@@ -52,7 +53,7 @@ class Backend:
         return {"name": self.name, "url": self.url, "local": self.local, "pid": self.pid, "healthy": self.healthy,
                 "available": self.available(now), "ejected_for_s": max(0.0, self.ejected_until - now),
                 "in_flight": self.in_flight, "waiting": self.waiting, "running": self.running,
-                "kv_usage": self.kv_usage, "consecutive_failures": self.consecutive_failures,
+                "others": self.others, "kv_usage": self.kv_usage, "consecutive_failures": self.consecutive_failures,
                 "restarts": self.restarts}
 
 
@@ -98,7 +99,7 @@ class Group:
     def mark_down(self, backend: Backend) -> None:
         """The backend lost its state (a replica exited): out of routing, and its affinity forgotten."""
         backend.url, backend.healthy, backend.pid = (None if backend.local else backend.url), False, None
-        backend.waiting = backend.running = backend.kv_usage = 0.0
+        backend.waiting = backend.running = backend.others = backend.kv_usage = 0.0
         if self.router is not None:
             self.router.forget(backend.name)
 
@@ -149,12 +150,22 @@ class Monitor:
         while True:
             url = backend.url
             if url is not None and backend.healthy:
+                sent_before = backend.in_flight
                 values = await scrape_load(self.client, url, health.timeout_s)
                 if values is not None and backend.url == url:
-                    backend.waiting = values.get("waiting", 0.0)
-                    backend.running = values.get("running", 0.0)
-                    backend.kv_usage = values.get("kv_usage", 0.0)
+                    record_load(backend, values, sent_before)
             await asyncio.sleep(health.metrics_interval_s)
+
+
+def record_load(backend: Backend, values: dict[str, float], sent_before: int) -> None:
+    """Stores a scrape's gauges. The replica's running and waiting requests include this gateway's own, those in
+    flight while it was asked (``sent_before`` when the scrape began, ``in_flight`` now: the larger is taken, so
+    other clients' load is never overstated); what is left over is other clients'."""
+    backend.waiting = values.get("waiting", 0.0)
+    backend.running = values.get("running", 0.0)
+    backend.kv_usage = values.get("kv_usage", 0.0)
+    ours = max(sent_before, backend.in_flight)
+    backend.others = max(0.0, backend.running + backend.waiting - ours)
 
 
 async def check_health(client: httpx.AsyncClient, url: str, timeout_s: float) -> bool:

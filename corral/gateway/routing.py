@@ -16,17 +16,16 @@ from corral.gateway.config import RoutingConfig
 
 
 class BackendView(Protocol):
-    """What a router may read of a backend: its name and load signals (in flight at this gateway; running and
-    waiting requests and KV usage as last scraped from its /metrics, zero where unknown)."""
+    """What a router may read of a backend: its name and load signals (in flight from this gateway, exact and
+    current; the requests other clients have there and its KV usage, as last scraped from its /metrics, zero
+    where unknown)."""
 
     @property
     def name(self) -> str: ...
     @property
     def in_flight(self) -> int: ...
     @property
-    def running(self) -> float: ...
-    @property
-    def waiting(self) -> float: ...
+    def others(self) -> float: ...
     @property
     def kv_usage(self) -> float: ...
 
@@ -62,11 +61,10 @@ class Router(Protocol):
 
 
 def load_of(backend: BackendView, kv_usage_weight: float) -> float:
-    """Requests at the backend, plus ``kv_usage_weight`` times its KV usage (0-1). The requests are this
-    gateway's in flight there or the replica's own count of running and waiting ones, whichever is larger:
-    the two count the same requests when this gateway is its only client (adding them would count each
-    twice), the replica's count also sees other clients', and the gateway's is current between scrapes."""
-    return max(backend.in_flight, backend.running + backend.waiting) + kv_usage_weight * backend.kv_usage
+    """Requests at the backend (this gateway's, counted as they come and go, plus other clients' as of the last
+    scrape), plus ``kv_usage_weight`` times its KV usage (0-1). Not the replica's own running + waiting count
+    as such: it lags by up to a scrape interval, so a replica that has just finished requests would look busy."""
+    return backend.in_flight + backend.others + kv_usage_weight * backend.kv_usage
 
 
 class LeastLoaded:

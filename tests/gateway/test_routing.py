@@ -19,7 +19,6 @@ from corral.gateway.routing import (
     RouteRequest,
     SessionAffinity,
     build_router,
-    load_of,
     prompt_text,
 )
 
@@ -28,9 +27,8 @@ from corral.gateway.routing import (
 class Fake:
     name: str
     in_flight: int = 0
-    waiting: float = 0.0
+    others: float = 0.0
     kv_usage: float = 0.0
-    running: float = 0.0
 
 
 SYSTEM = "You are a careful assistant. " * 20  # 580 characters shared by every request below
@@ -38,18 +36,10 @@ SYSTEM = "You are a careful assistant. " * 20  # 580 characters shared by every 
 
 def test_least_loaded_takes_the_less_loaded_of_two_and_counts_waiting_and_kv_usage():
     router = LeastLoaded(RoutingConfig(kv_usage_weight=4.0), random.Random(0))
-    busy, idle = Fake("busy", in_flight=3), Fake("idle", in_flight=1, waiting=1)
+    busy, idle = Fake("busy", in_flight=3), Fake("idle", in_flight=1, others=1)
     assert all(router.pick(RouteRequest(), [busy, idle], 0).backend is idle for _ in range(20))
     full_kv = Fake("full-kv", in_flight=1, kv_usage=0.9)  # 1 + 3.6 > 3
     assert all(router.pick(RouteRequest(), [busy, full_kv], 0).backend is busy for _ in range(20))
-
-
-def test_load_counts_requests_the_replica_reports_and_the_gateway_sends_once():
-    own = Fake("own", in_flight=3, running=2, waiting=1)  # the same three requests, seen from both sides
-    shared = Fake("shared", in_flight=1, running=4, waiting=2)  # other clients' requests too
-    stale = Fake("stale", in_flight=3)  # sent since the last scrape
-    assert [load_of(b, 4.0) for b in (own, shared, stale)] == [3, 6, 3]
-    assert load_of(Fake("kv", in_flight=1, kv_usage=0.5), 4.0) == 3
 
 
 def test_least_loaded_never_picks_the_most_loaded_of_three():
