@@ -144,7 +144,7 @@ bench-scaling: install bench-deps  ## `corral serve` throughput and TPOT vs conc
 	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
 
 bench-gateway: install bench-deps  ## the gateway: relay overhead, routing policies' prefix-cache hit rate, fallback under a burst
-	$(BIN)/python bench/gateway.py $(BENCH_ARGS)
+	$(BIN)/python bench/gateway_bench.py $(BENCH_ARGS)
 
 bench-quant: install  ## the README's weight-format table (quantizes into .bench/quantized once)
 	$(BIN)/python bench/quant_formats.py $(BENCH_ARGS)

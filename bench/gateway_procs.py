@@ -1,4 +1,4 @@
-"""For bench/gateway.py: a `corral gateway` process on a generated config, Prometheus scraping, the workloads
+"""For bench/gateway_bench.py: a `corral gateway` process on a generated config, Prometheus scraping, the workloads
 (random-token prompts, long shared system prompts) and a markdown table. Not a script."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ corral.bench.serve (greedy, EOS ignored):
 Prints a markdown table per part and writes bench/results/gateway.json (with --quick, a smoke run of a few
 requests: bench/results/logs/gateway_quick.json). Process logs go to a temp dir. `make bench-gateway` runs it:
 
-    .venv/bin/python bench/gateway.py [--part all] [--repeats 3] [--threads N] [--quick]
+    .venv/bin/python bench/gateway_bench.py [--part all] [--repeats 3] [--threads N] [--quick]
 """
 
 from __future__ import annotations
