@@ -1,11 +1,14 @@
 """The gateway's benchmarks: its relay overhead, its routing policies' prefix-cache hit rate, and fallback.
 
-Three parts (`--part overhead|routing|degrade|all`), each driving streaming /v1/completions with
+Four parts (`--part overhead|relay|routing|degrade|all`), each driving streaming /v1/completions with
 corral.bench.serve (greedy, EOS ignored):
   - overhead: one `corral serve` replica, measured straight and through a gateway whose one group's one
     backend is that replica (`url:`, response cache off), alternating direct, gateway, ... (--repeats); at
     1 stream (8 prompts) and 32 streams (64 prompts), random 128-token prompts, 128 output tokens, a fresh
     seed per run (no prefix-cache hits). Targets: TTFT p50 added <= 5 ms, output tok/s gateway/direct >= 0.95.
+  - relay: the same comparison with bench/paced_upstream.py in place of the replica (first token after 50 ms,
+    then one every 30 ms, no engine): the gateway's own added TTFT and time per token, without the engine's
+    run-to-run noise (a 32-stream TTFT through an engine varies by tens of ms between identical runs).
   - routing: a gateway over 2 local replicas, a fresh one per policy (prefix_aware, round_robin,
     least_loaded) so the replicas' prefix caches start empty; 16 system prompts of >= 500 tokens shared by 192
     requests with short distinct user turns (prompt = system + user text: the load generator sends
@@ -48,14 +51,14 @@ from gateway_procs import (  # noqa: E402
     system_prompts,
     total,
 )
-from servers import CONTEXT, SERVED_NAME, Server, corral_spec, quiet_check, tail  # noqa: E402
+from servers import CONTEXT, SERVED_NAME, Server, ServerSpec, corral_spec, quiet_check, tail  # noqa: E402
 from workloads import provenance  # noqa: E402
 
 from corral.bench.datasets import random_token_prompts  # noqa: E402
 from corral.loader.default_model import default_model_path  # noqa: E402
 from corral.text.tokenizer import Tokenizer  # noqa: E402
 
-PARTS = ("overhead", "routing", "degrade")
+PARTS = ("overhead", "relay", "routing", "degrade")
 POLICIES = ("prefix_aware", "round_robin", "least_loaded")
 SERVE_ARGS = ["--max-model-len", str(CONTEXT)]
 
@@ -73,13 +76,23 @@ def failed_tail(what: str, log_path: str) -> None:
 # ---------------------------------------------------------------- overhead
 
 
-def part_overhead(args: argparse.Namespace, vocab: int, log_dir: str) -> dict[str, Any]:
-    spec = corral_spec(args.threads, " ".join(args.serve_args))
+def paced_spec(args: argparse.Namespace) -> ServerSpec:
+    cmd = [sys.executable, os.path.join(HERE, "paced_upstream.py"), "--port", "{port}",
+           "--ttft-ms", str(args.paced_ttft_ms), "--tpot-ms", str(args.paced_tpot_ms)]
+    return ServerSpec("paced upstream", cmd, "/health")
+
+
+def part_overhead(args: argparse.Namespace, vocab: int, log_dir: str, paced: bool = False) -> dict[str, Any]:
+    """Direct against through the gateway, alternating; ``paced``: the upstream is bench/paced_upstream.py
+    (no engine: what is left is the gateway's own cost), else a `corral serve` replica."""
+    spec = paced_spec(args) if paced else corral_spec(args.threads, " ".join(args.serve_args))
+    name = "relay" if paced else "overhead"
     levels = []
-    with Server(spec, os.path.join(log_dir, "overhead_replica.log")) as replica:
-        config = {"groups": {SERVED_NAME: {"backends": [{"url": replica.base_url}]}}, "cache": {"enabled": False}}
-        with Gateway(config, log_dir, "overhead_gateway", args.threads) as gateway:
-            print(f"overhead: replica up in {replica.startup_s:.1f} s, gateway {gateway.startup_s:.1f} s", flush=True)
+    with Server(spec, os.path.join(log_dir, f"{name}_upstream.log")) as replica:
+        backend = {"url": replica.base_url, **({"scrape_metrics": False} if paced else {})}
+        config = {"groups": {SERVED_NAME: {"backends": [backend]}}, "cache": {"enabled": False}}
+        with Gateway(config, log_dir, f"{name}_gateway", args.threads) as gateway:
+            print(f"{name}: upstream up in {replica.startup_s:.1f} s, gateway {gateway.startup_s:.1f} s", flush=True)
             warm = random_token_prompts(2, 32, vocab, seed=10_000)
             for url in (replica.base_url, gateway.base_url):
                 bench(url, SERVED_NAME, warm, 8, 2, 0, args.timeout)
@@ -91,10 +104,10 @@ def part_overhead(args: argparse.Namespace, vocab: int, log_dir: str) -> dict[st
                         try:
                             report = bench(url, SERVED_NAME, prompts, args.output_len, conc, rep, args.timeout)
                         except BaseException:
-                            failed_tail(f"overhead {path} c={conc}", gateway.log_path if pi else replica.log_path)
+                            failed_tail(f"{name} {path} c={conc}", gateway.log_path if pi else replica.log_path)
                             raise
                         runs[path].append(summary(report))
-                        print(f"  c={conc} rep {rep} {path:7}: TTFT p50 {report.ttft.median_ms:7.1f} ms, "
+                        print(f"  {name} c={conc} rep {rep} {path:7}: TTFT p50 {report.ttft.median_ms:7.1f} ms, "
                               f"{report.output_throughput:6.1f} tok/s, {report.num_failed} failed", flush=True)
                 levels.append(overhead_level(conc, num, runs))
             gw_metrics = scrape(gateway.base_url)
@@ -118,6 +131,7 @@ def overhead_level(conc: int, num: int, runs: dict[str, list[dict[str, Any]]]) -
     return {"concurrency": conc, "num_prompts": num, "runs": runs,
             "ttft_p50_direct_ms": d_ttft, "ttft_p50_gateway_ms": g_ttft, "ttft_p50_added_ms": g_ttft - d_ttft,
             "e2e_p50_added_ms": med("gateway", "e2e", "median_ms") - med("direct", "e2e", "median_ms"),
+            "tpot_p50_added_ms": med("gateway", "tpot", "median_ms") - med("direct", "tpot", "median_ms"),
             "throughput_direct": d_tput, "throughput_gateway": g_tput,
             "throughput_ratio": g_tput / d_tput if d_tput else None,
             "failed": sum(r["num_failed"] for path in runs.values() for r in path)}
@@ -125,12 +139,13 @@ def overhead_level(conc: int, num: int, runs: dict[str, list[dict[str, Any]]]) -
 
 def table_overhead(result: dict[str, Any]) -> str:
     rows = [[str(r["concurrency"]), str(r["num_prompts"]), f"{r['ttft_p50_direct_ms']:.1f}",
-             f"{r['ttft_p50_gateway_ms']:.1f}", f"{r['ttft_p50_added_ms']:+.1f}", f"{r['e2e_p50_added_ms']:+.1f}",
+             f"{r['ttft_p50_gateway_ms']:.1f}", f"{r['ttft_p50_added_ms']:+.1f}", f"{r['tpot_p50_added_ms']:+.2f}",
+             f"{r['e2e_p50_added_ms']:+.1f}",
              f"{r['throughput_direct']:.1f}", f"{r['throughput_gateway']:.1f}",
              f"{r['throughput_ratio']:.3f}" if r["throughput_ratio"] else "-", str(r["failed"])]
             for r in result["levels"]]
     return render(["streams", "prompts", "TTFT p50 direct ms", "TTFT p50 gateway ms", "added (<= 5)",
-                   "E2E p50 added ms", "tok/s direct", "tok/s gateway", "gateway/direct (>= 0.95)", "failed"], rows)
+                   "TPOT p50 added ms", "E2E p50 added ms", "tok/s direct", "tok/s gateway", "gateway/direct (>= 0.95)", "failed"], rows)
 
 
 # ---------------------------------------------------------------- routing
@@ -260,6 +275,8 @@ def parse_args() -> argparse.Namespace:
     o.add_argument("--num-prompts", type=int, nargs="+", default=None, help="one per concurrency (default 8 64)")
     o.add_argument("--input-len", type=int, default=None, help="default 128")
     o.add_argument("--output-len", type=int, default=None, help="default 128")
+    o.add_argument("--paced-ttft-ms", type=float, default=50.0, help="relay part: the paced upstream's first token")
+    o.add_argument("--paced-tpot-ms", type=float, default=30.0, help="relay part: its time per output token")
     r = p.add_argument_group("routing")
     r.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     r.add_argument("--systems", type=int, default=None, help="distinct system prompts (default 16, at most 26)")
@@ -312,8 +329,8 @@ def main() -> None:
     began = time.monotonic()
     for part in parts:
         start = time.monotonic()
-        if part == "overhead":
-            result = part_overhead(args, vocab, log_dir)
+        if part in ("overhead", "relay"):
+            result = part_overhead(args, vocab, log_dir, paced=part == "relay")
             tables[part] = table_overhead(result)
         elif part == "routing":
             result = part_routing(args, tokenizer, log_dir)
@@ -326,6 +343,8 @@ def main() -> None:
     warnings = [w for w in (warning, warning_after) if w]
     titles = {"overhead": "Gateway relay overhead (same replica, direct vs through the gateway; medians over "
                           f"{args.repeats} repeats)",
+              "relay": f"Gateway relay cost alone (a paced upstream: first token {args.paced_ttft_ms:g} ms, then "
+                       f"one every {args.paced_tpot_ms:g} ms; medians over {args.repeats} repeats)",
               "routing": "Routing policy vs prefix-cache hit rate (2 local replicas, shared system prompts)",
               "degrade": f"Burst of {args.burst} at `big` with and without fallback to `small` (both replicas "
                          f"share this {os.cpu_count()}-CPU host)"}
