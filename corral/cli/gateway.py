@@ -47,12 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from corral.gateway.app import build_app
+    from corral.gateway.app import UVICORN_OPTIONS, build_app
 
     config = load(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
     app = build_app(config, args.replica_log_level)
-    # uvloop and httptools: a relay's cost is event-loop and HTTP-parsing work (docs/gateway.md#benchmarks).
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, loop="uvloop", http="httptools")
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **UVICORN_OPTIONS)
     return 0

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from corral.runtime import EngineArgs, build_engine
-    from corral.server.app import build_app
+    from corral.server.app import UVICORN_OPTIONS, build_app
     from corral.server.async_engine import AsyncEngine
     from corral.server.metrics import EngineMetrics
 
@@ -113,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
                            args.max_stop_strings)
     app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics, args.max_waiting, limits)
     try:
-        # The stock event loop and HTTP parser, as measured (docs/performance.md); uvloop and httptools are
-        # installed for the gateway, and uvicorn's "auto" would pick them here too.
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, loop="asyncio", http="h11")
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **UVICORN_OPTIONS)
     finally:
         engine.shutdown()
     return 0

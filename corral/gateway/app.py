@@ -31,6 +31,11 @@ from corral.gateway.token_limits import clamp_max_tokens, prompt_error, prompt_t
 logger = logging.getLogger("corral.gateway")
 
 
+# The gateway's event loop and HTTP parser: a relay is mostly their work (docs/gateway.md#benchmarks: per-request
+# cost 3.35 -> 2.44 ms against asyncio and h11). Its tests start the app with these too.
+UVICORN_OPTIONS = {"loop": "uvloop", "http": "httptools"}
+
+
 class Gateway:
     """The groups, their backends and the tasks that keep them: one per gateway process."""
 

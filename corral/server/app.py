@@ -20,6 +20,10 @@ from corral.server.protocol import ChatCompletionRequest, CompletionRequest, Mod
 from corral.server.streams import ClientGone
 from corral.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize, tokenizer_info
 
+# The event loop and HTTP parser `corral serve` runs on (the stock ones, as measured in docs/performance.md;
+# uvicorn's "auto" would take uvloop and httptools, which the gateway installs). Tests start the app with these.
+UVICORN_OPTIONS = {"loop": "asyncio", "http": "h11"}
+
 
 def build_app(
     engine: AsyncEngine,

@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from corral.gateway.app import Gateway, build_app
+from corral.gateway.app import UVICORN_OPTIONS, Gateway, build_app
 from corral.gateway.config import GatewayConfig, parse_config
 from corral.gateway.supervisor import free_port
 
@@ -67,7 +67,7 @@ def start_gateway(config: GatewayConfig | dict) -> RunningGateway:
         config = parse_config(config, "test")
     port = free_port()
     app = build_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"

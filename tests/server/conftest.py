@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 
 from corral.runtime import EngineArgs, build_engine
-from corral.server.app import build_app
+from corral.server.app import UVICORN_OPTIONS, build_app
 from corral.server.async_engine import AsyncEngine
 from corral.server.metrics import EngineMetrics
 
@@ -57,7 +57,7 @@ def server():
     engine = AsyncEngine(build_engine(ENGINE_ARGS), observer=metrics)
     app = build_app(engine, MODEL_NAME, api_key=API_KEY, max_tokens_cap=512, metrics=metrics)
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,7 @@ import httpx
 import uvicorn
 
 from corral.runtime import EngineArgs, build_engine
-from corral.server.app import build_app
+from corral.server.app import UVICORN_OPTIONS, build_app
 from corral.server.async_engine import AsyncEngine
 
 from .conftest import free_port
@@ -21,7 +21,7 @@ def test_overload_gets_429_with_retry_after_and_others_complete():
     engine = AsyncEngine(build_engine(args))
     app = build_app(engine, "m", max_waiting=2)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}/v1/completions"
