@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -45,7 +46,8 @@ class Gateway:
         self.groups = {name: Group.from_config(name, group, self.metrics) for name, group in config.groups.items()}
         self.replica_log_level = replica_log_level
         self.created = int(time.time())
-        self.client: httpx.AsyncClient | None = None
+        self.client: httpx.AsyncClient | None = None  # health checks, metrics scrapes, replica start-up
+        self.upstream: aiohttp.ClientSession | None = None  # the relay (relay.py says why aiohttp)
         self.forwarder: Forwarder | None = None
         self.supervisors: list[ReplicaSupervisor] = []
         self.monitor: Monitor | None = None
@@ -57,7 +59,10 @@ class Gateway:
     async def start(self) -> None:
         # No pool bound: concurrency is bounded by the clients and the replicas' own admission.
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
-        self.forwarder = Forwarder(self.client, self.metrics)
+        # No pool bound either; bodies are relayed as they are (no decompression).
+        self.upstream = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                                              auto_decompress=False)
+        self.forwarder = Forwarder(self.upstream, self.metrics)
         self.fallbacks = Fallbacks(self.groups, self.forwarder, self.metrics)
         for group in self.groups.values():
             for backend in group.backends:
@@ -75,6 +80,8 @@ class Gateway:
             await supervisor.stop()
         if self.client is not None:
             await self.client.aclose()
+        if self.upstream is not None:
+            await self.upstream.close()
         if self.cache is not None:
             await self.cache.close()
 

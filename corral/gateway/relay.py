@@ -1,6 +1,7 @@
 """Forwarding one request to a group: pick a backend, send, retry on another while nothing has reached the
 client, then relay the answer (a body as is, or a stream chunk by chunk). The client going away at any point
-closes the upstream connection at once, which is how a replica learns to abort the request."""
+closes the upstream connection at once, which is how a replica learns to abort the request. The upstream side
+is aiohttp: a third of httpx's CPU per streamed request (docs/gateway.md#benchmarks), which is the relay's cost."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -79,16 +80,16 @@ async def race_client(http: Request, awaitable: Awaitable, timeout_s: float):
     task.cancel()
     with contextlib.suppress(BaseException):
         late = await task  # finished between the wait and the cancel: an open response to close
-        if isinstance(late, httpx.Response):
-            await late.aclose()
+        if isinstance(late, aiohttp.ClientResponse):
+            late.close()
     raise ClientGone() if gone in done else asyncio.TimeoutError()
 
 
 class Forwarder:
     """Sends requests to backends over one shared connection pool and relays their answers."""
 
-    def __init__(self, client: httpx.AsyncClient, metrics: GatewayMetrics):
-        self.client = client
+    def __init__(self, session: aiohttp.ClientSession, metrics: GatewayMetrics):
+        self.session = session
         self.metrics = metrics
 
     async def forward(self, ctx: RequestContext) -> Response:
@@ -128,41 +129,42 @@ class Forwarder:
         except ClientGone:
             done.finish(499)
             return Response(status_code=499)
-        except (httpx.HTTPError, asyncio.TimeoutError) as error:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             return done.fail(_Failure(_describe(error)))
-        if upstream.status_code in _RETRYABLE_STATUS:
+        if upstream.status in _RETRYABLE_STATUS:
             body = await _read_quietly(upstream)
-            return done.fail(_Failure(f"status {upstream.status_code}", upstream.status_code, body,
+            return done.fail(_Failure(f"status {upstream.status}", upstream.status, body,
                                       upstream.headers.get("content-type", "application/json")))
         headers = {"x-request-id": ctx.request_id}
         if "retry-after" in upstream.headers:  # a 429's advice, passed on (and to the fallback's 429)
             headers["retry-after"] = upstream.headers["retry-after"]
         media_type = upstream.headers.get("content-type", "application/json")
-        chunks = upstream.aiter_bytes()
+        chunks = upstream.content.iter_any()
         try:
             if not (ctx.stream and media_type.startswith("text/event-stream")):
-                body = await race_client(ctx.http, upstream.aread(), ctx.remaining())
+                body = await race_client(ctx.http, upstream.read(), ctx.remaining())
             else:
                 body = await race_client(ctx.http, anext(chunks), min(group.config.timeouts.first_byte_s,
                                                                       ctx.remaining()))
         except ClientGone:
-            await upstream.aclose()
+            upstream.close()
             done.finish(499)
             return Response(status_code=499)
         except StopAsyncIteration:
             body = b""  # an empty stream; the relay finds it exhausted too
-        except (httpx.HTTPError, asyncio.TimeoutError) as error:
-            await upstream.aclose()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            upstream.close()
             return done.fail(_Failure(_describe(error)))
         group.record_success(backend)
         done.first_byte()
         if not (ctx.stream and media_type.startswith("text/event-stream")):
-            done.finish(upstream.status_code)
-            return Response(body, status_code=upstream.status_code, media_type=media_type, headers=headers)
-        return RelayResponse(body, chunks, upstream, done, ctx, status_code=upstream.status_code,
+            done.finish(upstream.status)
+            upstream.release()
+            return Response(body, status_code=upstream.status, media_type=media_type, headers=headers)
+        return RelayResponse(body, chunks, upstream, done, ctx, status_code=upstream.status,
                              media_type=media_type, headers=headers)
 
-    async def _send(self, ctx: RequestContext, backend: Backend) -> httpx.Response:
+    async def _send(self, ctx: RequestContext, backend: Backend) -> aiohttp.ClientResponse:
         body = ctx.body
         if backend.config.model is not None:
             body = {**body, "model": backend.config.model}
@@ -170,11 +172,10 @@ class Forwarder:
         if backend.config.api_key is not None:
             headers["authorization"] = f"Bearer {backend.config.api_key}"
         timeouts = ctx.group.config.timeouts
-        request = self.client.build_request(
-            "POST", backend.url + ctx.path, content=json.dumps(body).encode(), headers=headers,
-            timeout=httpx.Timeout(connect=timeouts.connect_s, read=None, write=timeouts.connect_s, pool=None),
-        )
-        return await self.client.send(request, stream=True)
+        # No read timeout here: first_byte_s, idle_s and the request's deadline bound the waits (race_client).
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeouts.connect_s, sock_read=None)
+        return await self.session.post(backend.url + ctx.path, data=json.dumps(body).encode(), headers=headers,
+                                       timeout=timeout)
 
     def _first_byte_s(self, ctx: RequestContext) -> float:
         # A non-streaming answer's headers come only with the whole answer.
@@ -214,7 +215,7 @@ class RelayResponse(Response):
     """Relays an SSE stream chunk by chunk as it arrives. The client leaving cancels the relay and closes the
     upstream stream; the backend failing mid-stream ends the stream with an OpenAI-shaped error event."""
 
-    def __init__(self, first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response, done: _Done,
+    def __init__(self, first: bytes, chunks: AsyncIterator[bytes], upstream: aiohttp.ClientResponse, done: _Done,
                  ctx: RequestContext, status_code: int, media_type: str, headers: dict[str, str]):
         # Not Response.__init__: with no body set, init_headers adds no content-length (chunked, as streamed).
         self.status_code, self.media_type, self.background = status_code, media_type, None
@@ -244,7 +245,7 @@ class RelayResponse(Response):
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.upstream.aclose()
+            self.upstream.close()
         self.done.finish(self.outcome)
         if self.on_complete is not None and self.relayed_all and self.outcome == self.status_code == 200:
             try:
@@ -266,7 +267,7 @@ class RelayResponse(Response):
             except StopAsyncIteration:
                 self.relayed_all = True
                 break
-            except (httpx.HTTPError, asyncio.TimeoutError) as error:
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 await send({"type": "http.response.body", "body": self._error(error, last), "more_body": True})
                 break
             last = chunk
@@ -281,7 +282,7 @@ class RelayResponse(Response):
         backend, group = self.done.backend, self.ctx.group
         self.outcome = "stream_error"
         self.done.metrics.stream_errors.labels(group=group.name, backend=backend.name).inc()
-        if isinstance(error, httpx.HTTPError):
+        if isinstance(error, aiohttp.ClientError) and not isinstance(error, asyncio.TimeoutError):
             group.record_failure(backend, time.monotonic())
             message, status = f"backend {backend.name} failed mid-stream: {_describe(error)}", 502
         else:
@@ -291,16 +292,16 @@ class RelayResponse(Response):
         return separator + error_event(status, message)
 
 
-async def _read_quietly(upstream: httpx.Response) -> bytes:
+async def _read_quietly(upstream: aiohttp.ClientResponse) -> bytes:
     try:
-        return await upstream.aread()
-    except httpx.HTTPError:
+        return await upstream.read()
+    except aiohttp.ClientError:
         return b""
     finally:
-        await upstream.aclose()
+        upstream.close()
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, (asyncio.TimeoutError, httpx.TimeoutException)):
+    if isinstance(error, asyncio.TimeoutError):  # aiohttp's own timeouts are TimeoutErrors too
         return "timed out"
     return f"{type(error).__name__}: {error}".rstrip(": ")
