@@ -1,6 +1,7 @@
 """A group's backends and what the gateway knows of each: where it is, whether it takes requests (up, passing
 ``/health``, not ejected), its load (in flight here; waiting, running and KV usage scraped from its
-``/metrics``, and from them the requests other clients have there), and passive outlier ejection after consecutive failures."""
+``/metrics``, and from them the requests other clients have there), and passive outlier ejection after
+consecutive failures."""
 
 from __future__ import annotations
 

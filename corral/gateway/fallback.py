@@ -3,8 +3,9 @@ the first of them that can take it when it cannot answer itself: no backend avai
 its ``overload`` load, an upstream 429 or 503 before any byte, or a prompt too long for it (over its
 ``max_prompt_chars``, or its replica's own ``context_length_exceeded`` 400: the context-window fallback). Chains
 are followed (``a -> b -> c``: b's fallbacks after a's). The answer carries ``x-corral-fallback: <from>-><to>``
-and its body the model that answered; a counter keeps them by from, to and reason. A group that names fallbacks, or forbids them with
-``allow_fallback: false``, answers 429 with ``Retry-After`` when neither it nor a fallback can answer."""
+and its body the model that answered; a counter keeps them by from, to and reason. A group that names
+fallbacks, or forbids them with ``allow_fallback: false``, answers 429 with ``Retry-After`` when neither it nor
+a fallback can answer."""
 
 from __future__ import annotations
 

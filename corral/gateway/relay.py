@@ -282,7 +282,7 @@ class RelayResponse(Response):
         backend, group = self.done.backend, self.ctx.group
         self.outcome = "stream_error"
         self.done.metrics.stream_errors.labels(group=group.name, backend=backend.name).inc()
-        if isinstance(error, aiohttp.ClientError) and not isinstance(error, asyncio.TimeoutError):
+        if isinstance(error, aiohttp.ClientError):
             group.record_failure(backend, time.monotonic())
             message, status = f"backend {backend.name} failed mid-stream: {_describe(error)}", 502
         else:
