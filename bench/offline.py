@@ -15,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -131,7 +131,7 @@ def main() -> None:
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         print(f"{label:28}{ours:10.2f}{(theirs or float('nan')):10.2f}{ratio:>8}")
     results["meta"] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -411,7 +411,7 @@ def main() -> None:
     host = ("Intel with AMX" if cpu_has("amx_bf16") else "AVX-512 BF16 (Zen 4)" if cpu_has("avx512_bf16")
             else "AVX-512" if cpu_has("avx512f") else "AVX2 only (Zen 3)")
     notes = [
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} {host}, {args.threads} threads; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} {host}, {args.threads} threads; "
         f"total {time.perf_counter() - began:.0f} s.",
         f"Workloads: {args.num_prompts} prompts x {args.max_tokens} new tokens, greedy, EOS ignored; "
         f"A {prompt_a} prompt tokens, B {prompt_b} (chat template), the same token ids for every system.",

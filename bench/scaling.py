@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,7 +94,7 @@ def run_level(server: Server, level: Level, num_prompts: int, vocab: int, seed: 
 
     try:
         return asyncio.run(bounded())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
 
 
@@ -241,7 +241,7 @@ def main() -> None:
         print(w, flush=True)
     print(f"\ncorral serve peak RSS {rss:.0f} MiB; sweep took {total:.0f} s "
           f"(budget {args.max_seconds:.0f} s); {args.threads} threads", flush=True)
-    stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     with open(os.path.join(args.output_dir, "scaling.json"), "w") as f:
         json.dump({**provenance(), "rows": rows, "peak_rss_mib": rss, "seconds": total, "args": vars(args),
                    "serve_cmd": spec.cmd, "cpu_busy_before": busy, "cpu_busy_after": busy_after,

@@ -72,7 +72,7 @@ def provenance() -> dict[str, Any]:
         "host": {"cpu": model, "simd_flags": [f for f in SIMD_FLAGS if f in flags], "machine": platform.machine(),
                  "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "torch": torch_version, "python": platform.python_version()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": sys.argv,
         "commit": commit,
     }

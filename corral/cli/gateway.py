@@ -44,6 +44,7 @@ def load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     import uvicorn
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     config = load(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
-    app = build_app(config, args.replica_log_level)
+    admin_key = os.environ.get(config.auth.admin_key_env) or None  # unset or empty: the admin API is refused
+    app = build_app(config, args.replica_log_level, admin_key)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **UVICORN_OPTIONS)
     return 0

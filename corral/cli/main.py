@@ -18,6 +18,8 @@ COMMANDS = {
     "eval": ("corral.cli.eval", "perplexity or greedy agreement of a model on held-out text"),
     "quantize": ("corral.cli.quantize", "write a model's weights packed (int8, rtn/awq/gptq int4) into a directory"),
     "gateway": ("corral.cli.gateway", "one OpenAI-compatible endpoint over model groups of replicas (docs/gateway.md)"),
+    "audit": ("corral.cli.audit", "verify the gateway's audit hash chain, or query its records (docs/audit.md)"),
+    "keys": ("corral.cli.keys", "create, list, revoke or rotate the gateway's API keys (docs/gateway.md)"),
 }
 
 

@@ -1,9 +1,11 @@
-"""The gateway's HTTP face: OpenAI routes relayed to model groups, ``/health``, ``/metrics`` and
-``/gateway/status``; the lifespan starts and stops local replicas and the health and metrics monitor."""
+"""The gateway's HTTP face: OpenAI routes relayed to model groups, ``/health``, ``/metrics``,
+``/gateway/status`` and the admin API (admin.py); the lifespan starts and stops local replicas and the health and
+metrics monitor. With auth enabled, every ``/v1`` route needs a tenant's key (auth.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -18,11 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.gateway import cache_path
+from corral.gateway.admin import add_admin_routes
+from corral.gateway.auth import Authenticator, Tenant
 from corral.gateway.backends import Group, Monitor
 from corral.gateway.cache import GatewayCache
-from corral.gateway.config import GatewayConfig
+from corral.gateway.config import GatewayConfig, GatewayConfigError
 from corral.gateway.errors import GatewayError, error_response
-from corral.gateway.fallback import Fallbacks
+from corral.gateway.fallback import Fallbacks, on_premises_reachable
+from corral.gateway.key_store import KeyStoreError, SQLiteKeyStore
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.relay import Forwarder, RequestContext
 from corral.gateway.routing import RouteRequest, prompt_text
@@ -35,14 +40,23 @@ logger = logging.getLogger("corral.gateway")
 # The gateway's event loop and HTTP parser: a relay is mostly their work (a streamed request's first event through
 # the gateway, back to back: 3.35 ms on asyncio and h11, 2.44 ms on these). Its tests start the app with these too.
 UVICORN_OPTIONS = {"loop": "uvloop", "http": "httptools"}
+RELAYED_PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
 class Gateway:
-    """The groups, their backends and the tasks that keep them: one per gateway process."""
+    """The groups, their backends and the tasks that keep them: one per gateway process. ``admin_key``: the
+    admin API's key (the CLI reads it from ``auth.admin_key_env``); None refuses the admin API."""
 
-    def __init__(self, config: GatewayConfig, replica_log_level: str = "warning"):
+    def __init__(self, config: GatewayConfig, replica_log_level: str = "warning", admin_key: str | None = None):
         self.config = config
         self.metrics = GatewayMetrics()
+        self.auth = None
+        if config.auth.enabled:
+            try:
+                store = SQLiteKeyStore(config.auth.store)
+            except KeyStoreError as error:
+                raise GatewayConfigError(f"auth.store: {error}") from None
+            self.auth = Authenticator(config.auth, store, admin_key, self.metrics)
         self.groups = {name: Group.from_config(name, group, self.metrics) for name, group in config.groups.items()}
         self.replica_log_level = replica_log_level
         self.created = int(time.time())
@@ -84,9 +98,24 @@ class Gateway:
             await self.upstream.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.auth is not None:
+            self.auth.store.close()
+
+    def authenticate(self, http: Request) -> Tenant | None:
+        """The request's tenant (a 401 for a bad key); None when auth is off."""
+        return None if self.auth is None else self.auth.tenant(http.headers)
+
+    def model_names(self, tenant: Tenant | None) -> list[str]:
+        """The groups ``tenant`` may use (and, ``local_only``, reach)."""
+        if tenant is None:
+            return list(self.groups)
+        return [name for name in self.groups if tenant.config.allows(name)
+                and (not tenant.config.local_only or on_premises_reachable(self.groups, name))]
 
     async def context(self, http: Request, path: str, request_id: str) -> RequestContext:
-        """Parses and checks what the gateway itself needs of a request: JSON, a known model, a time limit."""
+        """Parses and checks what the gateway itself needs of a request: its key (auth), JSON, a known model
+        its tenant may use, a time limit."""
+        tenant = self.authenticate(http)  # before the body is read: no work for an unknown caller
         try:
             body = json.loads(await read_body(http, self.config.max_body_bytes))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -99,7 +128,14 @@ class Gateway:
         group = self.groups.get(model)
         if group is None:
             raise GatewayError(404, f"the model {model!r} does not exist (this gateway serves "
-                                    f"{', '.join(map(repr, self.groups))})", param="model", code="model_not_found")
+                                    f"{', '.join(map(repr, self.model_names(tenant)))})", param="model",
+                               code="model_not_found")
+        if tenant is not None:
+            self.auth.check_group(tenant, group.name)
+            if tenant.config.local_only and not on_premises_reachable(self.groups, group.name):
+                raise GatewayError(403, f"tenant {tenant.name!r} is local_only and no backend of model "
+                                        f"{group.name!r} (or its fallbacks) is on premises", param="model",
+                                   code="local_only")
         arrival = time.monotonic()
         limit_s = group.config.timeouts.request_s
         header = http.headers.get("x-request-timeout")
@@ -113,7 +149,9 @@ class Gateway:
             limit_s = min(limit_s, requested)
         route = RouteRequest(prompt_text(body), http.headers.get(group.config.routing.session_header))
         return RequestContext(http, path, body, group, request_id, arrival, arrival + limit_s,
-                              stream=body.get("stream") is True, route=route)
+                              stream=body.get("stream") is True, route=route,
+                              tenant=tenant and tenant.name, tenant_config=tenant and tenant.config,
+                              key_id=tenant and tenant.key_id)
 
     async def dispatch(self, ctx: RequestContext) -> Response:
         """Answers a checked request: its prompt limit (a 400, or the context-window fallback) and output budget
@@ -123,7 +161,9 @@ class Gateway:
         too_long = prompt_too_long(ctx.body, config)
         if too_long and not config.fallback_allowed:
             raise prompt_error(ctx.body, ctx.group.name, config)
-        ctx.body = clamp_max_tokens(ctx.body, config)  # before the plan: the key is that of the body forwarded
+        tenant_cap = ctx.tenant_config.max_tokens_cap if ctx.tenant_config is not None else None
+        # Before the plan: the cache key is that of the body forwarded.
+        ctx.body = clamp_max_tokens(ctx.body, config, tenant_cap)
         plan = cache_path.plan(self.cache, ctx) if self.cache is not None and not too_long else None
         if plan is not None and plan.lookup:
             entry = await self.cache.lookup(plan)
@@ -170,9 +210,10 @@ def _too_large(size: str, max_bytes: int) -> GatewayError:
                              f"limit of {max_bytes} (max_body_bytes)", code="request_too_large")
 
 
-def build_app(config: GatewayConfig, replica_log_level: str = "warning") -> FastAPI:
+def build_app(config: GatewayConfig, replica_log_level: str = "warning",
+              admin_key: str | None = None) -> FastAPI:
     """The FastAPI app over a new Gateway (``app.state.gateway``)."""
-    gateway = Gateway(config, replica_log_level)
+    gateway = Gateway(config, replica_log_level, admin_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,6 +230,10 @@ def build_app(config: GatewayConfig, replica_log_level: str = "warning") -> Fast
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return error_response(GatewayError(error.status_code, str(error.detail)))
 
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, error: GatewayError) -> JSONResponse:
+        return error_response(error)
+
     async def relay(http: Request, path: str) -> Response:
         request_id = http.headers.get("x-request-id") or f"gw-{uuid.uuid4().hex}"
         try:
@@ -199,18 +244,16 @@ def build_app(config: GatewayConfig, replica_log_level: str = "warning") -> Fast
         response.headers["x-request-id"] = request_id
         return response
 
-    @app.post("/v1/completions")
-    async def completions(http: Request) -> Response:
-        return await relay(http, "/v1/completions")
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(http: Request) -> Response:
-        return await relay(http, "/v1/chat/completions")
+    # Plain Starlette routes, not FastAPI's: the relay parses its own body, and FastAPI's parameter and
+    # response handling would cost every relayed request for nothing (docs/gateway.md#benchmarks).
+    for path in RELAYED_PATHS:
+        app.add_route(path, functools.partial(relay, path=path), methods=["POST"], include_in_schema=False)
 
     @app.get("/v1/models")
-    async def models() -> dict:
+    async def models(http: Request) -> dict:
+        names = gateway.model_names(gateway.authenticate(http))
         return {"object": "list", "data": [{"id": name, "object": "model", "created": gateway.created,
-                                            "owned_by": "corral-gateway"} for name in gateway.groups]}
+                                            "owned_by": "corral-gateway"} for name in names]}
 
     @app.get("/health")
     async def health() -> dict:
@@ -220,8 +263,13 @@ def build_app(config: GatewayConfig, replica_log_level: str = "warning") -> Fast
     async def metrics() -> Response:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # /health and /metrics stay open (load balancers, Prometheus): /metrics names groups and backends, so it is
+    # for an internal network only (docs/gateway.md#tenants-and-api-keys).
     @app.get("/gateway/status")
-    async def status() -> dict:
+    async def status(http: Request) -> dict:
+        if gateway.auth is not None:
+            gateway.auth.check_admin(http.headers)
         return gateway.status()
 
+    add_admin_routes(app, gateway.auth)
     return app

@@ -46,6 +46,11 @@ class Backend:
     def local(self) -> bool:
         return self.config.local is not None
 
+    @property
+    def on_premises(self) -> bool:
+        """Inside this host or cluster: a local replica, or a url backend the config marks so."""
+        return self.local or self.config.on_premises
+
     def available(self, now: float) -> bool:
         return self.url is not None and self.healthy and now >= self.ejected_until
 
@@ -80,8 +85,10 @@ class Group:
             metrics.healthy.labels(**labels).set_function(lambda b=backend: float(b.available(time.monotonic())))
         return group
 
-    def candidates(self, now: float, exclude: set[str] = frozenset()) -> list[Backend]:
-        return [b for b in self.backends if b.available(now) and b.name not in exclude]
+    def candidates(self, now: float, exclude: set[str] = frozenset(),
+                   on_premises_only: bool = False) -> list[Backend]:
+        return [b for b in self.backends
+                if b.available(now) and b.name not in exclude and (b.on_premises or not on_premises_only)]
 
     def record_success(self, backend: Backend) -> None:
         backend.consecutive_failures = 0

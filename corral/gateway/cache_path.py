@@ -49,7 +49,7 @@ class CacheCollector(Collector):
 
 
 def plan(cache: GatewayCache, ctx: RequestContext) -> CachePlan:
-    return cache.plan(ctx.group.name, ctx.path, ctx.body, ctx.http.headers)
+    return cache.plan(ctx.group.name, ctx.path, ctx.body, ctx.http.headers, tenant=ctx.tenant)
 
 
 def header_value(plan: CachePlan, hit: bool) -> str:

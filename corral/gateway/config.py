@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from corral.errors import CorralError
 from corral.gateway.cache import CacheConfig
+from corral.gateway.tenants import TenantConfig
 
 Policy = Literal["least_loaded", "prefix_aware", "session", "round_robin"]
 
@@ -39,6 +40,8 @@ class BackendConfig(_Strict):
     model: str | None = Field(default=None, description="the name this backend serves, if not the group's")
     api_key: str | None = None
     scrape_metrics: bool = Field(default=True, description="read waiting/running/KV usage from its /metrics")
+    # A url backend inside this host or cluster: local_only tenants may reach it (local replicas always are).
+    on_premises: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> BackendConfig:
@@ -144,6 +147,17 @@ class GroupConfig(_Strict):
         return bool(self.fallbacks) or self.allow_fallback is not None
 
 
+class AuthConfig(_Strict):
+    """API keys and tenants (docs/gateway.md#tenants-and-api-keys). Off, no key is asked for. Keys live in
+    ``store`` (SQLite; a relative path is relative to the working directory), the admin API's key in the
+    environment variable named ``admin_key_env`` (unset: the admin API is refused)."""
+
+    enabled: bool = False
+    store: str = "corral-keys.sqlite"
+    admin_key_env: str = "CORRAL_GATEWAY_ADMIN_KEY"
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+
+
 class GatewayConfig(_Strict):
     """The whole file: where the gateway listens and its model groups."""
 
@@ -152,6 +166,7 @@ class GatewayConfig(_Strict):
     groups: dict[str, GroupConfig] = Field(min_length=1)
     cache: CacheConfig = CacheConfig()
     max_body_bytes: int = Field(default=8 * 1024**2, ge=1, description="larger request bodies get 413")
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _fallbacks_exist_without_cycles(self) -> GatewayConfig:
@@ -163,6 +178,16 @@ class GatewayConfig(_Strict):
             cycle = _fallback_cycle(self.groups, name, [])
             if cycle:
                 raise ValueError(f"groups.{name}.fallbacks: a cycle: {' -> '.join(cycle)}")
+        return self
+
+    @model_validator(mode="after")
+    def _tenants_name_groups(self) -> GatewayConfig:
+        if self.auth.enabled and not self.auth.tenants:
+            raise ValueError("auth.tenants: auth is enabled but no tenant is declared")
+        for name, tenant in self.auth.tenants.items():
+            for i, group in enumerate(tenant.groups):
+                if group != "*" and group not in self.groups:
+                    raise ValueError(f"auth.tenants.{name}.groups.{i}: no group named {group!r}")
         return self
 
 
@@ -211,7 +236,7 @@ def describe(error: ValidationError) -> str:
     message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
     message = message.removeprefix("Value error, ")
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    if not first["loc"] and message.startswith("groups."):  # a whole-file check that names its own key
+    if not first["loc"] and message.startswith(("groups.", "auth.")):  # a whole-file check that names its own key
         return f"{message}{more}".replace("\n", " ")
     return f"{where}: {message}{more}".replace("\n", " ")
 

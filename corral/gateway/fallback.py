@@ -36,7 +36,7 @@ class Fallbacks:
     async def forward(self, ctx: RequestContext) -> tuple[Response, str | None]:
         """The answer, and the group that gave it when it was a fallback (None when the request's own)."""
         falls = ctx.group.config.answers_429
-        reason, refusal = precheck(ctx.group, ctx.body, falls), None
+        reason, refusal = precheck(ctx.group, ctx.body, falls, ctx.local_only), None
         if reason is None:
             response = await self._try(ctx, falls)
             if response is not None:
@@ -65,7 +65,7 @@ class Fallbacks:
         if origin.config.fallback_allowed:
             for name in fallback_chain(self.groups, origin.name):
                 target = self.groups[name]
-                if precheck(target, ctx.body, True) is not None:
+                if precheck(target, ctx.body, True, ctx.local_only) is not None:
                     continue
                 self.metrics.fallbacks.labels(origin.name, name, reason).inc()
                 body = clamp_max_tokens({**ctx.body, "model": name}, target.config)
@@ -105,15 +105,22 @@ def fallback_chain(groups: dict[str, Group], origin: str) -> list[str]:
     return chain
 
 
-def precheck(group: Group, body: dict, falls: bool) -> str | None:
+def on_premises_reachable(groups: dict[str, Group], origin: str) -> bool:
+    """Whether ``origin`` or a group of its fallback chain has a backend a ``local_only`` tenant may reach."""
+    return any(backend.on_premises for name in (origin, *fallback_chain(groups, origin))
+               for backend in groups[name].backends)
+
+
+def precheck(group: Group, body: dict, falls: bool, on_premises_only: bool = False) -> str | None:
     """Why ``group`` cannot take ``body`` before anything is sent (None when it may): a prompt over its limit,
-    or, when it ``falls`` back, no backend available or (with ``overload`` set) every backend at or over it."""
+    or, when it ``falls`` back, no backend available (on premises, for a ``local_only`` tenant) or (with
+    ``overload`` set) every backend at or over it."""
     config = group.config
     if prompt_too_long(body, config):
         return "context_window"
     if not falls:
         return None  # as before fallback: the forwarder's own 503
-    candidates = group.candidates(time.monotonic())
+    candidates = group.candidates(time.monotonic(), on_premises_only=on_premises_only)
     if not candidates:
         return "no_backend"
     weight = config.routing.kv_usage_weight

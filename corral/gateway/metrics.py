@@ -11,7 +11,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1
 
 class GatewayMetrics:
     """Requests by group, backend, status and route decision; time to the first byte relayed (TTFT at the
-    gateway) and end-to-end latency; in flight and health per backend; retries, ejections, restarts."""
+    gateway) and end-to-end latency; in flight and health per backend; retries, ejections, restarts; requests
+    refused by auth."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -39,3 +40,7 @@ class GatewayMetrics:
                                      ["group", "backend"], registry=r)
         self.fallbacks = Counter("corral_gateway_fallbacks", "Requests sent on to a fallback group, by reason.",
                                  ["from", "to", "reason"], registry=r)
+        self.auth_failures = Counter("corral_gateway_auth_failures",
+                                     "Requests refused by auth, by reason (missing_key, malformed_key, unknown_key, "
+                                     "revoked_key, unknown_tenant, model_not_allowed, admin_key).",
+                                     ["reason"], registry=r)

@@ -21,6 +21,7 @@ from corral.gateway.backends import Backend, Group
 from corral.gateway.errors import GatewayError, error_event
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.routing import RouteRequest
+from corral.gateway.tenants import TenantConfig
 
 logger = logging.getLogger("corral.gateway")
 
@@ -45,9 +46,17 @@ class RequestContext:
     deadline: float
     stream: bool = False
     route: RouteRequest = field(default_factory=RouteRequest)
+    # Who sent it, when auth is enabled (auth.py); None otherwise.
+    tenant: str | None = None
+    tenant_config: TenantConfig | None = None
+    key_id: str | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    @property
+    def local_only(self) -> bool:
+        return self.tenant_config is not None and self.tenant_config.local_only
 
 
 @dataclass
@@ -82,7 +91,7 @@ async def race_client(http: Request, awaitable: Awaitable, timeout_s: float):
         late = await task  # finished between the wait and the cancel: an open response to close
         if isinstance(late, aiohttp.ClientResponse):
             late.close()
-    raise ClientGone() if gone in done else asyncio.TimeoutError()
+    raise ClientGone() if gone in done else TimeoutError()
 
 
 class Forwarder:
@@ -98,7 +107,7 @@ class Forwarder:
         group, tried, failure = ctx.group, set(), None
         for attempt in range(group.config.retries + 1):
             now = time.monotonic()
-            candidates = group.candidates(now, tried)
+            candidates = group.candidates(now, tried, on_premises_only=ctx.local_only)
             if not candidates or ctx.remaining() <= 0:
                 break
             decision = group.router.pick(ctx.route, candidates, now)
@@ -129,7 +138,7 @@ class Forwarder:
         except ClientGone:
             done.finish(499)
             return Response(status_code=499)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             return done.fail(_Failure(_describe(error)))
         if upstream.status in _RETRYABLE_STATUS:
             body = await _read_quietly(upstream)
@@ -152,7 +161,7 @@ class Forwarder:
             return Response(status_code=499)
         except StopAsyncIteration:
             body = b""  # an empty stream; the relay finds it exhausted too
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             upstream.close()
             return done.fail(_Failure(_describe(error)))
         group.record_success(backend)
@@ -263,11 +272,13 @@ class RelayResponse(Response):
         idle_s = self.ctx.group.config.timeouts.idle_s
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(self.chunks), min(idle_s, max(self.ctx.remaining(), 0.0)))
+                # asyncio.timeout, not wait_for: wait_for wraps each read in a Task of its own, per chunk.
+                async with asyncio.timeout(min(idle_s, max(self.ctx.remaining(), 0.0))):
+                    chunk = await anext(self.chunks)
             except StopAsyncIteration:
                 self.relayed_all = True
                 break
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 await send({"type": "http.response.body", "body": self._error(error, last), "more_body": True})
                 break
             last = chunk

@@ -32,10 +32,14 @@ def prompt_error(body: dict, group: str, config: GroupConfig) -> GatewayError:
                         param="messages" if "messages" in body else "prompt", code="context_length_exceeded")
 
 
-def clamp_max_tokens(body: dict, config: GroupConfig) -> dict:
-    """The body to forward: its output budget clamped to the cap, or the default (else the cap) when it sent
-    none. A new dict when it changes; a budget that is not a positive integer is left for the replica to refuse."""
+def clamp_max_tokens(body: dict, config: GroupConfig, tenant_cap: int | None = None) -> dict:
+    """The body to forward: its output budget clamped to the cap (the group's or the tenant's, whichever is
+    smaller), or the default (else the cap; never over it) when it sent none. A new dict when it changes; a
+    budget that is not a positive integer is left for the replica to refuse."""
     cap, default = config.max_tokens_cap, config.default_max_tokens
+    if tenant_cap is not None:
+        cap = tenant_cap if cap is None else min(cap, tenant_cap)
+        default = None if default is None else min(default, cap)
     if cap is None and default is None:
         return body
     present = [name for name in _BUDGET_FIELDS if body.get(name) is not None]

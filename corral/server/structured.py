@@ -55,7 +55,7 @@ async def compile_off_thread(engine: AsyncEngine, field: str, spec: StructuredOu
     try:
         compiling = asyncio.get_running_loop().run_in_executor(_COMPILER, grammars.compile, spec)
         return await asyncio.wait_for(asyncio.shield(compiling), COMPILE_TIMEOUT_S)
-    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+    except TimeoutError:
         raise APIError(400, f"{field}: the grammar took longer than {COMPILE_TIMEOUT_S:.0f} s to compile",
                        param=field) from None
     except GrammarError as error:

@@ -30,9 +30,12 @@ class RunningGateway:
     gateway: Gateway
     server: uvicorn.Server
     thread: threading.Thread
+    admin_key: str | None = None  # sent to /gateway/status, which needs it when auth is enabled
 
     def status(self, group: str) -> list[dict]:
-        return httpx.get(self.base_url + "/gateway/status", timeout=5).json()["groups"][group]["backends"]
+        headers = {"authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
+        return httpx.get(self.base_url + "/gateway/status", headers=headers,
+                         timeout=5).json()["groups"][group]["backends"]
 
     def metric(self, name: str, **labels: str) -> float:
         return metric_value(httpx.get(self.base_url + "/metrics", timeout=5).text, name, **labels)
@@ -62,11 +65,24 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def start_gateway(config: GatewayConfig | dict) -> RunningGateway:
+def wait_healthy(base_url: str, process: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    """Returns once ``base_url``/health answers; fails if ``process`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(base_url + "/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            assert process is None or process.poll() is None, f"{base_url}: the process exited"
+            assert time.monotonic() < deadline, f"{base_url} did not answer /health"
+            time.sleep(0.05)
+
+
+def start_gateway(config: GatewayConfig | dict, admin_key: str | None = None) -> RunningGateway:
     if isinstance(config, dict):
         config = parse_config(config, "test")
     port = free_port()
-    app = build_app(config)
+    app = build_app(config, admin_key=admin_key)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -75,7 +91,7 @@ def start_gateway(config: GatewayConfig | dict) -> RunningGateway:
     while time.monotonic() < deadline:
         try:
             if httpx.get(base_url + "/health", timeout=2).status_code == 200:
-                return RunningGateway(base_url, app.state.gateway, server, thread)
+                return RunningGateway(base_url, app.state.gateway, server, thread, admin_key)
         except httpx.HTTPError:
             time.sleep(0.05)
     raise AssertionError("the gateway did not answer /health")
@@ -86,8 +102,8 @@ def run_gateway() -> Iterator[Callable[[GatewayConfig | dict], RunningGateway]]:
     """``run_gateway(config)``: a RunningGateway, stopped after the test."""
     running: list[RunningGateway] = []
 
-    def run(config: GatewayConfig | dict) -> RunningGateway:
-        running.append(start_gateway(config))
+    def run(config: GatewayConfig | dict, admin_key: str | None = None) -> RunningGateway:
+        running.append(start_gateway(config, admin_key))
         return running[-1]
 
     yield run

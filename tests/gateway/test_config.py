@@ -41,6 +41,9 @@ def test_a_good_file_loads_with_defaults_filled(tmp_path):
     assert smol.ejection.consecutive_failures == 2 and config.groups["big"].routing.policy == "least_loaded"
 
 
+_ONE_GROUP = "groups: {smol: {backends: [{url: 'http://x'}]}}"
+
+
 @pytest.mark.parametrize(("text", "key", "why"), [
     ("groups: {smol: {backends: [{urll: 'http://x'}]}}", "groups.smol.backends.0.urll", "unknown key"),
     ("groups: {smol: {backends: [{url: 'ftp://x'}]}}", "groups.smol.backends.0", "http://"),
@@ -56,6 +59,13 @@ def test_a_good_file_loads_with_defaults_filled(tmp_path):
     ("gropus: {}", "gropus", "unknown key"),
     ("groups: {smol: {backends: [{url: 'http://x'}]", "line", "not valid YAML"),
     ("- just a list", "gateway.yaml", "expected a mapping"),
+    (f"{_ONE_GROUP}\nauth: {{tenants: {{acme: {{groups: [smol, x]}}}}}}", "auth.tenants.acme.groups.1",
+     "no group named 'x'"),
+    (f"{_ONE_GROUP}\nauth: {{enabled: true}}", "auth.tenants", "no tenant is declared"),
+    (f"{_ONE_GROUP}\nauth: {{tenants: {{acme: {{max_tokens: 5}}}}}}", "auth.tenants.acme.max_tokens", "unknown key"),
+    (f"{_ONE_GROUP}\nauth: {{tenants: {{acme: {{max_tokens_cap: 0}}}}}}", "auth.tenants.acme.max_tokens_cap",
+     "greater than"),
+    (f"{_ONE_GROUP}\nauth: {{enabled: yes please}}", "auth.enabled", "boolean"),
 ])
 def test_a_bad_file_is_one_line_naming_the_key(tmp_path, text, key, why):
     path = tmp_path / "gateway.yaml"
@@ -66,6 +76,22 @@ def test_a_bad_file_is_one_line_naming_the_key(tmp_path, text, key, why):
     assert "\n" not in message
     assert message.startswith("gateway.yaml: ")
     assert key in message and why in message, message
+
+
+def test_auth_is_off_by_default_and_tenants_load_with_defaults(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"{_ONE_GROUP}\n")
+    auth = load_config(path).auth
+    assert not auth.enabled and auth.store == "corral-keys.sqlite" and auth.admin_key_env == "CORRAL_GATEWAY_ADMIN_KEY"
+    path.write_text("groups: {smol: {backends: [{url: 'http://10.0.0.2:8000', on_premises: true}]}}\n"
+                    "auth: {enabled: true, store: /var/lib/corral/keys.sqlite, tenants: {acme: {groups: [smol], "
+                    "max_tokens_cap: 256, local_only: true, limits: {requests_per_minute: 60}}, beta: {}}}\n")
+    config = load_config(path)
+    acme, beta = config.auth.tenants["acme"], config.auth.tenants["beta"]
+    assert config.groups["smol"].backends[0].on_premises
+    assert acme.allows("smol") and not acme.allows("other") and acme.local_only and acme.max_tokens_cap == 256
+    assert acme.limits.requests_per_minute == 60
+    assert beta.allows("anything") and not beta.local_only and beta.max_tokens_cap is None
 
 
 def test_the_flags_build_one_group_of_local_replicas():

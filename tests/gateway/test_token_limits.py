@@ -39,6 +39,15 @@ def test_clamp_and_default_on_the_body():
     assert prompt_chars({"prompt": ["ab", "cde"]}) == 5
 
 
+def test_a_tenants_cap_and_the_groups_the_smaller_wins():
+    assert clamp_max_tokens({"max_tokens": 40}, group(), tenant_cap=7) == {"max_tokens": 7}
+    assert clamp_max_tokens({}, group(), tenant_cap=7) == {"max_tokens": 7}
+    assert clamp_max_tokens({"max_tokens": 40}, group(max_tokens_cap=5), tenant_cap=7) == {"max_tokens": 5}
+    assert clamp_max_tokens({"max_tokens": 40}, group(max_tokens_cap=9), tenant_cap=7) == {"max_tokens": 7}
+    assert clamp_max_tokens({}, group(max_tokens_cap=9, default_max_tokens=8), tenant_cap=7) == {"max_tokens": 7}
+    assert clamp_max_tokens({}, group(max_tokens_cap=9, default_max_tokens=3), tenant_cap=7) == {"max_tokens": 3}
+
+
 def test_a_default_over_the_cap_is_a_one_line_config_error():
     with pytest.raises(GatewayConfigError, match=r"^t: groups.g: default_max_tokens 9 exceeds max_tokens_cap 5$"):
         parse_config({"groups": {"g": {"backends": [{"url": "http://x"}], "max_tokens_cap": 5,

@@ -1,0 +1,38 @@
+"""Tenants, as the gateway's config declares them: who may reach which model groups, within which limits.
+
+Tenants live in the YAML (reviewed like code, reloaded as a whole); API keys live in the key store (auth.py),
+each key naming its tenant. Limits are enforced by limits.py, budgets persisted in the key store's database.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TenantLimits(_Strict):
+    """A tenant's rate limits and budgets; None means unlimited. Tokens count prompt + completion tokens, as
+    the backend reports them (``usage``)."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1, description="requests in flight at once")
+    tokens_per_day: int | None = Field(default=None, ge=1, description="budget per UTC day, persisted")
+    tokens_per_month: int | None = Field(default=None, ge=1, description="budget per UTC calendar month, persisted")
+
+
+class TenantConfig(_Strict):
+    """One tenant: ``groups`` it may use (``["*"]``: every group), its limits, a ``max_tokens`` cap (a larger
+    request is clamped, as a group's cap), and ``local_only`` (its requests never reach a ``url`` backend that
+    is not marked ``on_premises``)."""
+
+    groups: list[str] = Field(default_factory=lambda: ["*"])
+    limits: TenantLimits = TenantLimits()
+    max_tokens_cap: int | None = Field(default=None, ge=1)
+    local_only: bool = False
+
+    def allows(self, group: str) -> bool:
+        return "*" in self.groups or group in self.groups
