@@ -147,7 +147,9 @@ def dense_weight(weight: torch.Tensor, batch_rows: int) -> torch.Tensor:
     """``weight`` reordered once into oneDNN's blocked layout for ``dense_linear`` (torch's own prepacking, as
     its compiler does for frozen weights: a plain weight is reordered again on every product, which costs
     as much as the product itself below a few dozen rows); as it is where torch has no oneDNN."""
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and (
+            weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        # oneDNN's bf16 path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT: an AVX2-only host keeps torch's own bf16.
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_rows)
     return weight.contiguous()
 
