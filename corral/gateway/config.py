@@ -188,6 +188,10 @@ class GatewayConfig(_Strict):
             for i, group in enumerate(tenant.groups):
                 if group != "*" and group not in self.groups:
                     raise ValueError(f"auth.tenants.{name}.groups.{i}: no group named {group!r}")
+            # limits.py enforces them but is not on the request path yet: refused rather than silently unenforced.
+            if tenant.limits.model_dump(exclude_none=True):
+                raise ValueError(f"auth.tenants.{name}.limits: rate limits and budgets are not enforced by the "
+                                 "gateway yet (docs/gateway.md#not-built-yet)")
         return self
 
 

@@ -22,9 +22,8 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -37,6 +36,7 @@ from limits.aio.strategies import (
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.gateway.budgets import BudgetStore, Period, RedisBudgets, SqliteBudgets, current_period
+from corral.gateway.concurrency import InFlight, MemoryInFlight, RedisInFlight
 from corral.gateway.errors import GatewayError
 from corral.gateway.tenants import TenantLimits
 
@@ -157,12 +157,12 @@ class TenantLimiter:
                                                socket_connect_timeout=config.timeout_s, retry=Retry(NoBackoff(), 0))
             storage = RedisStorage("async+" + config.storage, implementation="redispy",
                                    connection_pool=self._redis.connection_pool)
-            self._in_flight: _InFlight = _RedisInFlight(self._redis, f"{config.namespace}:in_flight",
+            self._in_flight: InFlight = RedisInFlight(self._redis, f"{config.namespace}:in_flight",
                                                         config.concurrency_lease_s)
             self.budgets: BudgetStore = RedisBudgets(self._redis, f"{config.namespace}:budget")
         else:
             storage = MemoryStorage()
-            self._in_flight = _MemoryInFlight()
+            self._in_flight = MemoryInFlight()
             self.budgets = SqliteBudgets(config.budget_path)
         self._requests = _STRATEGIES[config.requests_strategy](storage)
         self._tokens = _STRATEGIES[config.tokens_strategy](storage)
@@ -342,69 +342,3 @@ def _budgets(limits: TenantLimits, now_s: float) -> list[tuple[Period, int]]:
     if limits.tokens_per_month is not None:
         budgets.append((current_period("month", now_s), limits.tokens_per_month))
     return budgets
-
-
-class _InFlight(Protocol):
-    """Requests in flight per tenant: at most ``limit`` slots held at once."""
-
-    async def acquire(self, tenant: str, limit: int) -> str | None:
-        """A new slot's id, or None when ``limit`` are held."""
-        ...
-
-    async def release(self, tenant: str, slot: str) -> None:
-        """Gives ``slot`` back (once per slot acquired)."""
-        ...
-
-
-class _MemoryInFlight:
-    """A count per tenant, in this process (one event loop: no await between the read and the write)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    async def acquire(self, tenant: str, limit: int) -> str | None:
-        count = self.counts.get(tenant, 0)
-        if count >= limit:
-            return None
-        self.counts[tenant] = count + 1
-        return "1"
-
-    async def release(self, tenant: str, slot: str) -> None:
-        count = self.counts.get(tenant, 0) - 1
-        if count > 0:
-            self.counts[tenant] = count
-        else:
-            self.counts.pop(tenant, None)
-
-
-# A sorted set per tenant: slot id -> lease deadline (ms, Redis's clock). Expired leases (a gateway died with
-# requests in flight) are dropped before counting, so a lost release costs a slot for one lease at most.
-_ACQUIRE = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-    return 0
-end
-redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-class _RedisInFlight:
-    """Requests in flight counted in Redis, across every gateway sharing it."""
-
-    def __init__(self, client, namespace: str, lease_s: float):
-        self._acquire = client.register_script(_ACQUIRE)
-        self._redis = client
-        self.prefix = f"{namespace}:"
-        self.lease_ms = max(1, round(lease_s * 1000))
-
-    async def acquire(self, tenant: str, limit: int) -> str | None:
-        slot = uuid.uuid4().hex
-        admitted = await self._acquire(keys=[self.prefix + tenant], args=[limit, self.lease_ms, slot])
-        return slot if admitted else None
-
-    async def release(self, tenant: str, slot: str) -> None:
-        await self._redis.zrem(self.prefix + tenant, slot)

@@ -85,13 +85,19 @@ def test_auth_is_off_by_default_and_tenants_load_with_defaults(tmp_path):
     assert not auth.enabled and auth.store == "corral-keys.sqlite" and auth.admin_key_env == "CORRAL_GATEWAY_ADMIN_KEY"
     path.write_text("groups: {smol: {backends: [{url: 'http://10.0.0.2:8000', on_premises: true}]}}\n"
                     "auth: {enabled: true, store: /var/lib/corral/keys.sqlite, tenants: {acme: {groups: [smol], "
-                    "max_tokens_cap: 256, local_only: true, limits: {requests_per_minute: 60}}, beta: {}}}\n")
+                    "max_tokens_cap: 256, local_only: true}, beta: {}}}\n")
     config = load_config(path)
     acme, beta = config.auth.tenants["acme"], config.auth.tenants["beta"]
     assert config.groups["smol"].backends[0].on_premises
     assert acme.allows("smol") and not acme.allows("other") and acme.local_only and acme.max_tokens_cap == 256
-    assert acme.limits.requests_per_minute == 60
     assert beta.allows("anything") and not beta.local_only and beta.max_tokens_cap is None
+
+
+def test_tenant_limits_are_refused_while_the_gateway_does_not_enforce_them(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"{_ONE_GROUP}\nauth: {{enabled: true, tenants: {{acme: {{limits: {{tokens_per_day: 1000}}}}}}}}\n")
+    with pytest.raises(GatewayConfigError, match=r"auth\.tenants\.acme\.limits: rate limits and budgets are not enforced"):
+        load_config(path)
 
 
 def test_the_flags_build_one_group_of_local_replicas():
