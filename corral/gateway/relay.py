@@ -27,6 +27,7 @@ logger = logging.getLogger("corral.gateway")
 
 # Upstream failures worth another backend (and counted towards ejection): the replica is down or broken.
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+_TIMER_SLACK_S = 0.01
 
 
 class ClientGone(Exception):
@@ -53,6 +54,11 @@ class RequestContext:
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        """Whether the request's time limit has passed. A timer set to the deadline may fire a little early
+        (uvloop's timers have millisecond granularity), so the last few milliseconds count as passed."""
+        return self.remaining() <= _TIMER_SLACK_S
 
     @property
     def local_only(self) -> bool:
@@ -108,7 +114,7 @@ class Forwarder:
         for attempt in range(group.config.retries + 1):
             now = time.monotonic()
             candidates = group.candidates(now, tried, on_premises_only=ctx.local_only)
-            if not candidates or ctx.remaining() <= 0:
+            if not candidates or ctx.expired():
                 break
             decision = group.router.pick(ctx.route, candidates, now)
             backend = decision.backend
@@ -123,7 +129,7 @@ class Forwarder:
                            outcome.reason)
         if failure is not None and failure.status is not None:
             return Response(failure.body, status_code=failure.status, media_type=failure.content_type)
-        if failure is not None and ctx.remaining() <= 0:
+        if failure is not None and ctx.expired():
             raise GatewayError(504, f"no answer from group {group.name!r} within the request's time limit",
                                code="timeout")
         reason = f" (last: {failure.reason})" if failure is not None else ""
@@ -203,7 +209,7 @@ class _Done:
         self.metrics.ttft.labels(group=self.ctx.group.name).observe(time.monotonic() - self.ctx.arrival)
 
     def fail(self, failure: _Failure) -> _Failure:
-        if self.ctx.remaining() > 0:
+        if not self.ctx.expired():
             self.ctx.group.record_failure(self.backend, time.monotonic())
             self.finish(failure.status or 502)
         else:  # the request's own time limit, which a client may set short: no fault of the backend's
