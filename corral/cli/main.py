@@ -20,6 +20,7 @@ COMMANDS = {
     "gateway": ("corral.cli.gateway", "one OpenAI-compatible endpoint over model groups of replicas (docs/gateway.md)"),
     "audit": ("corral.cli.audit", "verify the gateway's audit hash chain, or query its records (docs/audit.md)"),
     "keys": ("corral.cli.keys", "create, list, revoke or rotate the gateway's API keys (docs/gateway.md)"),
+    "plan": ("corral.cli.plan", "memory, latency, replicas and cost of serving a model on given hardware (docs/planner.md)"),
 }
 
 

@@ -1,0 +1,112 @@
+"""Time of one engine step from a roofline: the slower of its matrix work at the compute dtype's peak times
+a compute efficiency, and its memory traffic at peak bandwidth times a bandwidth efficiency.
+
+FLOPs of a step: 2 x (weights a token multiplies by) per token, 2 x vocab x hidden per row of logits,
+and 4 x heads x head_size per (query, key) pair per layer for attention (QK^T and PV). Bytes: every weight
+the step touches once (an MoE layer's experts as many as its tokens are expected to pick), the K/V of every
+attended token read once, and the new tokens' K/V written. Tensor-parallel ranks split FLOPs and bytes
+evenly; their all-reduces are not modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corral.errors import ConfigError
+from corral.planner.models import ModelShape
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of the hardware's peaks an engine reaches: bandwidth in decode, compute in prefill."""
+
+    bandwidth: float
+    compute: float
+    bandwidth_source: str
+    compute_source: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.bandwidth <= 1 or not 0 < self.compute <= 1:
+            raise ConfigError("--bandwidth-efficiency and --compute-efficiency must be in (0, 1]")
+
+
+DEFAULT_EFFICIENCY = {
+    "cpu": Efficiency(
+        0.6, 0.6,
+        "corral's single-stream decode of the default model on the Zen 3 host, 130 tok/s x 96.6 MB of weights "
+        "= 12.6 GB/s of 21 GB/s (docs/performance.md, 2026-12-06)",
+        "corral's 512-token prefill on the Zen 3 host, 786 ms for about 138 GFLOP = 176 GFLOP/s of the 299 "
+        "GFLOP/s int8 kernel rate (docs/performance.md, 2026-12-06)",
+    ),
+    "gpu": Efficiency(
+        0.6, 0.5,
+        "a compiled, CUDA-graphed decode step of a Llama-3.2-1B shape reached 57% of an H100's HBM bandwidth "
+        "at batch 1 (shared/MACHINE.md)",
+        "assumption: a bf16 8192^3 matmul reached about 800 of 989 TFLOP/s on an H100 (shared/MACHINE.md); "
+        "a whole prefill (attention, norms, small GEMMs) runs well below that. Calibrate (issue 28, part 3)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """What one engine step computes: ``num_tokens`` new tokens (decodes and prefill chunks), logits for
+    ``num_logit_rows`` of them, ``attention_pairs`` (query, key) pairs per head and layer, and the K/V of
+    ``kv_tokens_read`` cached tokens read."""
+
+    num_tokens: float
+    num_logit_rows: float
+    attention_pairs: float
+    kv_tokens_read: float
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Roofline time of engine steps of one model on one replica (per device: tensor-parallel shares)."""
+
+    model: ModelShape
+    weight_bytes_per_device: int
+    expert_bytes_per_device: int  # the MoE experts' share of the above (0 for a dense model)
+    kv_bytes_per_token: int  # per device
+    bandwidth_bytes_per_s: float
+    peak_flops: float
+    efficiency: Efficiency
+    tensor_parallel_size: int = 1
+
+    def flops(self, work: StepWork) -> float:
+        m = self.model
+        matmul = 2 * m.matmul_parameters_per_token() * work.num_tokens
+        logits = 2 * m.vocab_size * m.hidden_size * work.num_logit_rows
+        attention = 4 * m.num_hidden_layers * m.num_attention_heads * m.head_size * work.attention_pairs
+        return (matmul + logits + attention) / self.tensor_parallel_size
+
+    def bytes_moved(self, work: StepWork) -> float:
+        weights = self.weight_bytes_per_device - self.expert_bytes_per_device
+        weights += self.expert_bytes_per_device * self.expert_fraction_read(work.num_tokens)
+        return weights + self.kv_bytes_per_token * (work.kv_tokens_read + work.num_tokens)
+
+    def expert_fraction_read(self, num_tokens: float) -> float:
+        """Expected share of an MoE layer's experts that ``num_tokens`` tokens pick at least once, each
+        picking ``num_experts_per_tok`` of ``num_local_experts`` uniformly."""
+        m = self.model
+        if not m.is_moe:
+            return 1.0
+        return 1.0 - (1.0 - m.num_experts_per_tok / m.num_local_experts) ** num_tokens
+
+    def compute_seconds(self, work: StepWork) -> float:
+        return self.flops(work) / (self.peak_flops * self.efficiency.compute)
+
+    def memory_seconds(self, work: StepWork) -> float:
+        return self.bytes_moved(work) / (self.bandwidth_bytes_per_s * self.efficiency.bandwidth)
+
+    def seconds(self, work: StepWork) -> float:
+        return max(self.compute_seconds(work), self.memory_seconds(work))
+
+
+def decode_work(num_seqs: float, mean_context: float) -> StepWork:
+    """``num_seqs`` sequences each decoding one token after ``mean_context`` cached tokens."""
+    return StepWork(num_seqs, num_seqs, num_seqs * mean_context, num_seqs * mean_context)
+
+
+def combine(*parts: StepWork) -> StepWork:
+    return StepWork(*(sum(getattr(p, f) for p in parts) for f in StepWork.__dataclass_fields__))

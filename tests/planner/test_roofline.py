@@ -1,0 +1,66 @@
+"""The roofline: FLOPs and bytes of a step by hand, the slower side wins, MoE experts read by expectation."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.planner.models import BUILTIN_MODELS, ModelShape
+from corral.planner.roofline import DEFAULT_EFFICIENCY, Efficiency, StepModel, StepWork, combine, decode_work
+
+SHAPE = ModelShape(name="t", vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+EFF = Efficiency(0.5, 0.25, "test", "test")
+
+
+def steps(model: ModelShape = SHAPE, weights: int = 1000, experts: int = 0, tp: int = 1) -> StepModel:
+    return StepModel(model, weights, experts, kv_bytes_per_token=10, bandwidth_bytes_per_s=100.0, peak_flops=1000.0,
+                     efficiency=EFF, tensor_parallel_size=tp)
+
+
+def test_flops_of_a_step_by_hand():
+    # per layer: q 8x8, k 4x8, v 4x8, o 8x8, gate/up/down 3 x 8x16 = 576 weights; 2 layers
+    assert SHAPE.matmul_parameters_per_token() == 1152
+    work = StepWork(num_tokens=3, num_logit_rows=2, attention_pairs=5, kv_tokens_read=7)
+    expected = 2 * 1152 * 3 + 2 * 100 * 8 * 2 + 4 * 2 * 2 * 4 * 5
+    assert steps().flops(work) == expected
+    assert steps(tp=2).flops(work) == expected / 2
+    assert steps().compute_seconds(work) == expected / (1000 * 0.25)
+
+
+def test_bytes_of_a_step_are_weights_once_plus_kv_read_and_written():
+    work = decode_work(4, 10)
+    assert (work.num_tokens, work.num_logit_rows, work.attention_pairs, work.kv_tokens_read) == (4, 4, 40, 40)
+    assert steps().bytes_moved(work) == 1000 + 10 * (40 + 4)
+    assert steps().memory_seconds(work) == (1000 + 440) / (100 * 0.5)
+
+
+def test_the_slower_side_sets_the_time():
+    small, big = decode_work(1, 1), decode_work(1000, 1)
+    s = steps()
+    assert s.seconds(small) == s.memory_seconds(small) > s.compute_seconds(small)
+    assert s.seconds(big) == s.compute_seconds(big) > s.memory_seconds(big)
+
+
+def test_moe_reads_the_experts_its_tokens_pick():
+    mixtral = BUILTIN_MODELS["mixtral-8x7b"]
+    s = steps(mixtral, weights=1000, experts=800)
+    assert s.expert_fraction_read(1) == pytest.approx(2 / 8)
+    assert s.expert_fraction_read(2) == pytest.approx(1 - (6 / 8) ** 2)
+    assert s.bytes_moved(StepWork(1, 0, 0, 0)) == pytest.approx(200 + 800 * 2 / 8 + 10)
+    assert s.expert_fraction_read(10_000) == pytest.approx(1.0)
+    # a token multiplies by the shared weights and 2 of the 8 experts
+    dense_part = mixtral.matmul_parameters_per_token() - 32 * 2 * 3 * 4096 * 14336
+    assert dense_part == 32 * (4096 * 4096 * 2 + 2 * 1024 * 4096 + 8 * 4096)
+
+
+def test_combine_adds_every_field():
+    total = combine(StepWork(1, 2, 3, 4), StepWork(10, 20, 30, 40))
+    assert total == StepWork(11, 22, 33, 44)
+
+
+def test_default_efficiencies_name_their_sources():
+    for eff in DEFAULT_EFFICIENCY.values():
+        assert 0 < eff.bandwidth <= 1 and 0 < eff.compute <= 1
+        assert eff.bandwidth_source and eff.compute_source
+    with pytest.raises(ValueError, match="efficiency"):
+        Efficiency(1.5, 0.5, "", "")
