@@ -49,11 +49,14 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from corral.gateway.app import UVICORN_OPTIONS, build_app
+    from corral.gateway.audit import audit_key
 
     config = load(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check otherwise
     admin_key = os.environ.get(config.auth.admin_key_env) or None  # unset or empty: the admin API is refused
-    app = build_app(config, args.replica_log_level, admin_key)
+    # Unset or short while audit is enabled: a one-line error naming the variable, before anything starts.
+    key = audit_key(config.audit, os.environ) if config.audit.enabled else None
+    app = build_app(config, args.replica_log_level, admin_key, key)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **UVICORN_OPTIONS)
     return 0

@@ -1,5 +1,6 @@
 """``corral keys create|list|revoke|rotate``: the gateway's API keys, straight on its SQLite key store (offline: a
-running gateway sees a revocation at its next request). A new key is printed once, alone on stdout."""
+running gateway sees a revocation at its next request, and copies the change's admin event into its audit log
+within a second, or at its next start). A new key is printed once, alone on stdout."""
 
 from __future__ import annotations
 
@@ -45,22 +46,35 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "create" and config is not None and args.tenant not in config.auth.tenants:
         raise GatewayConfigError(f"{args.config}: auth.tenants has no tenant named {args.tenant!r}")
     store = SQLiteKeyStore(path, create=args.action == "create")
+    actor = _actor()
     try:
         if args.action == "create":
-            record, key = store.create(args.tenant, args.name)
+            record, key = store.create(args.tenant, args.name, actor)
             _print_key(key, f"created key {record.key_id} for tenant {record.tenant!r}")
         elif args.action == "list":
             for record in store.list(args.tenant):
                 print(json.dumps(record.as_json()) if args.json else _row(record))
         elif args.action == "revoke":
-            record = store.revoke(args.key_id)
+            record = store.revoke(args.key_id, actor)
             print(f"revoked key {record.key_id} of tenant {record.tenant!r} at {_time(record.revoked_at)}")
         else:
-            record, key = store.rotate(args.key_id)
+            record, key = store.rotate(args.key_id, actor)
             _print_key(key, f"rotated key {args.key_id} (now revoked) to {record.key_id} for tenant {record.tenant!r}")
     finally:
         store.close()
     return 0
+
+
+def _actor() -> str:
+    """Who makes a change, for its admin event in the audit log: the OS user and host running the command."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 def _print_key(key: str, what: str) -> None:

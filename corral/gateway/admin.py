@@ -2,12 +2,15 @@
 ``POST /admin/keys`` {tenant, name?}, ``GET /admin/keys[?tenant=]``, ``DELETE /admin/keys/{key_id}``,
 ``POST /admin/keys/{key_id}/rotate``. A new key's plaintext is in the answer that creates it and nowhere else.
 The store's writes may wait on another writer's lock (``corral keys`` in another process), so they run in a
-worker thread, never on the event loop."""
+worker thread, never on the event loop. Each change is an admin event of the store (who: ``admin_api:<client
+address>``), copied into the audit log before the answer (admin_audit.py) when audit is on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,6 +21,8 @@ from corral.gateway.config import describe
 from corral.gateway.errors import GatewayError
 from corral.gateway.key_store import KeyRecord, KeyStoreError, UnknownKeyError
 
+logger = logging.getLogger("corral.gateway")
+
 
 class _NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -26,8 +31,18 @@ class _NewKey(BaseModel):
     name: str | None = None
 
 
-def add_admin_routes(app: FastAPI, auth: Authenticator | None) -> None:
-    """The admin routes; with ``auth`` None (auth disabled) they answer 403."""
+def add_admin_routes(app: FastAPI, auth: Authenticator | None,
+                     audit_changes: Callable[[], Awaitable[object]] | None = None) -> None:
+    """The admin routes; with ``auth`` None (auth disabled) they answer 403. ``audit_changes``: copies the store's
+    admin events into the audit log (None: audit is off), awaited after each change."""
+
+    async def audited() -> None:
+        if audit_changes is None:
+            return
+        try:
+            await audit_changes()
+        except Exception as error:  # noqa: BLE001 - the change is made; its event stays pending, copied later
+            logger.error("admin change made, but its audit record is not written yet: %s", error)
 
     def admitted(http: Request) -> Authenticator:
         if auth is None:
@@ -44,7 +59,8 @@ def add_admin_routes(app: FastAPI, auth: Authenticator | None) -> None:
             raise GatewayError(400, f"no tenant named {request.tenant!r} in the gateway's config "
                                     f"(auth.tenants: {', '.join(map(repr, checked.config.tenants))})",
                                param="tenant", code="unknown_tenant")
-        record, key = await _store_call(checked.store.create, request.tenant, request.name)
+        record, key = await _store_call(checked.store.create, request.tenant, request.name, _actor(http))
+        await audited()
         return JSONResponse(_with_key(record, key), status_code=201)
 
     @app.get("/admin/keys", include_in_schema=False)
@@ -56,13 +72,21 @@ def add_admin_routes(app: FastAPI, auth: Authenticator | None) -> None:
     @app.delete("/admin/keys/{key_id}", include_in_schema=False)
     async def revoke_key(http: Request, key_id: str) -> dict:
         checked = admitted(http)
-        return (await _store_call(checked.store.revoke, key_id)).as_json()
+        record = await _store_call(checked.store.revoke, key_id, _actor(http))
+        await audited()
+        return record.as_json()
 
     @app.post("/admin/keys/{key_id}/rotate", include_in_schema=False)
     async def rotate_key(http: Request, key_id: str) -> JSONResponse:
         checked = admitted(http)
-        record, key = await _store_call(checked.store.rotate, key_id)
+        record, key = await _store_call(checked.store.rotate, key_id, _actor(http))
+        await audited()
         return JSONResponse(_with_key(record, key), status_code=201)
+
+
+def _actor(http: Request) -> str:
+    """Who makes an admin change: the admin API has one key, so the client's address is what tells callers apart."""
+    return f"admin_api:{http.client.host if http.client else 'unknown'}"
 
 
 def _parse(raw: bytes) -> _NewKey:

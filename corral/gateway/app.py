@@ -1,9 +1,11 @@
 """The gateway's HTTP face: OpenAI routes relayed to model groups, ``/health``, ``/metrics``,
 ``/gateway/status`` and the admin API (admin.py); the lifespan starts and stops local replicas and the health and
-metrics monitor. With auth enabled, every ``/v1`` route needs a tenant's key (auth.py)."""
+metrics monitor. With auth enabled, every ``/v1`` route needs a tenant's key (auth.py); each request then passes its
+tenant's limits and is recorded in the audit log (ledger.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.gateway import cache_path
 from corral.gateway.admin import add_admin_routes
+from corral.gateway.admin_audit import KeyEventAuditor
 from corral.gateway.auth import Authenticator, Tenant
 from corral.gateway.backends import Group, Monitor
 from corral.gateway.cache import GatewayCache
@@ -28,11 +31,13 @@ from corral.gateway.config import GatewayConfig, GatewayConfigError
 from corral.gateway.errors import GatewayError, error_response
 from corral.gateway.fallback import Fallbacks, on_premises_reachable
 from corral.gateway.key_store import KeyStoreError, SQLiteKeyStore
+from corral.gateway.ledger import CACHE_ROUTE, Ledger
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.relay import Forwarder, RequestContext
 from corral.gateway.routing import RouteRequest, prompt_text
 from corral.gateway.supervisor import ReplicaSupervisor
 from corral.gateway.token_limits import clamp_max_tokens, prompt_error, prompt_too_long
+from corral.gateway.usage import ask_for_usage
 
 logger = logging.getLogger("corral.gateway")
 
@@ -45,9 +50,11 @@ RELAYED_PATHS = ("/v1/completions", "/v1/chat/completions")
 
 class Gateway:
     """The groups, their backends and the tasks that keep them: one per gateway process. ``admin_key``: the
-    admin API's key (the CLI reads it from ``auth.admin_key_env``); None refuses the admin API."""
+    admin API's key (the CLI reads it from ``auth.admin_key_env``); None refuses the admin API. ``audit_key``: the
+    audit log's HMAC key (the CLI reads it from ``audit.hmac_key_env``), needed when audit is enabled."""
 
-    def __init__(self, config: GatewayConfig, replica_log_level: str = "warning", admin_key: str | None = None):
+    def __init__(self, config: GatewayConfig, replica_log_level: str = "warning", admin_key: str | None = None,
+                 audit_key: bytes | None = None):
         self.config = config
         self.metrics = GatewayMetrics()
         self.auth = None
@@ -57,6 +64,8 @@ class Gateway:
             except KeyStoreError as error:
                 raise GatewayConfigError(f"auth.store: {error}") from None
             self.auth = Authenticator(config.auth, store, admin_key, self.metrics)
+        self.ledger = Ledger.from_config(config, audit_key, self.metrics)
+        self.key_events: KeyEventAuditor | None = None
         self.groups = {name: Group.from_config(name, group, self.metrics) for name, group in config.groups.items()}
         self.replica_log_level = replica_log_level
         self.created = int(time.time())
@@ -71,6 +80,10 @@ class Gateway:
             self.metrics.registry.register(cache_path.CacheCollector(self.cache))
 
     async def start(self) -> None:
+        await self.ledger.start()
+        if self.auth is not None and self.ledger.audit is not None:
+            self.key_events = KeyEventAuditor(self.auth.store, self.ledger.audit)
+            await self.key_events.start()
         # No pool bound: concurrency is bounded by the clients and the replicas' own admission.
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
         # No pool bound either; bodies are relayed as they are (no decompression).
@@ -98,6 +111,9 @@ class Gateway:
             await self.upstream.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.key_events is not None:
+            await self.key_events.stop()
+        await self.ledger.stop()
         if self.auth is not None:
             self.auth.store.close()
 
@@ -112,10 +128,14 @@ class Gateway:
         return [name for name in self.groups if tenant.config.allows(name)
                 and (not tenant.config.local_only or on_premises_reachable(self.groups, name))]
 
-    async def context(self, http: Request, path: str, request_id: str) -> RequestContext:
-        """Parses and checks what the gateway itself needs of a request: its key (auth), JSON, a known model
-        its tenant may use, a time limit."""
-        tenant = self.authenticate(http)  # before the body is read: no work for an unknown caller
+    async def audit_key_events(self) -> None:
+        """Copies the key store's pending admin events into the audit log (admin_audit.py)."""
+        if self.key_events is not None:
+            await self.key_events.copy()
+
+    async def context(self, http: Request, path: str, request_id: str, tenant: Tenant | None) -> RequestContext:
+        """Parses and checks what the gateway itself needs of a request from ``tenant`` (authenticated before the
+        body is read: no work for an unknown caller): JSON, a known model its tenant may use, a time limit."""
         try:
             body = json.loads(await read_body(http, self.config.max_body_bytes))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -168,8 +188,11 @@ class Gateway:
         if plan is not None and plan.lookup:
             entry = await self.cache.lookup(plan)
             if entry is not None:
+                ctx.trace.route = CACHE_ROUTE
                 self.metrics.requests.labels(group=ctx.group.name, backend="", status="200", route="cache").inc()
                 return cache_path.hit_response(self.cache, plan, entry, ctx.request_id)
+        if ctx.stream and ctx.count_usage:  # after the cache's key, which is the client's body's
+            ctx.body = ask_for_usage(ctx.body)
         response, answered_by = await self.fallbacks.forward(ctx)
         if plan is not None:
             response.headers[cache_path.CACHE_HEADER] = cache_path.header_value(plan, hit=False)
@@ -210,10 +233,10 @@ def _too_large(size: str, max_bytes: int) -> GatewayError:
                              f"limit of {max_bytes} (max_body_bytes)", code="request_too_large")
 
 
-def build_app(config: GatewayConfig, replica_log_level: str = "warning",
-              admin_key: str | None = None) -> FastAPI:
+def build_app(config: GatewayConfig, replica_log_level: str = "warning", admin_key: str | None = None,
+              audit_key: bytes | None = None) -> FastAPI:
     """The FastAPI app over a new Gateway (``app.state.gateway``)."""
-    gateway = Gateway(config, replica_log_level, admin_key)
+    gateway = Gateway(config, replica_log_level, admin_key, audit_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -236,11 +259,21 @@ def build_app(config: GatewayConfig, replica_log_level: str = "warning",
 
     async def relay(http: Request, path: str) -> Response:
         request_id = http.headers.get("x-request-id") or f"gw-{uuid.uuid4().hex}"
+        entry = gateway.ledger.open(request_id, path)
         try:
-            response = await gateway.dispatch(await gateway.context(http, path, request_id))
+            entry.tenant = gateway.authenticate(http)
+            ctx = await gateway.context(http, path, request_id, entry.tenant)
+            await entry.admit(ctx)
+            response = await gateway.dispatch(ctx)
         except GatewayError as error:
             gateway.metrics.requests.labels(group="", backend="", status=str(error.status), route="").inc()
+            await entry.refused(error)
             return error_response(error, headers={"x-request-id": request_id})
+        except BaseException:  # a bug, or the server shutting down: the slot is given back all the same
+            if entry.tracked:
+                await asyncio.shield(entry.close(500, complete=False))
+            raise
+        response = await entry.answer(response)
         response.headers["x-request-id"] = request_id
         return response
 
@@ -271,5 +304,5 @@ def build_app(config: GatewayConfig, replica_log_level: str = "warning",
             gateway.auth.check_admin(http.headers)
         return gateway.status()
 
-    add_admin_routes(app, gateway.auth)
+    add_admin_routes(app, gateway.auth, gateway.audit_key_events if gateway.ledger.audit is not None else None)
     return app

@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corral.errors import CorralError
+from corral.gateway.audit import AuditConfig
 from corral.gateway.cache import CacheConfig
+from corral.gateway.limits_config import LimitsConfig
 from corral.gateway.tenants import TenantConfig
 
 Policy = Literal["least_loaded", "prefix_aware", "session", "round_robin"]
@@ -159,7 +161,8 @@ class AuthConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    """The whole file: where the gateway listens and its model groups."""
+    """The whole file: where the gateway listens, its model groups, and its cache, auth (tenants and keys), the
+    store of the tenants' limits (``limits``) and the audit log (``audit``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -167,6 +170,8 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     max_body_bytes: int = Field(default=8 * 1024**2, ge=1, description="larger request bodies get 413")
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _fallbacks_exist_without_cycles(self) -> GatewayConfig:
@@ -188,10 +193,18 @@ class GatewayConfig(_Strict):
             for i, group in enumerate(tenant.groups):
                 if group != "*" and group not in self.groups:
                     raise ValueError(f"auth.tenants.{name}.groups.{i}: no group named {group!r}")
-            # limits.py enforces them but is not on the request path yet: refused rather than silently unenforced.
-            if tenant.limits.model_dump(exclude_none=True):
-                raise ValueError(f"auth.tenants.{name}.limits: rate limits and budgets are not enforced by the "
-                                 "gateway yet (docs/gateway.md#not-built-yet)")
+            # Without auth no request has a tenant: its limits would be silently unenforced.
+            if tenant.limits.model_dump(exclude_none=True) and not self.auth.enabled:
+                raise ValueError(f"auth.tenants.{name}.limits: auth is not enabled (auth.enabled), so no request has "
+                                 "a tenant to limit")
+        return self
+
+    @model_validator(mode="after")
+    def _limits_store_used(self) -> GatewayConfig:
+        limited = any(tenant.limits.model_dump(exclude_none=True) for tenant in self.auth.tenants.values())
+        if "limits" in self.model_fields_set and not limited:
+            raise ValueError("limits: no tenant has limits (auth.tenants.<name>.limits), so this section would "
+                             "change nothing")
         return self
 
 
@@ -240,7 +253,7 @@ def describe(error: ValidationError) -> str:
     message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
     message = message.removeprefix("Value error, ")
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    if not first["loc"] and message.startswith(("groups.", "auth.")):  # a whole-file check that names its own key
+    if not first["loc"] and message.startswith(("groups.", "auth.", "limits:")):  # a whole-file check that names its own key
         return f"{message}{more}".replace("\n", " ")
     return f"{where}: {message}{more}".replace("\n", " ")
 

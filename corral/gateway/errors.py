@@ -18,8 +18,9 @@ class GatewayError(Exception):
     """An error the gateway answers with itself (unknown model, bad JSON, no backend available, timeout)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, error_type: str | None = None):
         super().__init__(message)
+        self.error_type = error_type  # OpenAI's ``type`` when it is not the status's usual one
         self.headers = headers or {}
         self.status = status
         self.message = message
@@ -27,13 +28,15 @@ class GatewayError(Exception):
         self.code = code
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param,
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None,
+               error_type: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type or _TYPES.get(status, "error"), "param": param,
                       "code": code or HTTPStatus(status).phrase.lower().replace(" ", "_")}}
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(error.status, error.message, error.param, error.code), status_code=error.status,
+    return JSONResponse(error_body(error.status, error.message, error.param, error.code, error.error_type),
+                        status_code=error.status,
                         headers={**error.headers, **(headers or {})})
 
 

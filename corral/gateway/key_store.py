@@ -1,14 +1,19 @@
 """API keys at rest (docs/gateway.md#tenants-and-api-keys): a key is ``ck-<key_id>-<secret>``, shown once at
 creation; the store keeps its id, tenant, label and a salted HMAC of the secret, never the secret itself.
 
+Every change (create, revoke, rotate) also writes an admin event, who and when and the record before and after,
+to an outbox table in the same transaction; the gateway copies those events into its audit log (admin_audit.py),
+whichever process made the change (the admin API, or ``corral keys`` while the gateway runs or not).
+
 ``KeyStore`` is the narrow interface the gateway and ``corral keys`` use; ``SQLiteKeyStore`` (stdlib sqlite3,
-WAL mode, one file) is the only one so far, and a Postgres one would implement the same five methods.
+WAL mode, one file) is the only one so far, and a Postgres one would implement the same methods.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sqlite3
@@ -37,7 +42,19 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL,
     rotated_from TEXT
-)"""
+);
+CREATE TABLE IF NOT EXISTS key_events (
+    event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    target TEXT NOT NULL,
+    before TEXT,
+    after TEXT,
+    audited_at REAL
+);
+CREATE INDEX IF NOT EXISTS key_events_pending ON key_events (event_id) WHERE audited_at IS NULL;
+"""
 _RECORD_COLUMNS = "key_id, tenant, name, created_at, revoked_at, rotated_from"
 
 
@@ -69,12 +86,27 @@ class KeyRecord:
                 "revoked_at": self.revoked_at, "rotated_from": self.rotated_from}
 
 
+@dataclass(frozen=True)
+class KeyEvent:
+    """An admin change to the keys, waiting in the outbox for the audit log: ``action`` is key.create, key.revoke
+    or key.rotate, ``actor`` who made it, ``before``/``after`` the records (never a secret; None: none)."""
+
+    event_id: int
+    time: float
+    action: str
+    actor: str
+    target: str
+    before: dict | None
+    after: dict | None
+
+
 class KeyStore(Protocol):
     """API keys by id. Invariant: no method stores or returns a secret, except that ``create`` and ``rotate``
     return the new key's plaintext once; a revocation is seen by every later ``verify``, in any process."""
 
-    def create(self, tenant: str, name: str | None = None) -> tuple[KeyRecord, str]:
-        """A new key for ``tenant``: its record and its plaintext (never obtainable again)."""
+    def create(self, tenant: str, name: str | None = None, actor: str = "unknown") -> tuple[KeyRecord, str]:
+        """A new key for ``tenant``: its record and its plaintext (never obtainable again). ``actor``, here and
+        in ``revoke`` and ``rotate``: who makes the change, for its admin event."""
         ...
 
     def verify(self, key: str) -> KeyRecord | None:
@@ -86,13 +118,21 @@ class KeyStore(Protocol):
         """Every key (of ``tenant``), oldest first."""
         ...
 
-    def revoke(self, key_id: str) -> KeyRecord:
+    def revoke(self, key_id: str, actor: str = "unknown") -> KeyRecord:
         """Revokes a key at once (UnknownKeyError if there is none); revoking it again changes nothing."""
         ...
 
-    def rotate(self, key_id: str) -> tuple[KeyRecord, str]:
+    def rotate(self, key_id: str, actor: str = "unknown") -> tuple[KeyRecord, str]:
         """Revokes an active key and creates its successor for the same tenant and name, ``rotated_from`` it,
         in one transaction: the new record and plaintext."""
+        ...
+
+    def pending_events(self, limit: int = 100) -> list[KeyEvent]:
+        """The oldest admin events not yet in the audit log, oldest first."""
+        ...
+
+    def mark_audited(self, event_ids: list[int]) -> None:
+        """Takes events out of the outbox once the audit log holds them."""
         ...
 
 
@@ -134,8 +174,7 @@ class SQLiteKeyStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        with self._connect() as connection:
-            connection.execute(_SCHEMA)
+        self._connect().executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -151,9 +190,11 @@ class SQLiteKeyStore:
                 self._connections.append(connection)
         return connection
 
-    def create(self, tenant: str, name: str | None = None) -> tuple[KeyRecord, str]:
+    def create(self, tenant: str, name: str | None = None, actor: str = "unknown") -> tuple[KeyRecord, str]:
         with self._connect() as connection:
-            return self._insert(connection, tenant, name, None)
+            record, key = self._insert(connection, tenant, name, None)
+            _event(connection, "key.create", actor, record.key_id, None, record.as_json())
+            return record, key
 
     def verify(self, key: str) -> KeyRecord | None:
         parts = split_key(key)
@@ -172,20 +213,37 @@ class SQLiteKeyStore:
                                        args).fetchall()
         return [KeyRecord(*row) for row in rows]
 
-    def revoke(self, key_id: str) -> KeyRecord:
+    def revoke(self, key_id: str, actor: str = "unknown") -> KeyRecord:
         with self._connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")  # the event's before is the state the update changed
+            before = self._record(connection, key_id)
             connection.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
                                (time.time(), key_id))
-            return self._record(connection, key_id)
+            after = self._record(connection, key_id)
+            _event(connection, "key.revoke", actor, key_id, before.as_json(), after.as_json())
+            return after
 
-    def rotate(self, key_id: str) -> tuple[KeyRecord, str]:
+    def rotate(self, key_id: str, actor: str = "unknown") -> tuple[KeyRecord, str]:
         with self._connect() as connection:
             connection.execute("BEGIN IMMEDIATE")  # no revocation may slip between the check and the update
             old = self._record(connection, key_id)
             if old.revoked:
                 raise KeyStoreError(f"key {key_id} is revoked: create a new key instead of rotating it")
             connection.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (time.time(), key_id))
-            return self._insert(connection, old.tenant, old.name, key_id)
+            record, key = self._insert(connection, old.tenant, old.name, key_id)
+            _event(connection, "key.rotate", actor, key_id, old.as_json(),
+                   {"revoked": self._record(connection, key_id).as_json(), "successor": record.as_json()})
+            return record, key
+
+    def pending_events(self, limit: int = 100) -> list[KeyEvent]:
+        rows = self._connect().execute("SELECT event_id, time, action, actor, target, before, after FROM key_events "
+                                       "WHERE audited_at IS NULL ORDER BY event_id LIMIT ?", (limit,)).fetchall()
+        return [KeyEvent(*row[:5], _loads(row[5]), _loads(row[6])) for row in rows]
+
+    def mark_audited(self, event_ids: list[int]) -> None:
+        with self._connect() as connection:
+            connection.executemany("UPDATE key_events SET audited_at = ? WHERE event_id = ?",
+                                   [(time.time(), event_id) for event_id in event_ids])
 
     def close(self) -> None:
         with self._lock:
@@ -210,3 +268,17 @@ class SQLiteKeyStore:
         if row is None:
             raise UnknownKeyError(f"no key with id {key_id!r}")
         return KeyRecord(*row)
+
+
+def _event(connection: sqlite3.Connection, action: str, actor: str, target: str, before: dict | None,
+           after: dict | None) -> None:
+    connection.execute("INSERT INTO key_events (time, action, actor, target, before, after) VALUES (?, ?, ?, ?, ?, ?)",
+                       (time.time(), action, actor, target, _dumps(before), _dumps(after)))
+
+
+def _dumps(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def _loads(value: str | None) -> dict | None:
+    return None if value is None else json.loads(value)

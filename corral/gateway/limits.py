@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from typing import Any
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -33,70 +33,31 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.gateway.budgets import BudgetStore, Period, RedisBudgets, SqliteBudgets, current_period
 from corral.gateway.concurrency import InFlight, MemoryInFlight, RedisInFlight
 from corral.gateway.errors import GatewayError
+from corral.gateway.limits_config import LimitsConfig
 from corral.gateway.tenants import TenantLimits
+
+__all__ = ["Admission", "LimitExceeded", "LimitsConfig", "TenantLimiter", "retry_after"]
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["moving_window", "sliding_window_counter", "fixed_window"]
 _STRATEGIES: dict[str, type[RateLimiter]] = {"moving_window": MovingWindowRateLimiter,
                                              "sliding_window_counter": SlidingWindowCounterRateLimiter,
                                              "fixed_window": FixedWindowRateLimiter}
-_SCHEMES = ("memory", "redis", "rediss")
 _RESERVE_TRIES = 3  # a reservation that lost a race to another is retried on the window's new state
-
-
-class LimitsConfig(BaseModel):
-    """Where the windows live and how they count.
-
-    ``requests_strategy`` defaults to ``moving_window``: exact (no window boundary lets twice the limit through,
-    as ``fixed_window`` does) and its ``Retry-After`` is exact, at a cost of one entry per request in the window.
-    ``tokens_strategy`` defaults to ``sliding_window_counter``: a moving window keeps one entry per *token*
-    (a 1M tokens/min tenant: a million-entry list, and a 2000-token hit pushes 2000 entries), while the sliding
-    window counter keeps two counters and weighs the previous minute's by the part of it still in the window; its
-    ``Retry-After`` is the library's estimate of when a token frees up."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    storage: str = Field(default="memory://", description="memory:// (this process) or a redis:// URL (a fleet)")
-    requests_strategy: Strategy = "moving_window"
-    tokens_strategy: Strategy = "sliding_window_counter"
-    budget_path: str = Field(default="corral-budgets.sqlite",
-                             description="SQLite file of the budgets' usage when storage is memory://; with Redis, "
-                                         "usage lives in Redis")
-    concurrency_lease_s: float = Field(default=3600.0, gt=0, description=(
-        "with Redis, a request in flight that no gateway releases (it died) stops counting after this; keep it "
-        "above the longest request time limit"))
-    fail_open: bool = Field(default=True, description=(
-        "when the store fails, admit the request (logged and counted) instead of answering 503"))
-    timeout_s: float = Field(default=0.25, gt=0, description="Redis connect and socket timeout")
-    store_retry_s: float = Field(default=1.0, ge=0, description=(
-        "after a store failure, requests skip the store this long (fail_open decides how they are answered)"))
-    namespace: str = "corral"
-
-    @field_validator("storage")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        scheme, sep, _ = value.partition("://")
-        if not sep or scheme not in _SCHEMES:
-            raise ValueError(f"limits.storage must be memory:// or a redis:// or rediss:// URL, got {value!r}")
-        return value
-
-    @property
-    def uses_redis(self) -> bool:
-        return not self.storage.startswith("memory://")
 
 
 class LimitExceeded(GatewayError):
     """A 429 naming the limit: ``code`` is ``rate_limit_exceeded`` (a rate or concurrency limit) or
-    ``insufficient_quota`` (a budget); ``Retry-After`` (whole seconds, at least 1) is in ``headers``."""
+    ``insufficient_quota`` (a budget; its ``type`` too, as OpenAI answers an exhausted quota); ``Retry-After``
+    (whole seconds, at least 1) is in ``headers``."""
 
     def __init__(self, limit: str, message: str, retry_after_s: int, code: str = "rate_limit_exceeded"):
-        super().__init__(429, message, code=code, headers={"Retry-After": str(retry_after_s)})
+        super().__init__(429, message, code=code, headers={"Retry-After": str(retry_after_s)},
+                         error_type="insufficient_quota" if code == "insufficient_quota" else None)
         self.limit = limit
         self.retry_after_s = retry_after_s
 

@@ -12,7 +12,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1
 class GatewayMetrics:
     """Requests by group, backend, status and route decision; time to the first byte relayed (TTFT at the
     gateway) and end-to-end latency; in flight and health per backend; retries, ejections, restarts; requests
-    refused by auth."""
+    refused by auth and by the tenants' limits; the audit log's records."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -44,3 +44,13 @@ class GatewayMetrics:
                                      "Requests refused by auth, by reason (missing_key, malformed_key, unknown_key, "
                                      "revoked_key, unknown_tenant, model_not_allowed, admin_key).",
                                      ["reason"], registry=r)
+        self.limit_rejections = Counter("corral_gateway_limit_rejections",
+                                        "Requests refused by a tenant's limits, by limit (requests_per_minute, "
+                                        "tokens_per_minute, max_concurrent, tokens_per_day, tokens_per_month).",
+                                        ["limit"], registry=r)
+        self.audit_records = Counter("corral_gateway_audit_records",
+                                     "Request records written to the audit log, by whether the answer was complete.",
+                                     ["complete"], registry=r)
+        self.audit_failures = Counter("corral_gateway_audit_failures",
+                                      "Requests failed (503) because their audit record could not be written.",
+                                      registry=r)

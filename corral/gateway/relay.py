@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from fastapi import Request
@@ -23,6 +24,9 @@ from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.routing import RouteRequest
 from corral.gateway.tenants import TenantConfig
 
+if TYPE_CHECKING:
+    from corral.gateway.stream_tap import StreamTap
+
 logger = logging.getLogger("corral.gateway")
 
 # Upstream failures worth another backend (and counted towards ejection): the replica is down or broken.
@@ -32,6 +36,17 @@ _TIMER_SLACK_S = 0.01
 
 class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
+
+
+@dataclass
+class RouteTrace:
+    """Where a request went, for its audit record: the group, backend and routing decision of the attempt that
+    answered (the last one), or ``route="cache"`` for a cache hit. One object per request, shared by the copies
+    of its context that fallback makes."""
+
+    group: str | None = None
+    backend: str | None = None
+    route: str | None = None
 
 
 @dataclass
@@ -51,6 +66,9 @@ class RequestContext:
     tenant: str | None = None
     tenant_config: TenantConfig | None = None
     key_id: str | None = None
+    trace: RouteTrace = field(default_factory=RouteTrace)
+    # The limits or the audit need the token counts: a stream is forwarded asking for its usage (usage.py).
+    count_usage: bool = False
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -204,6 +222,7 @@ class _Done:
     def __init__(self, metrics: GatewayMetrics, ctx: RequestContext, backend: Backend, route: str):
         self.metrics, self.ctx, self.backend, self.route = metrics, ctx, backend, route
         self.finished = False
+        ctx.trace.group, ctx.trace.backend, ctx.trace.route = ctx.group.name, backend.name, route
 
     def first_byte(self) -> None:
         self.metrics.ttft.labels(group=self.ctx.group.name).observe(time.monotonic() - self.ctx.arrival)
@@ -228,7 +247,8 @@ class _Done:
 
 class RelayResponse(Response):
     """Relays an SSE stream chunk by chunk as it arrives. The client leaving cancels the relay and closes the
-    upstream stream; the backend failing mid-stream ends the stream with an OpenAI-shaped error event."""
+    upstream stream; the backend failing mid-stream ends the stream with an OpenAI-shaped error event. With a
+    ``tap`` (stream_tap.py), whole events are relayed and ``[DONE]`` waits for the request's bookkeeping."""
 
     def __init__(self, first: bytes, chunks: AsyncIterator[bytes], upstream: aiohttp.ClientResponse, done: _Done,
                  ctx: RequestContext, status_code: int, media_type: str, headers: dict[str, str]):
@@ -237,10 +257,13 @@ class RelayResponse(Response):
         self.init_headers(headers)
         self.first, self.chunks, self.upstream, self.done, self.ctx = first, chunks, upstream, done, ctx
         self.outcome: int | str = self.status_code
+        self.error_status: int | None = None  # the status of the error event that ended the stream
         self.relayed_all = False  # every upstream byte reached the client (it may then close before our end)
-        # Called with every chunk relayed once a whole 200 stream reached the client (the response cache).
+        # Called with every upstream chunk once a whole 200 stream reached the client (the response cache).
         self.on_complete: Callable[[list[bytes]], Awaitable[None]] | None = None
         self.relayed: list[bytes] = []
+        self.tap: StreamTap | None = None
+        self._last_sent = b""
 
     async def __call__(self, scope, receive, send) -> None:
         relay = asyncio.ensure_future(self._relay(send))
@@ -262,6 +285,8 @@ class RelayResponse(Response):
         with contextlib.suppress(Exception):
             self.upstream.close()
         self.done.finish(self.outcome)
+        if self.tap is not None:
+            await self.tap.close(self.outcome if isinstance(self.outcome, int) else self.error_status or 502)
         if self.on_complete is not None and self.relayed_all and self.outcome == self.status_code == 200:
             try:
                 await self.on_complete(self.relayed)
@@ -270,11 +295,7 @@ class RelayResponse(Response):
 
     async def _relay(self, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        if self.on_complete is not None:
-            self.relayed.append(self.first)
-        await send({"type": "http.response.body", "body": self.first, "more_body": True})
-        self.relayed_all = self.first.endswith(b"data: [DONE]\n\n")
-        last = self.first
+        await self._pass_on(self.first, send)
         idle_s = self.ctx.group.config.timeouts.idle_s
         while True:
             try:
@@ -282,18 +303,33 @@ class RelayResponse(Response):
                 async with asyncio.timeout(min(idle_s, max(self.ctx.remaining(), 0.0))):
                     chunk = await anext(self.chunks)
             except StopAsyncIteration:
+                if self.tap is not None:
+                    await self._send(self.tap.flush(), send)
                 self.relayed_all = True
                 break
             except (TimeoutError, aiohttp.ClientError) as error:
-                await send({"type": "http.response.body", "body": self._error(error, last), "more_body": True})
+                await self._send(self._error(error, self._last_sent), send)
                 break
-            last = chunk
+            await self._pass_on(chunk, send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pass_on(self, chunk: bytes, send) -> None:
+        if self.on_complete is not None:
+            self.relayed.append(chunk)
+        if self.tap is None:
+            await self._send(chunk, send)
             # A client may close as soon as it reads the last event, before the upstream's end arrives.
             self.relayed_all = chunk.endswith(b"data: [DONE]\n\n")
-            if self.on_complete is not None:
-                self.relayed.append(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self._send(self.tap.feed(chunk), send)
+        if self.tap.done and not self.relayed_all:
+            await self._send(await self.tap.finish(), send)
+            self.relayed_all = True
+
+    async def _send(self, body: bytes, send) -> None:
+        if body:
+            self._last_sent = body
+            await send({"type": "http.response.body", "body": body, "more_body": True})
 
     def _error(self, error: Exception, last: bytes) -> bytes:
         backend, group = self.done.backend, self.ctx.group
@@ -304,8 +340,9 @@ class RelayResponse(Response):
             message, status = f"backend {backend.name} failed mid-stream: {_describe(error)}", 502
         else:
             message, status = "the stream exceeded its time limit", 504
+        self.error_status = status
         logger.warning("request %s: %s", self.ctx.request_id, message)
-        separator = b"" if last.endswith(b"\n\n") else b"\n\n"  # end a half-relayed event first
+        separator = b"" if not last or last.endswith(b"\n\n") else b"\n\n"  # end a half-relayed event first
         return separator + error_event(status, message)
 
 

@@ -1,7 +1,8 @@
 """Tenants, as the gateway's config declares them: who may reach which model groups, within which limits.
 
 Tenants live in the YAML (reviewed like code, reloaded as a whole); API keys live in the key store (auth.py),
-each key naming its tenant. Limits are enforced by limits.py, budgets persisted in the key store's database.
+each key naming its tenant. Limits are enforced by limits.py on the request path (ledger.py), budgets persisted
+in SQLite or Redis (budgets.py).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ class TenantLimits(_Strict):
 class TenantConfig(_Strict):
     """One tenant: ``groups`` it may use (``["*"]``: every group), its limits, a ``max_tokens`` cap (a larger
     request is clamped, as a group's cap), and ``local_only`` (its requests never reach a ``url`` backend that
-    is not marked ``on_premises``)."""
+    is not marked ``on_premises``), and ``record_texts``: whether its requests' audit records hold the prompt and
+    output texts, not only their SHA-256 (None: the ``audit.record_texts`` default)."""
 
     groups: list[str] = Field(default_factory=lambda: ["*"])
     limits: TenantLimits = TenantLimits()
     max_tokens_cap: int | None = Field(default=None, ge=1)
     local_only: bool = False
+    record_texts: bool | None = None
 
     def allows(self, group: str) -> bool:
         return "*" in self.groups or group in self.groups

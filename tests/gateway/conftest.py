@@ -78,11 +78,12 @@ def wait_healthy(base_url: str, process: subprocess.Popen | None = None, timeout
             time.sleep(0.05)
 
 
-def start_gateway(config: GatewayConfig | dict, admin_key: str | None = None) -> RunningGateway:
+def start_gateway(config: GatewayConfig | dict, admin_key: str | None = None,
+                  audit_key: bytes | None = None) -> RunningGateway:
     if isinstance(config, dict):
         config = parse_config(config, "test")
     port = free_port()
-    app = build_app(config, admin_key=admin_key)
+    app = build_app(config, admin_key=admin_key, audit_key=audit_key)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -97,13 +98,29 @@ def start_gateway(config: GatewayConfig | dict, admin_key: str | None = None) ->
     raise AssertionError("the gateway did not answer /health")
 
 
+@pytest.fixture(scope="package")
+def tiny_replica(tiny_model_dir) -> Iterator[str]:
+    """The base URL of one `corral serve` of the tiny random-weight model (served as ``tiny``, 512-token context),
+    shared by the modules that need any replica to answer (test_limits_gateway.py, test_audit_gateway.py):
+    started at the first of them, stopped after the last test of tests/gateway/ (idle, it costs no CPU)."""
+    from tests.conftest import ServeProcesses  # the module pytest loaded as tests/conftest.py
+
+    processes = ServeProcesses()
+    try:
+        yield processes.start("--model", tiny_model_dir, "--served-model-name", "tiny", "--max-model-len", "512",
+                              "--kv-cache-memory", str(32 * 1024**2))
+    finally:
+        processes.stop_all()
+
+
 @pytest.fixture
 def run_gateway() -> Iterator[Callable[[GatewayConfig | dict], RunningGateway]]:
     """``run_gateway(config)``: a RunningGateway, stopped after the test."""
     running: list[RunningGateway] = []
 
-    def run(config: GatewayConfig | dict, admin_key: str | None = None) -> RunningGateway:
-        running.append(start_gateway(config, admin_key))
+    def run(config: GatewayConfig | dict, admin_key: str | None = None,
+            audit_key: bytes | None = None) -> RunningGateway:
+        running.append(start_gateway(config, admin_key, audit_key))
         return running[-1]
 
     yield run

@@ -93,11 +93,32 @@ def test_auth_is_off_by_default_and_tenants_load_with_defaults(tmp_path):
     assert beta.allows("anything") and not beta.local_only and beta.max_tokens_cap is None
 
 
-def test_tenant_limits_are_refused_while_the_gateway_does_not_enforce_them(tmp_path):
+def test_tenant_limits_their_store_and_the_audit_log_are_validated_at_start(tmp_path):
+    """The limits are enforced now (tests/gateway/test_limits_gateway.py, end to end); the config only checks them:
+    every mistake a one-line error naming its key, and a limit or store that would change nothing refused."""
     path = tmp_path / "gateway.yaml"
-    path.write_text(f"{_ONE_GROUP}\nauth: {{enabled: true, tenants: {{acme: {{limits: {{tokens_per_day: 1000}}}}}}}}\n")
-    with pytest.raises(GatewayConfigError, match=r"auth\.tenants\.acme\.limits: rate limits and budgets are not enforced"):
-        load_config(path)
+    tenants = "tenants: {acme: {limits: {tokens_per_day: 1000, max_concurrent: 2}, record_texts: true}}"
+    path.write_text(f"{_ONE_GROUP}\nauth: {{enabled: true, {tenants}}}\nlimits: {{storage: 'redis://10.0.0.3:6379/1'}}\n"
+                    "audit: {enabled: true, directory: /var/lib/corral/audit, fsync: interval}\n")
+    config = load_config(path)
+    acme = config.auth.tenants["acme"]
+    assert acme.limits.tokens_per_day == 1000 and acme.limits.max_concurrent == 2 and acme.record_texts
+    assert config.limits.uses_redis and config.audit.enabled and config.audit.fsync == "interval"
+    for text, error in [
+        (f"auth: {{enabled: true, {tenants}}}\nlimits: {{storage: 'memcached://x'}}",
+         "limits.storage: must be memory:// or a redis:// or rediss:// URL, got 'memcached://x'"),
+        (f"auth: {{enabled: true, {tenants}}}\nlimits: {{stroage: 'redis://x'}}", "limits.stroage: unknown key"),
+        ("auth: {enabled: true, tenants: {acme: {limits: {requests_per_minute: 0}}}}",
+         "auth.tenants.acme.limits.requests_per_minute: Input should be greater than or equal to 1"),
+        (f"auth: {{enabled: false, {tenants}}}", "auth.tenants.acme.limits: auth is not enabled"),
+        ("auth: {enabled: true, tenants: {acme: {}}}\nlimits: {storage: 'redis://x'}",
+         "limits: no tenant has limits"),
+        ("audit: {enabled: true, fsync: sometimes}", "audit.fsync: Input should be"),
+    ]:
+        path.write_text(f"{_ONE_GROUP}\n{text}\n")
+        with pytest.raises(GatewayConfigError) as caught:
+            load_config(path)
+        assert str(caught.value).startswith(f"gateway.yaml: {error}") and "\n" not in str(caught.value)
 
 
 def test_the_flags_build_one_group_of_local_replicas():

@@ -1,7 +1,8 @@
 """The SQLite key store: a key is shown once and stored only as a salted HMAC (the file is read back here, every
 column and every byte of it and its WAL); a revoked key verifies as revoked, a rotated key's old secret as
-revoked and its successor as active; malformed keys, unknown ids and wrong secrets verify as nothing; and
-`corral keys` does the same from the command line, with one-line errors."""
+revoked and its successor as active; malformed keys, unknown ids and wrong secrets verify as nothing; every change
+leaves an admin event in the outbox, in the same transaction, until it is marked audited; and `corral keys` does
+the same from the command line, with one-line errors."""
 
 from __future__ import annotations
 
@@ -94,6 +95,31 @@ def test_a_rotated_key_is_revoked_and_its_successor_works(store):
     assert (new.tenant, new.name, new.rotated_from) == ("acme", "ci", old.key_id)
     with pytest.raises(KeyStoreError, match=f"key {old.key_id} is revoked"):
         store.rotate(old.key_id)
+
+
+def test_each_change_leaves_an_admin_event_until_it_is_marked_audited(tmp_path, store):
+    record, key = store.create("acme", "ci", actor="admin_api:10.0.0.5")
+    successor, successor_key = store.rotate(record.key_id, actor="cli:ops@host")
+    store.revoke(successor.key_id, actor="cli:ops@host")
+    with pytest.raises(UnknownKeyError):
+        store.revoke("ffffffffffff", actor="cli:ops@host")  # refused: no event
+    with pytest.raises(KeyStoreError):
+        store.rotate(record.key_id, actor="cli:ops@host")  # already revoked: no event
+    events = store.pending_events()
+    assert [(e.action, e.actor, e.target) for e in events] == [
+        ("key.create", "admin_api:10.0.0.5", record.key_id), ("key.rotate", "cli:ops@host", record.key_id),
+        ("key.revoke", "cli:ops@host", successor.key_id)]
+    assert events[0].before is None and events[0].after == record.as_json()
+    assert events[1].before == record.as_json() and events[1].after["successor"] == successor.as_json()
+    assert events[1].after["revoked"]["revoked_at"] is not None
+    assert events[2].before["revoked_at"] is None and events[2].after["revoked_at"] is not None
+    text = (tmp_path / "keys.sqlite").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("keys.sqlite-*"))
+    assert split_key(key)[1].encode() not in text and split_key(successor_key)[1].encode() not in text
+    store.mark_audited([events[0].event_id, events[1].event_id])
+    assert [e.event_id for e in store.pending_events()] == [events[2].event_id]
+    reopened = SQLiteKeyStore(tmp_path / "keys.sqlite")  # the outbox outlives the process that wrote it
+    assert [e.event_id for e in reopened.pending_events()] == [events[2].event_id]
+    reopened.close()
 
 
 def test_list_never_shows_secrets_and_filters_by_tenant(store):
