@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from rich.progress import Progress
 
 from corral.bench.stats import Summary
@@ -61,7 +61,7 @@ class BenchmarkReport:
 
 
 async def _one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str | list[int], output_len: int, headers: dict,
+    client: aiohttp.ClientSession, url: str, model: str, prompt: str | list[int], output_len: int, headers: dict,
     extra_body: Mapping[str, Any] | None = None,
 ) -> RequestResult:
     body = {
@@ -74,15 +74,15 @@ async def _one_request(
     last = start
     usage_tokens = None
     try:
-        async with client.stream("POST", url, json=body, headers=headers) as response:
-            if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+        async with client.post(url, json=body, headers=headers) as response:
+            if response.status != 200:
+                result.error = f"HTTP {response.status}: {(await response.read())[:200]!r}"
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in response.content:  # one SSE line at a time
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
                 chunk = json.loads(data)
                 if chunk.get("usage"):
@@ -103,7 +103,7 @@ async def _one_request(
         result.ok = result.output_tokens > 0
         if not result.ok:
             result.error = "no tokens received"
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValueError: bad JSON, or a line over 64 KiB
         result.error = f"{type(exc).__name__}: {exc}"
     return result
 
@@ -128,8 +128,11 @@ async def run_benchmark(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     rng = random.Random(seed)
     limit = asyncio.Semaphore(max_concurrency or len(prompts) or 1)
-    limits = httpx.Limits(max_connections=max_concurrency or len(prompts) or 1)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    # aiohttp, not httpx: on 2 cores the load generator's CPU is taken from the server it measures, and
+    # httpx spends about 3x aiohttp's CPU per streamed request (docs/performance.md, "The served path").
+    connector = aiohttp.TCPConnector(limit=max_concurrency or len(prompts) or 1)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         with Progress(disable=not show_progress, transient=True) as progress:
             task = progress.add_task("Requests", total=len(prompts))
 
