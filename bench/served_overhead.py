@@ -4,7 +4,7 @@ alternating rounds so that both sides see the same host drift; medians and the r
 
 Each round runs the offline engine in its own process (bench/corral_offline.py), then the same prompts as
 text through one `corral serve` (started once, warm) with the load generator (corral.bench.serve) in this
-process. A salt per round keeps the prefix cache from carrying one round's KV into the next. Per round it
+process. Raw results: bench/results/served_overhead.json. A salt per round keeps the prefix cache from carrying one round's KV into the next. Per round it
 also reads the CPU seconds of the load generator and of each server thread (/proc), since on 2 cores the
 load generator's and the event loop's CPU are taken from the engine's OpenMP team.
 
@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -28,17 +27,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from run import run_offline  # noqa: E402
 from servers import Server, corral_spec, quiet_check  # noqa: E402
-from workloads import workload_b  # noqa: E402
+from workloads import provenance, workload_b  # noqa: E402
 
 from corral.bench.serve import run_benchmark  # noqa: E402
 from corral.loader.default_model import default_model_path  # noqa: E402
 from corral.text.tokenizer import Tokenizer  # noqa: E402
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -100,7 +93,8 @@ def main() -> None:
 
     tokenizer = Tokenizer.from_gguf(args.model)
     chats = [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in workload_b(32)]
-    print(f"host: {cpu_model()}, {args.threads} threads", flush=True)
+    host = provenance()["host"]
+    print(f"host: {host['cpu']} ({', '.join(host['simd_flags'])}), {args.threads} threads", flush=True)
     rounds = []
     with tempfile.TemporaryDirectory() as workdir, Server(corral_spec(args.threads),
                                                           os.path.join(workdir, "serve.log")) as server:
@@ -121,6 +115,12 @@ def main() -> None:
     offline_median = statistics.median(r["offline_tok_s"] for r in rounds)
     served_median = statistics.median(r["tok_s"] for r in rounds)
     per_round = statistics.median(r["tok_s"] / r["offline_tok_s"] for r in rounds)
+    summary = {"offline_tok_s": offline_median, "served_tok_s": served_median,
+               "served_over_offline": served_median / offline_median, "median_round_ratio": per_round}
+    out = os.path.join(HERE, "results", "served_overhead.json")
+    with open(out, "w") as f:
+        json.dump({**provenance(), "concurrency": args.concurrency, "threads": args.threads, "rounds": rounds,
+                   "median": summary}, f, indent=1)
     print(f"median of {args.rounds} rounds, {args.concurrency} streams: offline {offline_median:.1f} tok/s, "
           f"served {served_median:.1f} tok/s: {served_median / offline_median:.2f}x "
           f"(median of per-round ratios {per_round:.2f}x)")
