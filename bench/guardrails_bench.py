@@ -19,11 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from corral.gateway.guardrails import Guardrails, parse_policy
 from corral.gateway.guardrails.injection import InjectionDetector
 from corral.gateway.guardrails.json_output import check_json_output
 from corral.gateway.guardrails.leakage import LeakStreamMasker, SystemPromptIndex, find_leaks
 from corral.gateway.guardrails.pii import EntityDetector
+from corral.gateway.guardrails.pipeline import Guardrails  # noqa: E402
+from corral.gateway.guardrails.policy import parse_policy  # noqa: E402
 from corral.gateway.guardrails.stream_mask import StreamMasker
 
 CORPUS_PATH = Path(__file__).resolve().parents[1] / "tests" / "gateway" / "data" / "guardrails_corpus.jsonl"

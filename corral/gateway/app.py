@@ -30,6 +30,7 @@ from corral.gateway.cache import GatewayCache
 from corral.gateway.config import GatewayConfig, GatewayConfigError
 from corral.gateway.errors import GatewayError, error_response
 from corral.gateway.fallback import Fallbacks, on_premises_reachable
+from corral.gateway.guard_path import GatewayGuardrails
 from corral.gateway.key_store import KeyStoreError, SQLiteKeyStore
 from corral.gateway.ledger import CACHE_ROUTE, Ledger
 from corral.gateway.metrics import GatewayMetrics
@@ -65,6 +66,7 @@ class Gateway:
                 raise GatewayConfigError(f"auth.store: {error}") from None
             self.auth = Authenticator(config.auth, store, admin_key, self.metrics)
         self.ledger = Ledger.from_config(config, audit_key, self.metrics)
+        self.guardrails = GatewayGuardrails.from_config(config, self.metrics)
         self.key_events: KeyEventAuditor | None = None
         self.groups = {name: Group.from_config(name, group, self.metrics) for name, group in config.groups.items()}
         self.replica_log_level = replica_log_level
@@ -171,20 +173,26 @@ class Gateway:
         return RequestContext(http, path, body, group, request_id, arrival, arrival + limit_s,
                               stream=body.get("stream") is True, route=route,
                               tenant=tenant and tenant.name, tenant_config=tenant and tenant.config,
-                              key_id=tenant and tenant.key_id)
+                              key_id=tenant and tenant.key_id,
+                              guard=self.guardrails and self.guardrails.for_tenant(tenant and tenant.name))
 
     async def dispatch(self, ctx: RequestContext) -> Response:
-        """Answers a checked request: its prompt limit (a 400, or the context-window fallback) and output budget
-        clamp (token_limits), then the response cache (a hit answered here; a miss's answer stored once sent),
-        then the group's backends and, when they cannot answer, its fallbacks (fallback.py)."""
-        config = ctx.group.config
+        """Answers a checked request: its content policy's input checks (guard_path.py), its prompt limit (a 400,
+        or the context-window fallback) and output budget clamp (token_limits), then the response cache (a hit
+        answered here; a miss's answer stored once sent; no cache under output checks), then the group's backends
+        and, when they cannot answer, its fallbacks (fallback.py), and the output checks on their answer."""
+        config, guard = ctx.group.config, ctx.guard
+        if guard is not None:
+            guard.check_request(ctx)
         too_long = prompt_too_long(ctx.body, config)
         if too_long and not config.fallback_allowed:
             raise prompt_error(ctx.body, ctx.group.name, config)
         tenant_cap = ctx.tenant_config.max_tokens_cap if ctx.tenant_config is not None else None
         # Before the plan: the cache key is that of the body forwarded.
         ctx.body = clamp_max_tokens(ctx.body, config, tenant_cap)
-        plan = cache_path.plan(self.cache, ctx) if self.cache is not None and not too_long else None
+        # An answer the output checks rewrote or refused is never stored, nor one served past them.
+        cacheable = self.cache is not None and not too_long and (guard is None or not guard.policy.checks_output)
+        plan = cache_path.plan(self.cache, ctx) if cacheable else None
         if plan is not None and plan.lookup:
             entry = await self.cache.lookup(plan)
             if entry is not None:
@@ -194,6 +202,8 @@ class Gateway:
         if ctx.stream and ctx.count_usage:  # after the cache's key, which is the client's body's
             ctx.body = ask_for_usage(ctx.body)
         response, answered_by = await self.fallbacks.forward(ctx)
+        if guard is not None:
+            response = guard.check_response(ctx, response)
         if plan is not None:
             response.headers[cache_path.CACHE_HEADER] = cache_path.header_value(plan, hit=False)
             if answered_by is None:  # never a fallback's answer under the primary's key

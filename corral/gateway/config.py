@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corral.errors import CorralError
 from corral.gateway.audit import AuditConfig
 from corral.gateway.cache import CacheConfig
+from corral.gateway.guardrails.policy import GuardrailPolicy
 from corral.gateway.limits_config import LimitsConfig
-from corral.gateway.tenants import TenantConfig
+from corral.gateway.tenants import TenantConfig, validated_policy
 
 Policy = Literal["least_loaded", "prefix_aware", "session", "round_robin"]
 
@@ -162,7 +163,8 @@ class AuthConfig(_Strict):
 
 class GatewayConfig(_Strict):
     """The whole file: where the gateway listens, its model groups, and its cache, auth (tenants and keys), the
-    store of the tenants' limits (``limits``) and the audit log (``audit``)."""
+    store of the tenants' limits (``limits``), the audit log (``audit``) and the content policy of requests whose
+    tenant has none of its own (``guardrails``; with auth off, of every request)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -172,6 +174,9 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
+    guardrails: GuardrailPolicy | None = None
+
+    _guardrails_valid = field_validator("guardrails", mode="before")(validated_policy)
 
     @model_validator(mode="after")
     def _fallbacks_exist_without_cycles(self) -> GatewayConfig:
@@ -197,6 +202,9 @@ class GatewayConfig(_Strict):
             if tenant.limits.model_dump(exclude_none=True) and not self.auth.enabled:
                 raise ValueError(f"auth.tenants.{name}.limits: auth is not enabled (auth.enabled), so no request has "
                                  "a tenant to limit")
+            if tenant.guardrails is not None and not self.auth.enabled:
+                raise ValueError(f"auth.tenants.{name}.guardrails: auth is not enabled (auth.enabled), so no request "
+                                 "has a tenant; use the gateway-wide `guardrails:`")
         return self
 
     @model_validator(mode="after")

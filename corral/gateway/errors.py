@@ -42,4 +42,9 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
 
 def error_event(status: int, message: str, code: str | None = None) -> bytes:
     """An SSE error event followed by the end of the stream, for a stream that cannot go on."""
-    return f"data: {json.dumps(error_body(status, message, code=code))}\n\ndata: [DONE]\n\n".encode()
+    return error_data_event(status, message, code) + b"data: [DONE]\n\n"
+
+
+def error_data_event(status: int, message: str, code: str | None = None) -> bytes:
+    """The SSE error event alone, for a stream whose ``[DONE]`` is sent later."""
+    return f"data: {json.dumps(error_body(status, message, code=code))}\n\n".encode()

@@ -118,11 +118,12 @@ class RequestEntry:
     async def answer(self, response: Response) -> Response:
         """The response to send: a stream gets a tap that settles the entry before its ``[DONE]``; a body is
         settled now (a 503 instead when its audit record cannot be written)."""
-        if not self.tracked:
+        stream_guard = response.stream_guard if isinstance(response, RelayResponse) else None
+        if not self.tracked and stream_guard is None:
             return response
         if isinstance(response, RelayResponse):
             response.tap = StreamTap(self.close, parse_all=self.ledger.audit is not None,
-                                     strip_usage=not self.client_asked_usage)
+                                     strip_usage=not self.client_asked_usage, guard=stream_guard)
             return response
         counted = self.ctx is not None and self.ctx.count_usage and response.status_code < 400
         answer = _answer_of(response) if counted else Answer()
@@ -179,6 +180,7 @@ class RequestEntry:
             completion_tokens=answer.completion_tokens, prompt=prompt_of(body) if body is not None else None,
             output=answer.output, record_texts=self.ledger.audit_config.record_texts if policy is None else policy,
             complete=complete, path=self.path, error=self.error_code,
+            guardrails=ctx.guard.to_record() if ctx is not None and ctx.guard is not None else None,
             fallback=trace.group if trace is not None and trace.group not in (None, group) else None)
 
 

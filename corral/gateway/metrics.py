@@ -12,7 +12,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1
 class GatewayMetrics:
     """Requests by group, backend, status and route decision; time to the first byte relayed (TTFT at the
     gateway) and end-to-end latency; in flight and health per backend; retries, ejections, restarts; requests
-    refused by auth and by the tenants' limits; the audit log's records."""
+    refused by auth and by the tenants' limits; the audit log's records; the guardrails' actions."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -54,3 +54,7 @@ class GatewayMetrics:
         self.audit_failures = Counter("corral_gateway_audit_failures",
                                       "Requests failed (503) because their audit record could not be written.",
                                       registry=r)
+        self.guardrail_actions = Counter("corral_gateway_guardrail_actions",
+                                         "Guardrail checks that acted on a request or its answer, by check (its name "
+                                         "in the policy) and action (allow, flag, mask, deny).",
+                                         ["check", "action"], registry=r)

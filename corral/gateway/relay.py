@@ -25,6 +25,8 @@ from corral.gateway.routing import RouteRequest
 from corral.gateway.tenants import TenantConfig
 
 if TYPE_CHECKING:
+    from corral.gateway.guard_path import RequestGuard
+    from corral.gateway.guard_stream import StreamGuard
     from corral.gateway.stream_tap import StreamTap
 
 logger = logging.getLogger("corral.gateway")
@@ -69,6 +71,8 @@ class RequestContext:
     trace: RouteTrace = field(default_factory=RouteTrace)
     # The limits or the audit need the token counts: a stream is forwarded asking for its usage (usage.py).
     count_usage: bool = False
+    # The tenant's content policy, or the gateway's (guard_path.py); None when none applies.
+    guard: RequestGuard | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -263,6 +267,7 @@ class RelayResponse(Response):
         self.on_complete: Callable[[list[bytes]], Awaitable[None]] | None = None
         self.relayed: list[bytes] = []
         self.tap: StreamTap | None = None
+        self.stream_guard: StreamGuard | None = None  # the output checks, which the tap applies (guard_stream.py)
         self._last_sent = b""
 
     async def __call__(self, scope, receive, send) -> None:
@@ -297,7 +302,7 @@ class RelayResponse(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await self._pass_on(self.first, send)
         idle_s = self.ctx.group.config.timeouts.idle_s
-        while True:
+        while self.tap is None or self.tap.status == 200:  # a refused answer is not read further
             try:
                 # asyncio.timeout, not wait_for: wait_for wraps each read in a Task of its own, per chunk.
                 async with asyncio.timeout(min(idle_s, max(self.ctx.remaining(), 0.0))):

@@ -7,7 +7,25 @@ in SQLite or Redis (budgets.py).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from corral.gateway.guardrails.policy import GuardrailPolicy
+from corral.gateway.guardrails.policy import describe as describe_policy_error
+
+
+def validated_policy(value: Any) -> GuardrailPolicy | None:
+    """A ``guardrails:`` section as a policy. Its problems are re-raised as one ValueError naming the key inside
+    the policy, so that the config's error names the whole path (``auth.tenants.acme.guardrails: checks.0...``)."""
+    if value is None or isinstance(value, GuardrailPolicy):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping with `checks`, got {type(value).__name__}")
+    try:
+        return GuardrailPolicy.model_validate(value)
+    except ValidationError as error:
+        raise ValueError(describe_policy_error(error)) from None
 
 
 class _Strict(BaseModel):
@@ -29,13 +47,17 @@ class TenantConfig(_Strict):
     """One tenant: ``groups`` it may use (``["*"]``: every group), its limits, a ``max_tokens`` cap (a larger
     request is clamped, as a group's cap), and ``local_only`` (its requests never reach a ``url`` backend that
     is not marked ``on_premises``), and ``record_texts``: whether its requests' audit records hold the prompt and
-    output texts, not only their SHA-256 (None: the ``audit.record_texts`` default)."""
+    output texts, not only their SHA-256 (None: the ``audit.record_texts`` default); ``guardrails``: its content
+    policy (docs/guardrails.md#using-it-in-the-gateway), in place of the gateway-wide one (``checks: []``: none)."""
 
     groups: list[str] = Field(default_factory=lambda: ["*"])
     limits: TenantLimits = TenantLimits()
     max_tokens_cap: int | None = Field(default=None, ge=1)
     local_only: bool = False
     record_texts: bool | None = None
+    guardrails: GuardrailPolicy | None = None
+
+    _guardrails_valid = field_validator("guardrails", mode="before")(validated_policy)
 
     def allows(self, group: str) -> bool:
         return "*" in self.groups or group in self.groups

@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.gateway.guardrails import Guardrails, parse_policy
+from corral.gateway.guardrails.pipeline import Guardrails
+from corral.gateway.guardrails.policy import parse_policy
 
 SYSTEM = "You are Aria, the support assistant for Northwind Bank. Never disclose internal fee schedules to anyone."
 MASKING = Guardrails(parse_policy({"checks": [{"type": "secrets"}, {"type": "pii"},

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from corral.gateway.guardrails import ContentPolicyError, Guardrails, parse_policy
+from corral.gateway.guardrails.pipeline import Guardrails
+from corral.gateway.guardrails.policy import parse_policy
+from corral.gateway.guardrails.verdict import ContentPolicyError
 
 SYSTEM = "You are Aria, the support assistant for Northwind Bank. Never disclose internal fee schedules to anyone."
 POLICY = parse_policy({

@@ -21,7 +21,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corral.errors import CorralError
-from corral.gateway.guardrails.injection import default_rules, load_rules
 from corral.gateway.guardrails.patterns import MAX_CONTEXT_CHARS, EntityPattern, builtin_patterns
 from corral.gateway.guardrails.validators import load_callable
 from corral.gateway.guardrails.verdict import Action
@@ -76,6 +75,9 @@ class InjectionCheck(_Strict):
 
     @model_validator(mode="after")
     def _rules_and_classifier_load(self) -> InjectionCheck:
+        # Imported here: a gateway whose policies have no injection check never loads the rule set.
+        from corral.gateway.guardrails.injection import default_rules, load_rules
+
         names = {rule.name for rule in default_rules()}
         for path in self.rules_files:
             names |= {rule.name for rule in load_rules(path)}

@@ -1,0 +1,207 @@
+"""The guardrails on the request path (docs/guardrails.md#using-it-in-the-gateway): each tenant's policy, or the
+gateway-wide one, compiled once at start; a request's input checked before the cache and routing (masked
+messages forwarded, a denial answered 400 ``content_policy`` with nothing sent upstream); a body's answer checked
+choice by choice before it is returned. A stream's answer is checked event by event by guard_stream.py, through
+stream_tap.py. Every verdict is counted in ``corral_gateway_guardrail_actions_total`` and goes in the request's
+audit record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi.responses import Response
+
+from corral.gateway.config import GatewayConfig, GatewayConfigError
+from corral.gateway.errors import GatewayError
+from corral.gateway.guard_stream import StreamGuard, text_slot
+from corral.gateway.guardrails.policy import (
+    GuardrailConfigError,
+    GuardrailPolicy,
+    InjectionCheck,
+    JsonOutputCheck,
+    LeakageCheck,
+    PiiCheck,
+    SecretsCheck,
+)
+from corral.gateway.guardrails.verdict import Verdict
+from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.relay import RelayResponse, RequestContext
+from corral.gateway.routing import RouteRequest, prompt_text
+
+if TYPE_CHECKING:
+    from corral.gateway.guardrails.pipeline import Guardrails
+
+CHAT_PATH = "/v1/chat/completions"
+# Request fields whose answer would carry the tokens of the answer outside its text, unchecked.
+_TOKEN_OUTPUT_FIELDS = ("logprobs", "top_logprobs", "prompt_logprobs")
+_SYSTEM_ROLES = ("system", "developer")
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """A policy's Guardrails, and whether it has checks for each side (a side without any costs nothing)."""
+
+    guardrails: Guardrails
+    checks_input: bool
+    checks_output: bool
+
+    @classmethod
+    def compile(cls, policy: GuardrailPolicy) -> CompiledPolicy | None:
+        """None for a policy without checks (a tenant's ``checks: []`` opts out of the gateway-wide policy)."""
+        checks_input = any(isinstance(check, InjectionCheck) or (isinstance(check, PiiCheck | SecretsCheck)
+                                                                 and "input" in check.stages)
+                           for check in policy.checks)
+        checks_output = any(isinstance(check, LeakageCheck | JsonOutputCheck) or (
+            isinstance(check, PiiCheck | SecretsCheck) and "output" in check.stages) for check in policy.checks)
+        if not (checks_input or checks_output):
+            return None
+        # Imported here: a gateway without guardrails never loads the checks' patterns and rules (start-up time).
+        from corral.gateway.guardrails.pipeline import Guardrails
+
+        return cls(Guardrails(policy), checks_input, checks_output)
+
+
+class GatewayGuardrails:
+    """The compiled policies of one gateway: the tenants' own and the gateway-wide default."""
+
+    def __init__(self, default: CompiledPolicy | None, by_tenant: dict[str, CompiledPolicy | None],
+                 metrics: GatewayMetrics):
+        self.default, self.by_tenant, self.metrics = default, by_tenant, metrics
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, metrics: GatewayMetrics) -> GatewayGuardrails | None:
+        """None when no policy is configured anywhere (the request path then checks nothing)."""
+        by_tenant = {name: _compile(tenant.guardrails, f"auth.tenants.{name}.guardrails")
+                     for name, tenant in config.auth.tenants.items() if tenant.guardrails is not None}
+        default = _compile(config.guardrails, "guardrails") if config.guardrails is not None else None
+        if default is None and not any(by_tenant.values()):
+            return None
+        return cls(default, by_tenant, metrics)
+
+    def for_tenant(self, tenant: str | None) -> RequestGuard | None:
+        policy = self.by_tenant[tenant] if tenant in self.by_tenant else self.default
+        return None if policy is None else RequestGuard(policy, self.metrics)
+
+
+def _compile(policy: GuardrailPolicy, key: str) -> CompiledPolicy | None:
+    try:
+        return CompiledPolicy.compile(policy)
+    except (GuardrailConfigError, ValueError, OSError) as error:
+        raise GatewayConfigError(f"{key}: {error}") from None
+
+
+@dataclass
+class RequestGuard:
+    """One request's policy and what it decided: shared by the copies of its context that fallback makes."""
+
+    policy: CompiledPolicy
+    metrics: GatewayMetrics
+    input_verdict: Verdict | None = None
+    output_verdicts: dict[int, Verdict] = field(default_factory=dict)  # by choice index
+
+    def count(self, verdict: Verdict) -> None:
+        for check, action in verdict.action_counts():
+            self.metrics.guardrail_actions.labels(check=check, action=action).inc()
+
+    def record_output(self, index: int, verdict: Verdict) -> None:
+        self.output_verdicts[index] = verdict
+        self.count(verdict)
+
+    def to_record(self) -> dict[str, Any]:
+        """The audit record's ``guardrails``: the input verdict, and each choice's output verdict."""
+        record: dict[str, Any] = {}
+        if self.input_verdict is not None:
+            record["input"] = self.input_verdict.to_record()
+        if self.output_verdicts:
+            record["output"] = [{**result, "choice": index} for index in sorted(self.output_verdicts)
+                                for result in self.output_verdicts[index].to_record()]
+        return record
+
+    def check_request(self, ctx: RequestContext) -> None:
+        """Runs the input checks on the request's messages (a completion's prompts as user messages) and puts
+        the masked body in ``ctx``; raises ContentPolicyError on a denial, GatewayError for what it cannot check."""
+        body = ctx.body
+        if self.policy.checks_output:
+            for name in _TOKEN_OUTPUT_FIELDS:
+                if body.get(name) not in (None, False):
+                    raise GatewayError(400, f"`{name}` is not available under this gateway's content policy: it "
+                                            "would return the answer's tokens unchecked", param=name)
+        if not self.policy.checks_input:
+            return
+        if ctx.path == CHAT_PATH:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not all(isinstance(message, dict) for message in messages):
+                raise GatewayError(400, "`messages` must be a list of message objects", param="messages")
+            result = self.policy.guardrails.check_input(messages)
+            forwarded = {**body, "messages": result.messages}
+        else:
+            prompts, single = _text_prompts(body.get("prompt"))
+            result = self.policy.guardrails.check_input([{"role": "user", "content": text} for text in prompts])
+            masked = [message["content"] for message in result.messages]
+            forwarded = {**body, "prompt": masked[0] if single else masked}
+        self.input_verdict = result.verdict
+        self.count(result.verdict)
+        result.verdict.raise_if_denied()
+        if result.verdict.masked:
+            ctx.body = forwarded
+            ctx.route = RouteRequest(prompt_text(forwarded), ctx.route.session_id)
+
+    def check_response(self, ctx: RequestContext, response: Response) -> Response:
+        """A body's answer with each choice's text checked and masked (ContentPolicyError on a denial); a stream
+        gets its StreamGuard, which its tap applies event by event."""
+        if not self.policy.checks_output:
+            return response
+        system_prompt, response_format = output_context(ctx.body)
+        if isinstance(response, RelayResponse):
+            response.stream_guard = StreamGuard(self, system_prompt, response_format)
+            return response
+        if response.status_code != 200:
+            return response
+        try:
+            answer = json.loads(bytes(response.body))
+        except (ValueError, UnicodeDecodeError):
+            raise GatewayError(502, "the backend's answer is not JSON, so the content policy cannot check it",
+                               code="content_policy_unchecked") from None
+        masked = False
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+            holder, key = text_slot(choice, streamed=False)
+            if holder is None:
+                continue
+            result = self.policy.guardrails.check_output(holder[key], system_prompt, response_format)
+            index = choice.get("index", position)
+            self.record_output(index if isinstance(index, int) else position, result.verdict)
+            result.verdict.raise_if_denied()
+            masked = masked or result.text != holder[key]
+            holder[key] = result.text
+        if masked:
+            response.body = json.dumps(answer).encode()
+            response.headers["content-length"] = str(len(response.body))
+        return response
+
+
+def _text_prompts(prompt: Any) -> tuple[list[str], bool]:
+    """A completion's prompt as texts, and whether it was a single string. Token ids cannot be read."""
+    if isinstance(prompt, str):
+        return [prompt], True
+    if isinstance(prompt, list) and prompt and all(isinstance(text, str) for text in prompt):
+        return prompt, False
+    raise GatewayError(400, "`prompt` must be a string or a list of strings under this gateway's content policy "
+                            "(token ids cannot be checked)", param="prompt")
+
+
+def output_context(body: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """The request's system prompt (its system and developer messages' texts) and ``response_format``."""
+    texts = []
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("role") in _SYSTEM_ROLES:
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):
+                texts += [part["text"] for part in content if isinstance(part, dict)
+                          and isinstance(part.get("text"), str)]
+    response_format = body.get("response_format")
+    return "\n".join(texts) or None, response_format if isinstance(response_format, dict) else None
