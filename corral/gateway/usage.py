@@ -99,17 +99,7 @@ class Answer:
         if not isinstance(body, Mapping):
             return
         self.add_usage(body.get("usage"))
-        for position, choice in enumerate(body.get("choices") or []):
-            if not isinstance(choice, Mapping):
-                continue
-            index = choice.get("index", position)
-            out = self.choices.setdefault(index if isinstance(index, int) else position, _ChoiceOutput())
-            message = choice.get("message")
-            if isinstance(message, Mapping):
-                out.text += message.get("content") or ""
-                out.add_tool_calls(message.get("tool_calls"), streamed=False)
-            elif isinstance(choice.get("text"), str):
-                out.text += choice["text"]
+        self._add_choices(body.get("choices") or [], "message", streamed=False)
 
     def add_chunk(self, chunk: Any) -> None:
         """One parsed stream event."""
@@ -119,15 +109,20 @@ class Answer:
         choices = chunk.get("choices") or []
         if choices:
             self.events += 1
+        self._add_choices(choices, "delta", streamed=True)
+
+    def _add_choices(self, choices: Any, part: str, streamed: bool) -> None:
+        """A chat choice's text and tool calls are under ``part`` (``message`` or ``delta``), a completion's
+        text under ``text``."""
         for position, choice in enumerate(choices):
             if not isinstance(choice, Mapping):
                 continue
             index = choice.get("index", position)
             out = self.choices.setdefault(index if isinstance(index, int) else position, _ChoiceOutput())
-            delta = choice.get("delta")
-            if isinstance(delta, Mapping):
-                out.text += delta.get("content") or ""
-                out.add_tool_calls(delta.get("tool_calls"), streamed=True)
+            content = choice.get(part)
+            if isinstance(content, Mapping):
+                out.text += content.get("content") or ""
+                out.add_tool_calls(content.get("tool_calls"), streamed=streamed)
             elif isinstance(choice.get("text"), str):
                 out.text += choice["text"]
 

@@ -9,6 +9,7 @@ reach the client); with ``flag`` the answer streams and the verdict comes at the
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from corral.gateway.guardrails.json_output import check_json_output
@@ -39,13 +40,16 @@ def leak_result(check: LeakageCheck, leaks: list[LeakSpan]) -> CheckResult:
                        tuple(Span("system_prompt", leak.start, leak.end) for leak in leaks))
 
 
-class _EntityStage:
-    def __init__(self, check: PiiCheck | SecretsCheck, detector: EntityDetector):
-        self.check, self.detector = check, detector
+class _MaskingStage:
+    """A check that masks or denies through its stream masker; one that only flags or allows lets the text
+    through and looks at the whole answer at the end (``_find_in``)."""
+
+    def __init__(self, check: PiiCheck | SecretsCheck | LeakageCheck, new_masker: Callable[[], Any]):
+        self.check = check
         self.denied = False
-        self._masker = StreamMasker(detector) if check.action in ("mask", "deny") else None
+        self._masker = new_masker() if check.action in ("mask", "deny") else None
         self._seen: list[str] = []
-        self._findings: list[Finding] = []
+        self._found: list[Any] = []  # the whole answer's findings, for a check without a masker
 
     def feed(self, text: str) -> str:
         if self._masker is None:
@@ -55,52 +59,54 @@ class _EntityStage:
 
     def flush(self) -> str:
         if self._masker is None:
-            self._findings = self.detector.find("".join(self._seen))
+            self._found = self._find_in("".join(self._seen))
             return ""
         return self._checked(self._masker.flush())
 
     def _checked(self, output: str) -> str:
-        # Before its first finding a deny check's masker emits the text unchanged; after it, nothing goes out.
-        if self.check.action == "deny" and self._masker.findings:
+        # Before its first hit a deny check's masker emits the text unchanged; after it, nothing goes out.
+        if self.check.action == "deny" and self._masker_hit():
             self.denied = True
             return ""
         return output
+
+    def _find_in(self, text: str) -> list[Any]:
+        raise NotImplementedError
+
+    def _masker_hit(self) -> bool:
+        raise NotImplementedError
+
+
+class _EntityStage(_MaskingStage):
+    def __init__(self, check: PiiCheck | SecretsCheck, detector: EntityDetector):
+        super().__init__(check, lambda: StreamMasker(detector))
+        self.detector = detector
+
+    def _find_in(self, text: str) -> list[Finding]:
+        return self.detector.find(text)
+
+    def _masker_hit(self) -> bool:
+        return bool(self._masker.findings)
 
     def result(self) -> CheckResult:
-        return entity_result(self.check, self._masker.findings if self._masker else self._findings)
+        return entity_result(self.check, self._masker.findings if self._masker else self._found)
 
 
-class _LeakStage:
+class _LeakStage(_MaskingStage):
     def __init__(self, check: LeakageCheck, system_prompt: str):
-        self.check = check
         self.index = SystemPromptIndex(system_prompt, check.min_words)
-        self.denied = False
-        self._masker = LeakStreamMasker(self.index) if check.action in ("mask", "deny") else None
-        self._seen: list[str] = []
-        self._leaks: list[LeakSpan] = []
+        super().__init__(check, lambda: LeakStreamMasker(self.index))
 
-    def feed(self, text: str) -> str:
-        if self._masker is None:
-            self._seen.append(text)
-            return text
-        return self._checked(self._masker.feed(text))
+    def _find_in(self, text: str) -> list[LeakSpan]:
+        return find_leaks(text, self.index)
 
-    def flush(self) -> str:
-        if self._masker is None:
-            self._leaks = find_leaks("".join(self._seen), self.index)
-            return ""
-        return self._checked(self._masker.flush())
-
-    def _checked(self, output: str) -> str:
-        if self.check.action == "deny" and self._masker.leaked:
-            self.denied = True
-            return ""
-        return output
+    def _masker_hit(self) -> bool:
+        return bool(self._masker.leaked)
 
     def result(self) -> CheckResult:
         if self._masker is not None and self.check.action == "deny" and self._masker.leaked:
             return CheckResult(check_name(self.check), "leakage", True, "deny", {"system_prompt": 1})
-        return leak_result(self.check, self._masker.leaks if self._masker else self._leaks)
+        return leak_result(self.check, self._masker.leaks if self._masker else self._found)
 
 
 class _JsonStage:
