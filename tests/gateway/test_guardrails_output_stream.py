@@ -61,6 +61,14 @@ def test_a_json_deny_holds_the_answer_until_it_is_complete():
     assert bad.finish() == "" and bad.denied
 
 
+def test_a_json_deny_holds_nothing_back_when_the_request_asked_for_no_json():
+    guardrails = Guardrails(parse_policy({"checks": [{"type": "json_output", "action": "deny"}]}))
+    for response_format in (None, {"type": "text"}):
+        stream = guardrails.output_stream(response_format=response_format)
+        assert stream.feed("Plain ") == "Plain " and stream.feed("text.") == "text."
+        assert stream.finish() == "" and not stream.denied
+
+
 def test_flag_and_allow_let_text_through_and_report_at_the_end():
     guardrails = Guardrails(parse_policy({"checks": [{"type": "pii", "action": "flag"}]}))
     output, stream = streamed(guardrails, "mail jane@example.com now", [7, 12])

@@ -28,10 +28,14 @@ class JsonVerdict:
 NOT_APPLICABLE = JsonVerdict(applicable=False, valid=True)
 
 
+def asks_for_json(response_format: dict[str, Any] | None) -> bool:
+    return (response_format or {}).get("type") in ("json_object", "json_schema")
+
+
 def check_json_output(text: str, response_format: dict[str, Any] | None) -> JsonVerdict:
-    kind = (response_format or {}).get("type")
-    if kind not in ("json_object", "json_schema"):
+    if not asks_for_json(response_format):
         return NOT_APPLICABLE
+    kind = response_format["type"]
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from corral.gateway.guardrails.json_output import check_json_output
+from corral.gateway.guardrails.json_output import asks_for_json, check_json_output
 from corral.gateway.guardrails.leakage import LeakSpan, LeakStreamMasker, SystemPromptIndex, find_leaks
 from corral.gateway.guardrails.pii import EntityDetector, Finding
 from corral.gateway.guardrails.policy import (
@@ -113,7 +113,8 @@ class _JsonStage:
     def __init__(self, check: JsonOutputCheck, response_format: dict[str, Any] | None):
         self.check, self.response_format = check, response_format
         self.denied = False
-        self._holds = check.action == "deny"
+        # Only an answer the request asked to be JSON is held back (a deny must not let invalid JSON out).
+        self._holds = check.action == "deny" and asks_for_json(response_format)
         self._seen: list[str] = []
         self._result = CheckResult(check_name(check), "json_output", False, None)
 
