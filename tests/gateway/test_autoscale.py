@@ -213,3 +213,16 @@ def test_samples_must_come_in_time_order():
 def test_a_replica_load_out_of_range_is_refused(bad):
     with pytest.raises(ValueError):
         ReplicaLoad(**bad)
+
+
+def test_a_cold_start_never_asks_for_less_than_the_look_back_window_does():
+    # Found by the monotonicity property: the window's earlier load asks for 2; a request arriving at zero
+    # replicas must not cut that to the cold start's 1.
+    config = AutoscalingConfig(min_replicas=0, max_replicas=2, target_ongoing_requests=0.5, upscale_delay_s=2,
+                               downscale_delay_s=0, upscaling_factor=0.3, downscaling_factor=0.3)
+    decisions = []
+    for queued in (0, 1):
+        autoscaler = Autoscaler(config)
+        autoscaler.observe(MetricsSample(0.5, (*spread(0, 3), ReplicaLoad(num_running=0, num_waiting=4))))
+        decisions.append(autoscaler.observe(MetricsSample(2.5, (), num_queued_at_gateway=queued)))
+    assert decisions[1].desired >= decisions[0].desired == 2, decisions

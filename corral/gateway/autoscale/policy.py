@@ -84,9 +84,16 @@ def decide(state: AutoscalerState, sample: MetricsSample, config: AutoscalingCon
         raise ValueError(f"samples must come in time order: {sample.time_s} after {state.window[-1].time_s}")
     window = within_look_back((*state.window, sample), sample.time_s, config.look_back_period_s)
     ceiling, capped = _ceiling(config, cap)
+    regular = _regular(state, sample, window, config, ceiling, capped)
     if sample.num_healthy_replicas == 0 and sample.num_ongoing > 0:
-        return _cold_start(state, sample, window, ceiling, capped)
+        cold = _cold_start(state, sample, window, ceiling, capped)
+        # The look-back window may already ask for more than the one replica a cold start brings.
+        return regular if regular[0].desired > cold[0].desired else cold
+    return regular
 
+
+def _regular(state: AutoscalerState, sample: MetricsSample, window: tuple[MetricsSample, ...],
+             config: AutoscalingConfig, ceiling: int, capped: str) -> tuple[ScalingDecision, AutoscalerState]:
     ask = max(_asks(aggregate(window, config.aggregation_function), sample.num_healthy_replicas, config),
               key=lambda a: a.num_replicas)  # the first of equal asks: ongoing requests
     stepped = _stepped(ask.num_replicas, sample.num_healthy_replicas, config)
