@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corral.gateway.auth import Authenticator
-from corral.gateway.config import describe
+from corral.gateway.config_errors import describe
 from corral.gateway.errors import GatewayError
 from corral.gateway.key_store import KeyRecord, KeyStoreError, UnknownKeyError
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from corral.errors import CorralError
 from corral.gateway.audit import AuditConfig
 from corral.gateway.cache import CacheConfig
+from corral.gateway.config_errors import describe
 from corral.gateway.guardrails.policy import GuardrailPolicy
 from corral.gateway.limits_config import LimitsConfig
 from corral.gateway.tenants import TenantConfig, validated_policy
@@ -250,20 +251,6 @@ def parse_config(data: object, source: str = "config") -> GatewayConfig:
         return GatewayConfig.model_validate(data)
     except ValidationError as error:
         raise GatewayConfigError(f"{source}: {describe(error)}") from None
-
-
-def describe(error: ValidationError) -> str:
-    """The first problem of a ValidationError on one line, as ``key.path: message``."""
-    problems = error.errors(include_url=False)
-    # A misspelt key also leaves the real one missing: naming the misspelling says more.
-    first = min(problems, key=lambda problem: problem["type"] != "extra_forbidden")
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
-    message = message.removeprefix("Value error, ")
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    if not first["loc"] and message.startswith(("groups.", "auth.", "limits:")):  # a whole-file check that names its own key
-        return f"{message}{more}".replace("\n", " ")
-    return f"{where}: {message}{more}".replace("\n", " ")
 
 
 def simple_config(model: str, replicas: int, policy: Policy = "least_loaded", serve_args: list[str] | None = None,

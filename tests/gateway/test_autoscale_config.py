@@ -37,7 +37,7 @@ def test_unknown_and_missing_keys_are_named():
 
 def test_rays_old_names_point_to_the_current_ones():
     assert refusal(max_replicas=4, upscale_smoothing_factor=0.5) == (
-        "(top level): upscale_smoothing_factor: not a setting here; use upscaling_factor (Ray Serve's current name)")
+        "upscale_smoothing_factor: not a setting here; use upscaling_factor (Ray Serve's current name)")
     assert "use target_ongoing_requests" in refusal(max_replicas=4, target_num_ongoing_requests_per_replica=1)
 
 

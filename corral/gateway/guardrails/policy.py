@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corral.errors import CorralError
+from corral.gateway.config_errors import describe as describe_error
 from corral.gateway.guardrails.patterns import MAX_CONTEXT_CHARS, EntityPattern, builtin_patterns
 from corral.gateway.guardrails.validators import load_callable
 from corral.gateway.guardrails.verdict import Action
@@ -190,14 +191,5 @@ def parse_policy(data: object, source: str = "guardrails") -> GuardrailPolicy:
 
 
 def describe(error: ValidationError) -> str:
-    """The first problem on one line, ``key.path: message``, without pydantic's union tags in the path."""
-    problems = error.errors(include_url=False)
-    first = min(problems, key=lambda problem: problem["type"] != "extra_forbidden")
-    location = [part for index, part in enumerate(first["loc"])
-                if not (part in _CHECK_TYPES and index > 0 and isinstance(first["loc"][index - 1], int))]
-    message = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(first["type"], first["msg"])
-    message = message.removeprefix("Value error, ")
-    if not location and ":" in message.split(" ")[0]:  # a whole-policy check that names its own key
-        return message.replace("\n", " ")
-    where = ".".join(str(part) for part in location) or "(top level)"
-    return f"{where}: {message}".replace("\n", " ")
+    """The first problem on one line, ``key.path: message``, without the checks' union tags in the path."""
+    return describe_error(error, union_tags=_CHECK_TYPES)
