@@ -42,6 +42,7 @@ class _Add:
     stream: _Stream
     accepted: asyncio.Future
     grammar: CompiledGrammar | None = None
+    priority: int = 0
 
 
 @dataclass
@@ -116,17 +117,19 @@ class AsyncEngine:
         return self._thread.is_alive() and self._error is None
 
     async def add_request(
-        self, prompt: PromptType, params: SamplingParams, request_id: str, grammar: CompiledGrammar | None = None
+        self, prompt: PromptType, params: SamplingParams, request_id: str, grammar: CompiledGrammar | None = None,
+        priority: int = 0,
     ) -> RequestStream:
         """Queue a request; raises its validation error (a CorralError) if the engine refuses it. ``grammar``:
-        its structured output, compiled already (the engine thread then never compiles)."""
+        its structured output, compiled already (the engine thread then never compiles); ``priority``: lower
+        runs first."""
         loop = asyncio.get_running_loop()
         stream = _Stream(loop, asyncio.Queue())
         accepted = loop.create_future()
         with self._closing:
             if not self.is_healthy() or self._stopping:
                 raise EngineDeadError("the engine loop is not running")
-            self._commands.put(_Add(request_id, prompt, params, stream, accepted, grammar))
+            self._commands.put(_Add(request_id, prompt, params, stream, accepted, grammar, priority))
         try:
             await accepted
         except BaseException:
@@ -192,7 +195,8 @@ class AsyncEngine:
     def _apply(self, command: _Add | _Abort | None) -> None:
         if isinstance(command, _Add):
             try:
-                self.engine.add_request(command.request_id, command.prompt, command.params, grammar=command.grammar)
+                self.engine.add_request(command.request_id, command.prompt, command.params, priority=command.priority,
+                                        grammar=command.grammar)
             except Exception as exc:
                 _post(command.stream.loop, _set_exception, command.accepted, exc)
                 return

@@ -83,7 +83,7 @@ async def create_chat_completion(
         compiled = await compile_off_thread(engine, *structured)
         params = replace(params, structured_outputs=structured[1])
     request_id = new_id("chatcmpl")
-    streams = await add_all(engine, [prompt_ids], params, request_id, compiled)
+    streams = await add_all(engine, [prompt_ids], params, request_id, compiled, request.priority)
     created = int(time.time())
     if request.stream:
         return StreamingResponse(

@@ -108,7 +108,7 @@ async def create_completion(
         engine_prompts = [await fill_in_middle(engine, p, request.suffix, fim_ids) for p in prompts]
     else:
         engine_prompts = [await tokenized(engine, p) for p in prompts]
-    streams = await add_all(engine, engine_prompts, params, request_id, compiled)
+    streams = await add_all(engine, engine_prompts, params, request_id, compiled, request.priority)
     created = int(time.time())
     tokenizer = engine.engine.tokenizer
     if request.stream:

@@ -64,6 +64,9 @@ class _SamplingRequest(BaseModel):
     allowed_token_ids: list[int] | None = None  # vLLM's
     bad_words: list[str] | None = None  # vLLM's
     prompt_logprobs: int | None = None  # vLLM's extra: top logprobs per prompt token (range checked by SamplingParams)
+    # vLLM's extra: scheduling priority, lower runs first (waiting requests are admitted in this order, and the
+    # last of it is preempted first when the KV cache runs dry).
+    priority: int = 0
     user: str | None = None
 
     def sampling_params(self, max_tokens: int | None, num_logprobs: int | None) -> SamplingParams:

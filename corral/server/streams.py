@@ -16,12 +16,12 @@ from corral.structured.backend import CompiledGrammar
 
 async def add_all(
     engine: AsyncEngine, prompts: Sequence[str | list[int]], params: SamplingParams, base_id: str,
-    grammar: CompiledGrammar | None = None,
+    grammar: CompiledGrammar | None = None, priority: int = 0,
 ) -> list[RequestStream]:
     streams: list[RequestStream] = []
     try:
         for index, prompt in enumerate(prompts):
-            streams.append(await engine.add_request(prompt, params, f"{base_id}-{index}", grammar))
+            streams.append(await engine.add_request(prompt, params, f"{base_id}-{index}", grammar, priority))
     except BaseException:
         for stream in streams:
             stream.abort()
