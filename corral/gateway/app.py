@@ -25,7 +25,8 @@ from corral.gateway import cache_path
 from corral.gateway.admin import add_admin_routes
 from corral.gateway.admin_audit import KeyEventAuditor
 from corral.gateway.auth import Authenticator, Tenant
-from corral.gateway.backends import Group, Monitor
+from corral.gateway.autoscale.local import LocalScaler
+from corral.gateway.backends import Backend, Group, Monitor
 from corral.gateway.cache import GatewayCache
 from corral.gateway.config import GatewayConfig, GatewayConfigError
 from corral.gateway.errors import GatewayError, error_response
@@ -37,6 +38,7 @@ from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.relay import Forwarder, RequestContext
 from corral.gateway.routing import RouteRequest, prompt_text
 from corral.gateway.supervisor import ReplicaSupervisor
+from corral.gateway.tenants import request_priority
 from corral.gateway.token_limits import clamp_max_tokens, prompt_error, prompt_too_long
 from corral.gateway.usage import ask_for_usage
 
@@ -76,6 +78,7 @@ class Gateway:
         self.forwarder: Forwarder | None = None
         self.supervisors: list[ReplicaSupervisor] = []
         self.monitor: Monitor | None = None
+        self.scalers: dict[str, LocalScaler] = {}  # the autoscaled groups' controllers (autoscale/local.py)
         self.fallbacks: Fallbacks | None = None
         self.cache = GatewayCache(config.cache) if config.cache.enabled else None
         if self.cache is not None:
@@ -101,8 +104,17 @@ class Gateway:
                     self.supervisors.append(supervisor)
         self.monitor = Monitor(list(self.groups.values()), self.client)
         self.monitor.start()
+        for group in self.groups.values():
+            if group.config.autoscaling is not None:
+                self.scalers[group.name] = LocalScaler(group, self.metrics, self.spawn_replica, self.monitor)
+                self.scalers[group.name].start()
+
+    def spawn_replica(self, group: Group, backend: Backend) -> ReplicaSupervisor:
+        return ReplicaSupervisor(group, backend, self.client, self.replica_log_level)
 
     async def stop(self) -> None:
+        for scaler in self.scalers.values():
+            await scaler.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         for supervisor in self.supervisors:
@@ -173,7 +185,7 @@ class Gateway:
         return RequestContext(http, path, body, group, request_id, arrival, arrival + limit_s,
                               stream=body.get("stream") is True, route=route,
                               tenant=tenant and tenant.name, tenant_config=tenant and tenant.config,
-                              key_id=tenant and tenant.key_id,
+                              key_id=tenant and tenant.key_id, priority=request_priority(body, tenant and tenant.config),
                               guard=self.guardrails and self.guardrails.for_tenant(tenant and tenant.name))
 
     async def dispatch(self, ctx: RequestContext) -> Response:
@@ -201,6 +213,10 @@ class Gateway:
                 return cache_path.hit_response(self.cache, plan, entry, ctx.request_id)
         if ctx.stream and ctx.count_usage:  # after the cache's key, which is the client's body's
             ctx.body = ask_for_usage(ctx.body)
+        scaler = self.scalers.get(ctx.group.name)
+        if scaler is not None:  # no replica available (scaled to zero, starting, restarting): wait for one
+            startup_s = ctx.group.config.replicas.startup_timeout_s
+            await scaler.wait_for_replica(min(ctx.deadline, time.monotonic() + startup_s))
         response, answered_by = await self.fallbacks.forward(ctx)
         if guard is not None:
             response = guard.check_response(ctx, response)
@@ -218,9 +234,12 @@ class Gateway:
 
     def status(self) -> dict:
         now = time.monotonic()
-        return {"groups": {name: {"policy": group.config.routing.policy,
-                                  "backends": [backend.status(now) for backend in group.backends]}
-                           for name, group in self.groups.items()}}
+        groups = {name: {"policy": group.config.routing.policy,
+                         "backends": [backend.status(now) for backend in group.backends]}
+                  for name, group in self.groups.items()}
+        for name, scaler in self.scalers.items():
+            groups[name]["autoscaling"] = scaler.status()
+        return {"groups": groups}
 
 
 async def read_body(http: Request, max_bytes: int) -> bytes:

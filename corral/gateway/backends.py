@@ -41,6 +41,8 @@ class Backend:
     ejected_until: float = 0.0
     pid: int | None = None
     restarts: int = 0
+    start_s: float | None = None  # how long its last start took, process to passing /health
+    draining: bool = False  # being taken away by the autoscaler: no new requests, those in flight finish
 
     @property
     def local(self) -> bool:
@@ -52,7 +54,7 @@ class Backend:
         return self.local or self.config.on_premises
 
     def available(self, now: float) -> bool:
-        return self.url is not None and self.healthy and now >= self.ejected_until
+        return self.url is not None and self.healthy and not self.draining and now >= self.ejected_until
 
     def status(self, now: float) -> dict:
         """For /gateway/status."""
@@ -60,7 +62,7 @@ class Backend:
                 "available": self.available(now), "ejected_for_s": max(0.0, self.ejected_until - now),
                 "in_flight": self.in_flight, "waiting": self.waiting, "running": self.running,
                 "others": self.others, "kv_usage": self.kv_usage, "consecutive_failures": self.consecutive_failures,
-                "restarts": self.restarts}
+                "restarts": self.restarts, "start_s": self.start_s, "draining": self.draining}
 
 
 @dataclass(eq=False)
@@ -76,14 +78,26 @@ class Group:
     @classmethod
     def from_config(cls, name: str, config: GroupConfig, metrics: GatewayMetrics) -> Group:
         group = cls(name, config, metrics, router=build_router(config.routing))
-        for i, backend_config in enumerate(config.backends):
-            backend = Backend(backend_config.name or f"{name}-{i}", backend_config, url=backend_config.url)
-            group.backends.append(backend)
-            labels = {"group": name, "backend": backend.name}
-            # Read at scrape time, so the gauges can never drift from the state they report.
-            metrics.in_flight.labels(**labels).set_function(lambda b=backend: b.in_flight)
-            metrics.healthy.labels(**labels).set_function(lambda b=backend: float(b.available(time.monotonic())))
+        if config.autoscaling is None:  # else its one backend is the template of the replicas (autoscale/local.py)
+            for i, backend_config in enumerate(config.backends):
+                group.add(Backend(backend_config.name or f"{name}-{i}", backend_config, url=backend_config.url))
         return group
+
+    def add(self, backend: Backend) -> None:
+        self.backends.append(backend)
+        labels = {"group": self.name, "backend": backend.name}
+        # Read at scrape time, so the gauges can never drift from the state they report.
+        self.metrics.in_flight.labels(**labels).set_function(lambda b=backend: b.in_flight)
+        self.metrics.healthy.labels(**labels).set_function(lambda b=backend: float(b.available(time.monotonic())))
+
+    def remove(self, backend: Backend) -> None:
+        """Takes a backend out for good (an autoscaled replica stopped), with its gauges and affinity."""
+        self.backends.remove(backend)
+        for gauge in (self.metrics.in_flight, self.metrics.healthy):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name, backend.name)
+        if self.router is not None:
+            self.router.forget(backend.name)
 
     def candidates(self, now: float, exclude: set[str] = frozenset(),
                    on_premises_only: bool = False) -> list[Backend]:
@@ -114,27 +128,35 @@ class Group:
 
 class Monitor:
     """Active health checks of every backend's ``/health`` and the scrape of its ``/metrics``, each on its
-    group's interval, as tasks that run until ``stop``."""
+    group's interval, as tasks that run until ``stop`` (or ``unwatch``, for a backend the autoscaler removes)."""
 
     def __init__(self, groups: list[Group], client: httpx.AsyncClient):
         self.groups = groups
         self.client = client
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: dict[Backend, list[asyncio.Task]] = {}
 
     def start(self) -> None:
         for group in self.groups:
             for backend in group.backends:
-                self.tasks.append(asyncio.create_task(self._health_loop(group, backend)))
-                if backend.config.scrape_metrics:
-                    self.tasks.append(asyncio.create_task(self._scrape_loop(group, backend)))
+                self.watch(group, backend)
 
-    async def stop(self) -> None:
-        for task in self.tasks:
+    def watch(self, group: Group, backend: Backend) -> None:
+        tasks = self.tasks.setdefault(backend, [])
+        tasks.append(asyncio.create_task(self._health_loop(group, backend)))
+        if backend.config.scrape_metrics:
+            tasks.append(asyncio.create_task(self._scrape_loop(group, backend)))
+
+    async def unwatch(self, backend: Backend) -> None:
+        tasks = self.tasks.pop(backend, [])
+        for task in tasks:
             task.cancel()
-        for task in self.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.tasks.clear()
+
+    async def stop(self) -> None:
+        for backend in list(self.tasks):
+            await self.unwatch(backend)
 
     async def _health_loop(self, group: Group, backend: Backend) -> None:
         health = group.config.health

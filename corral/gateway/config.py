@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from corral.errors import CorralError
 from corral.gateway.audit import AuditConfig
+from corral.gateway.autoscale.config import AutoscalingConfig
 from corral.gateway.cache import CacheConfig
 from corral.gateway.config_errors import describe
 from corral.gateway.guardrails.policy import GuardrailPolicy
@@ -46,6 +47,14 @@ class BackendConfig(_Strict):
     scrape_metrics: bool = Field(default=True, description="read waiting/running/KV usage from its /metrics")
     # A url backend inside this host or cluster: local_only tenants may reach it (local replicas always are).
     on_premises: bool = False
+    # Whether it schedules by vLLM's `priority` field, so a tenant's priority class is sent to it. None: yes for
+    # a local replica (corral serve does), no for a url (vLLM refuses a non-zero one unless it was started with
+    # --scheduling-policy priority).
+    priority: bool | None = None
+
+    @property
+    def takes_priority(self) -> bool:
+        return self.local is not None if self.priority is None else self.priority
 
     @model_validator(mode="after")
     def _one_kind(self) -> BackendConfig:
@@ -106,12 +115,18 @@ class EjectionConfig(_Strict):
 
 
 class ReplicaConfig(_Strict):
-    """How local replicas are supervised: restarted with exponential backoff when they exit."""
+    """How local replicas are supervised: restarted with exponential backoff when they exit. In an autoscaled
+    group, also how one is taken away (drained for at most ``drain_timeout_s``) and how many fit on this host
+    (docs/autoscaling.md#the-local-backend): a replica counts as its measured memory and ``cores_per_replica``
+    cores, and ``reserve_memory_bytes`` of the host's available memory is left to everything else."""
 
     startup_timeout_s: float = Field(default=300.0, gt=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
+    drain_timeout_s: float = Field(default=60.0, ge=0, description="in-flight requests are waited for this long")
+    reserve_memory_bytes: int = Field(default=1024**3, ge=0)
+    cores_per_replica: float = Field(default=1.0, gt=0)
 
 
 class GroupConfig(_Strict):
@@ -133,6 +148,8 @@ class GroupConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list)
     allow_fallback: bool | None = Field(default=None, description="default: true when fallbacks are listed")
     overload: float | None = Field(default=None, gt=0, description="a backend at this load or more is overloaded")
+    # The local backend scales copies of the group's one `local:` backend (docs/autoscaling.md).
+    autoscaling: AutoscalingConfig | None = None
 
     @model_validator(mode="after")
     def _default_under_cap(self) -> GroupConfig:
@@ -189,6 +206,20 @@ class GatewayConfig(_Strict):
             cycle = _fallback_cycle(self.groups, name, [])
             if cycle:
                 raise ValueError(f"groups.{name}.fallbacks: a cycle: {' -> '.join(cycle)}")
+        return self
+
+    @model_validator(mode="after")
+    def _autoscaled_groups_have_one_local_backend(self) -> GatewayConfig:
+        for name, group in self.groups.items():
+            if group.autoscaling is None:
+                continue
+            # One template, so that every replica is the same replica: the policy's per-replica targets assume it.
+            if len(group.backends) != 1:
+                raise ValueError(f"groups.{name}.autoscaling: an autoscaled group lists exactly one backend, a "
+                                 f"`local:` one that each replica copies; got {len(group.backends)}")
+            if group.backends[0].local is None:
+                raise ValueError(f"groups.{name}.autoscaling: backends.0 is a `url` backend; the gateway scales "
+                                 "only local replicas (scale a remote server where it runs)")
         return self
 
     @model_validator(mode="after")

@@ -107,8 +107,9 @@ def fallback_chain(groups: dict[str, Group], origin: str) -> list[str]:
 
 def on_premises_reachable(groups: dict[str, Group], origin: str) -> bool:
     """Whether ``origin`` or a group of its fallback chain has a backend a ``local_only`` tenant may reach."""
-    return any(backend.on_premises for name in (origin, *fallback_chain(groups, origin))
-               for backend in groups[name].backends)
+    # From the config, not the live backends: an autoscaled group at zero replicas has none, yet a local one to start.
+    return any(backend.local is not None or backend.on_premises
+               for name in (origin, *fallback_chain(groups, origin)) for backend in groups[name].config.backends)
 
 
 def precheck(group: Group, body: dict, falls: bool, on_premises_only: bool = False) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Seconds a local replica takes to start (process to passing /health) or to drain and stop.
+_REPLICA_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                     40.0, 80.0)
 
@@ -12,7 +14,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1
 class GatewayMetrics:
     """Requests by group, backend, status and route decision; time to the first byte relayed (TTFT at the
     gateway) and end-to-end latency; in flight and health per backend; retries, ejections, restarts; requests
-    refused by auth and by the tenants' limits; the audit log's records; the guardrails' actions."""
+    refused by auth and by the tenants' limits; the audit log's records; the guardrails' actions; local replicas'
+    start and drain times; autoscaled groups' desired and actual replicas, scale events and resource caps."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -58,3 +61,24 @@ class GatewayMetrics:
                                          "Guardrail checks that acted on a request or its answer, by check (its name "
                                          "in the policy) and action (allow, flag, mask, deny).",
                                          ["check", "action"], registry=r)
+        self.replica_start = Histogram("corral_gateway_replica_start_seconds",
+                                       "Local replicas' start: process started to its /health passing.",
+                                       ["group"], registry=r, buckets=_REPLICA_BUCKETS)
+        self.replica_drain = Histogram("corral_gateway_replica_drain_seconds",
+                                       "Autoscaled replicas taken away: drain begun (no new requests) to stopped.",
+                                       ["group"], registry=r, buckets=_REPLICA_BUCKETS)
+        self.autoscale_desired = Gauge("corral_gateway_autoscale_desired_replicas",
+                                       "The replicas the autoscaling policy wants for a group.", ["group"], registry=r)
+        self.autoscale_replicas = Gauge("corral_gateway_autoscale_replicas",
+                                        "An autoscaled group's replicas by state: ready (healthy, taking requests), "
+                                        "starting, draining.", ["group", "state"], registry=r)
+        self.autoscale_ceiling = Gauge("corral_gateway_autoscale_max_replicas",
+                                       "The most replicas a group may have now: max_replicas, or fewer where the "
+                                       "host's memory or cores fit fewer.", ["group"], registry=r)
+        self.autoscale_events = Counter("corral_gateway_autoscale_events",
+                                        "Changes of an autoscaled group's desired replicas, by direction (up, down) "
+                                        "and reason (cold_start, ongoing_requests, kv_cache_usage, "
+                                        "compute_utilization).", ["group", "direction", "reason"], registry=r)
+        self.autoscale_capped = Counter("corral_gateway_autoscale_capped",
+                                        "Times the policy asked for more replicas than the host fits, by resource "
+                                        "(memory, cores).", ["group", "resource"], registry=r)

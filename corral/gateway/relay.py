@@ -68,6 +68,7 @@ class RequestContext:
     tenant: str | None = None
     tenant_config: TenantConfig | None = None
     key_id: str | None = None
+    priority: int | None = None  # the tenant's class or the client's own, when either sets one (tenants.py)
     trace: RouteTrace = field(default_factory=RouteTrace)
     # The limits or the audit need the token counts: a stream is forwarded asking for its usage (usage.py).
     count_usage: bool = False
@@ -205,6 +206,8 @@ class Forwarder:
         body = ctx.body
         if backend.config.model is not None:
             body = {**body, "model": backend.config.model}
+        if ctx.priority is not None and backend.config.takes_priority:
+            body = {**body, "priority": ctx.priority}
         headers = {"content-type": "application/json", "x-request-id": ctx.request_id, "accept-encoding": "identity"}
         if backend.config.api_key is not None:
             headers["authorization"] = f"Bearer {backend.config.api_key}"

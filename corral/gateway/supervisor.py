@@ -1,5 +1,5 @@
 """Local replicas: each a ``corral serve`` subprocess on a free 127.0.0.1 port, brought into routing once its
-``/health`` answers, restarted with exponential backoff when it exits, stopped (terminate, then kill) when
+``/health`` answers (how long that took is measured), restarted with exponential backoff when it exits, stopped (terminate, then kill) when
 the gateway shuts down."""
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class ReplicaSupervisor:
     async def _start_once(self) -> bool:
         """Starts the process and waits for its /health; False if it exits or times out first."""
         port = free_port()
+        began = time.monotonic()
         # A session of its own: a Ctrl-C (or a signal to the gateway's process group) reaches the gateway alone,
         # which stops its replicas in order; a replica killed first would be seen dying and restarted.
         self.process = subprocess.Popen(self.command(port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -99,7 +100,10 @@ class ReplicaSupervisor:
             if await check_health(self.client, url, self.group.config.health.timeout_s):
                 self.backend.url, self.backend.healthy = url, True
                 self.backend.consecutive_failures, self.backend.ejected_until = 0, 0.0
-                logger.info("replica %s is up at %s (pid %d)", self.backend.name, url, self.process.pid)
+                self.backend.start_s = time.monotonic() - began
+                self.group.metrics.replica_start.labels(group=self.group.name).observe(self.backend.start_s)
+                logger.info("replica %s is up at %s (pid %d), started in %.1f s", self.backend.name, url,
+                            self.process.pid, self.backend.start_s)
                 return True
             await asyncio.sleep(0.25)
         if not self._stopping:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from corral.gateway.errors import GatewayError
 from corral.gateway.guardrails.policy import GuardrailPolicy
 from corral.gateway.guardrails.policy import describe as describe_policy_error
 
@@ -56,8 +57,27 @@ class TenantConfig(_Strict):
     local_only: bool = False
     record_texts: bool | None = None
     guardrails: GuardrailPolicy | None = None
+    # Its priority class, vLLM's convention: lower runs first. Sent as the request's `priority` to backends
+    # that schedule by it (backend `priority:`), so under load its requests are admitted before others'.
+    priority: int = 0
 
     _guardrails_valid = field_validator("guardrails", mode="before")(validated_policy)
 
     def allows(self, group: str) -> bool:
         return "*" in self.groups or group in self.groups
+
+
+def request_priority(body: dict, tenant: TenantConfig | None) -> int | None:
+    """The ``priority`` a request runs at (lower first), or None where neither tenant nor client sets one.
+
+    A tenant's requests run at its class; its client may ask for a lower priority (a larger number), never a
+    higher one. Without tenants the client's own field stands."""
+    asked = body.get("priority")
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int)):
+        raise GatewayError(400, f"priority must be an integer, got {asked!r}", param="priority")
+    if tenant is None:
+        return asked
+    if asked is not None and asked < tenant.priority:
+        raise GatewayError(400, f"priority {asked} is above this key's priority class {tenant.priority} "
+                           "(lower runs first)", param="priority", code="priority_not_allowed")
+    return tenant.priority if asked is None else asked
