@@ -17,10 +17,13 @@ COMMANDS = {
     "bench": ("corral.cli.bench", "benchmark an OpenAI-compatible server (corral bench serve ...)"),
     "eval": ("corral.cli.eval", "perplexity or greedy agreement of a model on held-out text"),
     "quantize": ("corral.cli.quantize", "write a model's weights packed (int8, rtn/awq/gptq int4) into a directory"),
+    "prune": ("corral.cli.prune", "a smaller model: layers, heads or channels removed by importance (docs/pruning.md)"),
+    "distill": ("corral.cli.distill", "train a student toward a teacher's next-token distributions (docs/distillation.md)"),
     "gateway": ("corral.cli.gateway", "one OpenAI-compatible endpoint over model groups of replicas (docs/gateway.md)"),
     "audit": ("corral.cli.audit", "verify the gateway's audit hash chain, or query its records (docs/audit.md)"),
     "keys": ("corral.cli.keys", "create, list, revoke or rotate the gateway's API keys (docs/gateway.md)"),
     "plan": ("corral.cli.plan", "memory, latency, replicas and cost of serving a model on given hardware (docs/planner.md)"),
+    "deploy": ("corral.cli.deploy", "Kubernetes manifests (KEDA autoscaling) for a gateway config (docs/kubernetes.md)"),
 }
 
 

@@ -1,0 +1,142 @@
+"""``corral distill``: train a smaller student (an HF Llama directory, e.g. from ``corral prune``) toward a teacher's
+next-token distributions on local text and the teacher's own samples; write it as a new HF directory
+(docs/distillation.md). Heavy imports stay inside ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from corral.errors import ConfigError
+
+_SOURCES = ("stdlib-docstrings", "stdlib-source", "man", "doc")  # compress.distill.corpus.SYSTEM_SOURCES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    models = parser.add_argument_group("models")
+    models.add_argument("--teacher", default=None, metavar="PATH",
+                        help="GGUF file or HF directory (default: SmolLM2-135M-Instruct, dequantized to float32)")
+    models.add_argument("--student", required=True, metavar="DIR",
+                        help="HF Llama directory to train, with the teacher's tokenizer (e.g. from corral prune)")
+    models.add_argument("--out", required=True, metavar="DIR", help="the directory to create (must not exist)")
+    models.add_argument("--work-dir", default=None, metavar="DIR",
+                        help="prepared data, teacher top-k cache and checkpoints (default: OUT.distill)")
+    models.add_argument("--resume", action="store_true", help="continue the run in --work-dir from its checkpoint")
+    models.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                        help="stop once this many optimizer steps are taken, leaving a checkpoint to --resume")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", action="append", default=[], metavar="PATH",
+                      help="a text file or directory of them to train on, read first; repeatable (default: none)")
+    data.add_argument("--sources", default=",".join(_SOURCES),
+                      help="comma-separated local text to add: stdlib-docstrings, stdlib-source, man, doc; "
+                           "'none' for --data only (default: all)")
+    data.add_argument("--train-tokens", type=int, default=262_144, help="tokens of local text to train on")
+    data.add_argument("--heldout-tokens", type=int, default=8192,
+                      help="tokens of held-out standard-library docstrings to score before and after")
+    data.add_argument("--heldout-data", default=None, metavar="FILE",
+                      help="score on this UTF-8 text file instead (default: held-out standard-library docstrings)")
+    data.add_argument("--teacher-samples", type=int, default=32,
+                      help="sequences the teacher samples (temperature 1) from prompts drawn from the text, "
+                           "one window each, added to the training windows (0: none)")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one pass over the windows)")
+    training.add_argument("--sequence-length", type=int, default=256, help="tokens per training window")
+    training.add_argument("--batch-size", type=int, default=2, help="windows per micro-batch")
+    training.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
+    training.add_argument("--lr", type=float, default=2e-4, help="peak AdamW learning rate")
+    training.add_argument("--min-lr-ratio", type=float, default=0.1, help="the cosine ends at lr times this")
+    training.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up (default: 5%% of the steps)")
+    training.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only")
+    training.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
+    training.add_argument("--temperature", type=float, default=1.0, help="of both distributions in the KL")
+    training.add_argument("--ce-weight", type=float, default=0.0,
+                          help="weight of the cross-entropy on the text's next tokens, added to the KL")
+    training.add_argument("--top-k", type=int, default=64,
+                          help="cache the teacher's top-k log-probabilities (and its tail mass) before training "
+                               "and free the teacher; 0: run the teacher on every batch, full distributions")
+    training.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps (0: only at the end)")
+    training.add_argument("--seed", type=int, default=0, help="window order and teacher sampling")
+    training.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                          help="matrix products' dtype (auto: bfloat16 where the CPU has avx512_bf16 or AMX, "
+                               "else float32; weights and optimizer stay float32)")
+    parser.add_argument("--output-json", default=None, metavar="FILE", help="also write the report here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from corral.compress.distill import DistillConfig, DistillInputs, distill
+
+    sources = () if args.sources == "none" else tuple(s for s in args.sources.split(",") if s)
+    unknown = set(sources) - set(_SOURCES)
+    if unknown:
+        raise ConfigError(f"--sources: unknown {', '.join(sorted(unknown))} (choose from {', '.join(_SOURCES)}, none)")
+    config = DistillConfig(
+        steps=args.steps, sequence_length=args.sequence_length, sequences_per_step=args.batch_size,
+        grad_accum_steps=args.grad_accum, learning_rate=args.lr, min_learning_rate_ratio=args.min_lr_ratio,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+        temperature=args.temperature, ce_weight=args.ce_weight, top_k=args.top_k,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, dtype=args.dtype,
+    )
+    inputs = DistillInputs(
+        student=args.student, out=args.out, teacher=args.teacher, work_dir=args.work_dir,
+        data_paths=tuple(args.data), sources=sources, train_tokens=args.train_tokens,
+        heldout_tokens=args.heldout_tokens, heldout_path=args.heldout_data, teacher_samples=args.teacher_samples,
+        resume=args.resume, stop_after=args.stop_after,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns) as progress:
+        phase_task = progress.add_task("prepare", total=1, stats="")
+        train_task = None
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            progress.update(phase_task, description=phase, completed=done, total=total)
+
+        def on_step(report) -> None:
+            nonlocal train_task
+            if train_task is None:
+                progress.update(phase_task, visible=False)
+                train_task = progress.add_task("distill", total=report.num_steps, stats="")
+            progress.update(train_task, completed=report.step, stats=(
+                f"loss {report.loss:.4f}  lr {report.learning_rate:.2e}  {report.tokens_per_second:,.0f} tok/s"))
+
+        report = distill(inputs, config, _teacher_sampler(args.teacher), on_progress, on_step)
+    _print_report(report)
+    if args.output_json:
+        with open(args.output_json, "w", encoding="utf-8") as f:
+            json.dump(report.to_json(), f, indent=2)
+    return 0
+
+
+def _teacher_sampler(teacher: str | None):
+    """Samples through the offline engine (KV cache, batching), which ``compress`` may not import itself."""
+
+    def sample(prompts: list[list[int]], num_new_tokens: int, seed: int) -> list[list[int]]:
+        from corral.llm import LLM
+        from corral.sample.params import SamplingParams
+
+        # quantization none: the exact float32 teacher whose distributions are distilled
+        llm = LLM(teacher, quantization="none", dtype="float32", max_model_len=len(prompts[0]) + num_new_tokens)
+        params = [SamplingParams(temperature=1.0, max_tokens=num_new_tokens, seed=seed + index)
+                  for index in range(len(prompts))]
+        return [list(output.outputs[0].token_ids) for output in llm.generate(prompts, params, use_tqdm=False)]
+
+    return sample
+
+
+def _print_report(report) -> None:
+    print(f"trained {report.steps_taken}/{report.num_steps} steps on {report.tokens_seen:,} tokens "
+          f"({report.num_text_windows} text + {report.num_sampled_windows} teacher-sampled windows of "
+          f"{report.sequence_length}), {report.dtype}, {report.train_seconds:.0f} s")
+    teacher, before, after = report.teacher, report.student_before, report.student_after
+    print(f"held-out perplexity ({before.num_tokens} tokens): teacher {teacher.perplexity:.3f}, "
+          f"student {before.perplexity:.3f}" + (f" -> {after.perplexity:.3f}" if after else ""))
+    print(f"greedy agreement with the teacher: {before.greedy_agreement:.3f}"
+          + (f" -> {after.greedy_agreement:.3f}" if after else ""))
+    if report.out is None:
+        print(f"stopped early: checkpoint in {report.work_dir}; continue with --resume")
+    else:
+        print(f"wrote {report.out}")

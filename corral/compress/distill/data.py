@@ -1,0 +1,102 @@
+"""Token windows to train and evaluate on: documents tokenized, joined with end-of-sequence tokens and cut into
+fixed-length windows; prompts drawn from them for the teacher to continue; its samples packed the same way.
+
+A training window is a plain ``[sequence_length]`` row of token ids: no padding and no masks, so every position
+is a target. Documents follow one another inside a window, separated by EOS, as in pre-training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from corral.compress.distill.config import DistillError
+from corral.text.tokenizer import Tokenizer
+
+# ``sample(prompts, num_new_tokens, seed) -> completions``: token ids in, the teacher's sampled continuations out
+TeacherSampler = Callable[[list[list[int]], int, int], list[list[int]]]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything the run trains and evaluates on, fixed before the first step (and saved with it)."""
+
+    train_ids: torch.Tensor  # [num_windows, sequence_length] int64: local text, then teacher samples
+    heldout_ids: torch.Tensor  # [num_heldout_windows, sequence_length] int64
+    num_text_windows: int  # the first rows of train_ids; the rest are teacher samples
+
+    @property
+    def num_sampled_windows(self) -> int:
+        return len(self.train_ids) - self.num_text_windows
+
+
+def token_windows(token_ids: Sequence[int], sequence_length: int, max_windows: int | None = None) -> torch.Tensor:
+    """Consecutive non-overlapping windows ``[num_windows, sequence_length]``; the remainder is dropped."""
+    num_windows = len(token_ids) // sequence_length
+    if max_windows is not None:
+        num_windows = min(num_windows, max_windows)
+    ids = torch.tensor(list(token_ids[: num_windows * sequence_length]), dtype=torch.int64)
+    return ids.view(num_windows, sequence_length)
+
+
+def document_stream(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int) -> list[int]:
+    """The texts' tokens, each document followed by EOS, cut at ``max_tokens``."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer.encode_batch(list(texts), add_special_tokens=False):
+        stream.extend(ids)
+        if eos is not None:
+            stream.append(eos)
+        if len(stream) >= max_tokens:
+            break
+    return stream[:max_tokens]
+
+
+def sampling_prompts(text_windows: torch.Tensor, num_prompts: int, prompt_length: int, seed: int) -> list[list[int]]:
+    """``num_prompts`` prompts of ``prompt_length`` tokens, each the start of a text window drawn without
+    replacement (with replacement once the windows run out)."""
+    if num_prompts == 0:
+        return []
+    if len(text_windows) == 0:
+        raise DistillError("no text windows to draw teacher prompts from: give more text or shorter windows")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(text_windows), generator=generator)
+                       for _ in range(-(-num_prompts // len(text_windows)))])
+    return [text_windows[int(i), :prompt_length].tolist() for i in order[:num_prompts]]
+
+
+def build_training_data(
+    tokenizer: Tokenizer,
+    train_texts: Sequence[str],
+    heldout_text: str,
+    sequence_length: int,
+    max_train_tokens: int,
+    max_heldout_tokens: int,
+    num_teacher_samples: int = 0,
+    sample: TeacherSampler | None = None,
+    seed: int = 0,
+) -> TrainingData:
+    """Tokenize the texts into windows and append ``num_teacher_samples`` sequences the teacher generates from
+    prompts of a quarter window drawn from the text (sequence-level distillation on the teacher's own text)."""
+    text_windows = token_windows(document_stream(tokenizer, train_texts, max_train_tokens), sequence_length)
+    if len(text_windows) == 0:
+        raise DistillError(f"the training text has fewer than {sequence_length} tokens")
+    heldout = token_windows(tokenizer.encode(heldout_text, add_special_tokens=False), sequence_length,
+                            max(1, max_heldout_tokens // sequence_length))
+    if len(heldout) == 0:
+        raise DistillError(f"the held-out text has fewer than {sequence_length} tokens")
+    windows = [text_windows]
+    if num_teacher_samples > 0:
+        if sample is None:
+            raise DistillError("teacher samples were asked for, but no sampler was given")
+        prompt_length = max(1, sequence_length // 4)
+        prompts = sampling_prompts(text_windows, num_teacher_samples, prompt_length, seed)
+        completions = sample(prompts, sequence_length - prompt_length, seed)
+        eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        stream: list[int] = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            stream += prompt + completion + ([] if completion[-1:] == eos else eos)
+        windows.append(token_windows(stream, sequence_length))
+    return TrainingData(torch.cat(windows), heldout, len(text_windows))
