@@ -100,23 +100,36 @@ class RequestGuard:
     metrics: GatewayMetrics
     input_verdict: Verdict | None = None
     output_verdicts: dict[int, Verdict] = field(default_factory=dict)  # by choice index
+    tool_call_verdicts: dict[int, dict[int, Verdict]] = field(default_factory=dict)  # by choice, tool call index
 
     def count(self, verdict: Verdict) -> None:
         for check, action in verdict.action_counts():
             self.metrics.guardrail_actions.labels(check=check, action=action).inc()
 
-    def record_output(self, index: int, verdict: Verdict) -> None:
+    def record_output(self, index: int, verdict: Verdict, tool_calls: dict[int, Verdict] | None = None) -> None:
+        """A choice's verdicts: its text's and its tool calls' arguments'; a check that acted on any of them is
+        counted once for the choice."""
         self.output_verdicts[index] = verdict
-        self.count(verdict)
+        self.tool_call_verdicts[index] = tool_calls or {}
+        acted = verdict.action_counts()
+        for call in (tool_calls or {}).values():
+            acted += [pair for pair in call.action_counts() if pair not in acted]
+        for check, action in acted:
+            self.metrics.guardrail_actions.labels(check=check, action=action).inc()
 
     def to_record(self) -> dict[str, Any]:
-        """The audit record's ``guardrails``: the input verdict, and each choice's output verdict."""
+        """The audit record's ``guardrails``: the input verdict, and each choice's output verdicts (its text's, then
+        its tool calls', each result with its ``tool_call`` index)."""
         record: dict[str, Any] = {}
         if self.input_verdict is not None:
             record["input"] = self.input_verdict.to_record()
         if self.output_verdicts:
-            record["output"] = [{**result, "choice": index} for index in sorted(self.output_verdicts)
-                                for result in self.output_verdicts[index].to_record()]
+            record["output"] = [
+                *({**result, "choice": index} for index in sorted(self.output_verdicts)
+                  for result in self.output_verdicts[index].to_record()),
+                *({**result, "choice": index, "tool_call": number} for index in sorted(self.tool_call_verdicts)
+                  for number, verdict in sorted(self.tool_call_verdicts[index].items())
+                  for result in verdict.to_record())]
         return record
 
     def check_request(self, ctx: RequestContext) -> None:
@@ -167,19 +180,50 @@ class RequestGuard:
         masked = False
         choices = answer.get("choices") if isinstance(answer, dict) else None
         for position, choice in enumerate(choices if isinstance(choices, list) else ()):
-            holder, key = text_slot(choice, streamed=False)
-            if holder is None:
-                continue
-            result = self.policy.guardrails.check_output(holder[key], system_prompt, response_format)
-            index = choice.get("index", position)
-            self.record_output(index if isinstance(index, int) else position, result.verdict)
-            result.verdict.raise_if_denied()
-            masked = masked or result.text != holder[key]
-            holder[key] = result.text
+            masked = self._check_choice(choice, position, system_prompt, response_format) or masked
         if masked:
             response.body = json.dumps(answer).encode()
             response.headers["content-length"] = str(len(response.body))
         return response
+
+
+    def _check_choice(self, choice: Any, position: int, system_prompt: str | None,
+                      response_format: dict[str, Any] | None) -> bool:
+        """Checks one choice of a body's answer in place: its text, and each tool call's arguments (a JSON text);
+        whether anything was masked. Raises ContentPolicyError on a denial."""
+        holder, key = text_slot(choice, streamed=False)
+        calls = _argument_slots(choice)
+        if holder is None and not calls:
+            return False
+        guardrails = self.policy.guardrails
+        # A choice of tool calls alone has no text to check (an empty text is not the JSON a request asked for).
+        verdict, masked = Verdict(), False
+        if holder is not None:
+            result = guardrails.check_output(holder[key], system_prompt, response_format)
+            verdict, masked, holder[key] = result.verdict, result.text != holder[key], result.text
+        checked = {number: guardrails.check_arguments(function["arguments"], system_prompt)
+                   for number, function in calls.items()}
+        index = choice.get("index", position)
+        self.record_output(index if isinstance(index, int) else position, verdict,
+                           {number: call.verdict for number, call in checked.items()})
+        for each in (verdict, *(call.verdict for call in checked.values())):
+            each.raise_if_denied()
+        for number, call in checked.items():
+            masked = masked or call.text != calls[number]["arguments"]
+            calls[number]["arguments"] = call.text
+        return masked
+
+
+def _argument_slots(choice: Any) -> dict[int, dict[str, Any]]:
+    """A body's chat choice's tool calls that have arguments as a string: their ``function``, by position."""
+    message = choice.get("message") if isinstance(choice, dict) else None
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    slots = {}
+    for number, call in enumerate(calls if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            slots[number] = function
+    return slots
 
 
 def _text_prompts(prompt: Any) -> tuple[list[str], bool]:

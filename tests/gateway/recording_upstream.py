@@ -1,6 +1,7 @@
 """A recording OpenAI-compatible upstream for gateway tests: it keeps every request body it receives and answers
 a text the test chooses, streamed in the pieces the test cuts, so the gateway's input and output can both be
-observed."""
+observed. A chat answer may also carry tool calls (their arguments streamed in the fragments the test cuts, as
+OpenAI streams them) and several choices (``n > 1``: their events interleaved one by one)."""
 
 from __future__ import annotations
 
@@ -19,18 +20,81 @@ from corral.gateway.supervisor import free_port
 
 
 @dataclass
+class ToolCall:
+    """One tool call of a chat answer: its arguments are ``fragments`` joined; a stream sends one per event."""
+
+    name: str
+    fragments: list[str]
+    id: str = "call_1"
+
+
+@dataclass
+class Choice:
+    """One choice of an answer: text ``pieces`` (one event each when streamed) and ``tool_calls`` (chat only)."""
+
+    pieces: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass
 class RecordingUpstream:
-    """Answers ``pieces`` joined (a body) or one event per piece (a stream; ``finish``: whether the last event
-    carries a finish_reason), and records each request body it receives."""
+    """Answers its ``choices``: each choice's pieces joined (a body) or one event per piece (a stream; ``finish``:
+    whether each choice's last event carries a finish_reason), and records each request body it receives."""
 
     base_url: str = ""
     bodies: list[dict] = field(default_factory=list)
-    pieces: list[str] = field(default_factory=lambda: ["Hello."])
+    choices: list[Choice] = field(default_factory=lambda: [Choice(["Hello."])])
     finish: bool = True
 
     def answer(self, *pieces: str, finish: bool = True) -> None:
-        self.pieces, self.finish = list(pieces), finish
+        self.answer_choices(Choice(list(pieces)), finish=finish)
+
+    def answer_choices(self, *choices: Choice, finish: bool = True) -> None:
+        """Several choices (interleaved when streamed: one event of each in turn), or one with tool calls."""
+        self.choices, self.finish = list(choices), finish
         self.bodies.clear()
+
+
+def _body_choice(index: int, choice: Choice, chat: bool) -> dict:
+    text = "".join(choice.pieces)
+    if not chat:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": "stop"}
+    message: dict = {"role": "assistant", "content": text if text or not choice.tool_calls else None}
+    if choice.tool_calls:
+        message["tool_calls"] = [{"id": call.id, "type": "function",
+                                  "function": {"name": call.name, "arguments": "".join(call.fragments)}}
+                                 for call in choice.tool_calls]
+    return {"index": index, "message": message, "finish_reason": "tool_calls" if choice.tool_calls else "stop"}
+
+
+def _chat_deltas(choice: Choice, finish: bool) -> list[dict]:
+    """A chat choice's stream: a role delta, its pieces, then each tool call (id, type and name with empty
+    arguments first, then one fragment per event), then its finish."""
+    events = [{"delta": {"role": "assistant", "content": None if choice.tool_calls else ""}, "finish_reason": None}]
+    events += [{"delta": {"content": piece}, "finish_reason": None} for piece in choice.pieces]
+    for number, call in enumerate(choice.tool_calls):
+        events.append({"delta": {"tool_calls": [{"index": number, "id": call.id, "type": "function",
+                                                 "function": {"name": call.name, "arguments": ""}}]},
+                       "finish_reason": None})
+        events += [{"delta": {"tool_calls": [{"index": number, "function": {"arguments": fragment}}]},
+                    "finish_reason": None} for fragment in call.fragments]
+    if finish:
+        events.append({"delta": {}, "finish_reason": "tool_calls" if choice.tool_calls else "stop"})
+    return events
+
+
+def _text_deltas(choice: Choice, finish: bool) -> list[dict]:
+    last = len(choice.pieces) - 1
+    return [{"text": piece, "logprobs": None, "finish_reason": "stop" if finish and i == last else None}
+            for i, piece in enumerate(choice.pieces)]
+
+
+def _interleaved(upstream: RecordingUpstream, chat: bool) -> list[dict]:
+    """Every choice's events, one of each choice in turn (with its ``index``)."""
+    streams = [[{"index": index, **event} for event in (_chat_deltas if chat else _text_deltas)(choice, upstream.finish)]
+               for index, choice in enumerate(upstream.choices)]
+    return [stream[turn] for turn in range(max(map(len, streams), default=0)) for stream in streams
+            if turn < len(stream)]
 
 
 def _upstream_app(upstream: RecordingUpstream) -> FastAPI:
@@ -45,26 +109,16 @@ def _upstream_app(upstream: RecordingUpstream) -> FastAPI:
         upstream.bodies.append(body)
         head = {"id": "up-1", "object": "chat.completion.chunk" if chat else "text_completion", "created": 1,
                 "model": body.get("model")}
-        usage = {"prompt_tokens": 3, "completion_tokens": len(upstream.pieces), "total_tokens": 3 + len(upstream.pieces)}
+        pieces = sum(len(choice.pieces) for choice in upstream.choices)
+        usage = {"prompt_tokens": 3, "completion_tokens": pieces, "total_tokens": 3 + pieces}
         if not body.get("stream"):
-            text = "".join(upstream.pieces)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
-                      else {"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"})
+            choices = [_body_choice(index, choice, chat) for index, choice in enumerate(upstream.choices)]
             return JSONResponse({**head, "object": "chat.completion" if chat else "text_completion",
-                                 "choices": [choice], "usage": usage})
-
-        def event(choice: dict) -> str:
-            return f"data: {json.dumps({**head, 'choices': [{'index': 0, **choice}]})}\n\n"
+                                 "choices": choices, "usage": usage})
 
         async def events() -> Iterator[str]:
-            if chat:
-                yield event({"delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-            for i, piece in enumerate(upstream.pieces):
-                last = upstream.finish and i == len(upstream.pieces) - 1 and not chat
-                yield event({"text": piece, "logprobs": None, "finish_reason": "stop" if last else None} if not chat
-                            else {"delta": {"content": piece}, "finish_reason": None})
-            if chat and upstream.finish:
-                yield event({"delta": {}, "finish_reason": "stop"})
+            for choice in _interleaved(upstream, chat):
+                yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"

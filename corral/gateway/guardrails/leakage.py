@@ -118,6 +118,11 @@ class LeakStreamMasker:
     def held_chars(self) -> int:
         return len(self._pending)
 
+    @property
+    def emitted_chars(self) -> int:
+        """How much of the whole text is emitted (final): ``leaks`` holds every leak before it."""
+        return self._base
+
     def feed(self, chunk: str) -> str:
         self._pending += chunk
         partial_start = None

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from corral.gateway.guardrails.arguments import ArgumentsStream
 from corral.gateway.guardrails.injection import InjectionDetector, default_rules, load_rules
 from corral.gateway.guardrails.json_output import check_json_output
 from corral.gateway.guardrails.leakage import SystemPromptIndex, find_leaks, mask_leaks
@@ -90,6 +91,16 @@ class Guardrails:
         """A stream masker for one streamed answer (output_stream.py)."""
         checks = self._output_checks(system_prompt)
         return OutputStream(checks, self._detectors, system_prompt, response_format)
+
+    def arguments_stream(self, system_prompt: str | None = None) -> ArgumentsStream:
+        """The output checks of one tool call's arguments, streamed (arguments.py); json_output does not apply."""
+        return ArgumentsStream(self._output_checks(system_prompt), self._detectors, system_prompt)
+
+    def check_arguments(self, arguments: str, system_prompt: str | None = None) -> OutputResult:
+        """A tool call's whole arguments (JSON text): masked so that the JSON stays valid."""
+        stream = self.arguments_stream(system_prompt)
+        text = stream.feed(arguments) + stream.finish()
+        return OutputResult(text, stream.verdict)
 
     def _output_checks(self, system_prompt: str | None) -> list[CheckConfig]:
         return [check for check in self.policy.checks

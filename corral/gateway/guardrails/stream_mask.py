@@ -36,6 +36,11 @@ class StreamMasker:
     def held_chars(self) -> int:
         return len(self._pending)
 
+    @property
+    def emitted_chars(self) -> int:
+        """How much of the whole text is emitted (final): ``findings`` holds every entity before it."""
+        return self._base
+
     def feed(self, chunk: str) -> str:
         """Returns the masked text that can be emitted now (possibly empty)."""
         if not chunk:
