@@ -6,6 +6,7 @@ random Llama with the default model's tokenizer, saved as an HF directory (somet
 from __future__ import annotations
 
 import fnmatch
+import os
 import socket
 import subprocess
 import sys
@@ -92,6 +93,18 @@ def default_llm():
     from corral import LLM
 
     return LLM(dtype="float32", quantization="none", max_model_len=1024, kv_cache_memory=128 * 1024**2)
+
+
+@pytest.fixture(scope="session")
+def hf_default_model(default_model):
+    """HF transformers' model of the default GGUF (dequantized by transformers), fp32, in eval mode: the reference
+    of the parity tests. Loaded once per session: it takes about 20 s, and three test modules read it."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(default_model), gguf_file=os.path.basename(default_model), dtype=torch.float32
+    )
+    return model.eval()
 
 
 TINY = ModelConfig(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from corral.cli.main import main
 from corral.quantization.corpus import stdlib_docstrings
 from corral.text.tokenizer import Tokenizer
 
@@ -23,14 +23,8 @@ def corral(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def hf_model(default_model):
-    """The reference: HF transformers' LlamaForCausalLM on the same GGUF, dequantized by transformers, fp32."""
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(default_model), gguf_file=os.path.basename(default_model), dtype=torch.float32
-    )
-    return model.eval()
+def hf_model(hf_default_model):
+    return hf_default_model
 
 
 def heldout_ids(default_model: str, num_tokens: int) -> list[int]:
@@ -84,10 +78,12 @@ def test_agreement_with_itself_is_total_and_with_a_quantized_path_high(tmp_path)
     assert report["num_tokens"] == 127 and 0.7 < report["agreement"] < 1.0
 
 
-def test_bad_input_is_a_one_line_error(tmp_path):
-    result = corral("eval", "perplexity", "--dataset", str(tmp_path / "missing.txt"))
-    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "dataset" in result.stderr
-    result = corral("eval", "perplexity", "--window", "16", "--stride", "32")
-    assert result.returncode == 1 and "stride" in result.stderr
-    result = corral("eval", "perplexity", "--quantization", "none", "--window", "100000")
-    assert result.returncode == 1 and "exceeds the model's context" in result.stderr
+def test_bad_input_is_a_one_line_error(tmp_path, capsys):
+    # In this process: the error path is main()'s, and a subprocess per case would cost a torch import each.
+    assert main(["eval", "perplexity", "--dataset", str(tmp_path / "missing.txt")]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.strip().count("\n") == 0 and "dataset" in stderr
+    assert main(["eval", "perplexity", "--window", "16", "--stride", "32"]) == 1
+    assert "stride" in capsys.readouterr().err
+    assert main(["eval", "perplexity", "--quantization", "none", "--window", "100000"]) == 1
+    assert "exceeds the model's context" in capsys.readouterr().err

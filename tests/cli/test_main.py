@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from corral.cli.main import COMMANDS
+from corral.cli.main import COMMANDS, main
 
 
 def corral(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -27,9 +27,10 @@ def test_generate_prints_greedy_completion():
     assert "Paris" in result.stdout
 
 
-def test_generate_bad_input_is_a_one_line_error():
-    result = corral("generate", "hi", "--model", "/nonexistent/model.gguf")
-    assert result.returncode == 1
-    assert result.stderr.strip().count("\n") == 0 and "error" in result.stderr
-    result = corral("generate", "hi", "--temperature", "-2")
-    assert result.returncode == 1 and "temperature" in result.stderr
+def test_generate_bad_input_is_a_one_line_error(capsys):
+    # In this process: the error path is main()'s, and a subprocess per case would cost a torch import each.
+    assert main(["generate", "hi", "--model", "/nonexistent/model.gguf"]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.strip().count("\n") == 0 and "error" in stderr
+    assert main(["generate", "hi", "--temperature", "-2"]) == 1
+    assert "temperature" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -23,13 +21,8 @@ NUM_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
-def hf_model(default_model):
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(default_model), gguf_file=os.path.basename(default_model), dtype=torch.float32
-    )
-    return model.eval()
+def hf_model(hf_default_model):
+    return hf_default_model
 
 
 def test_greedy_tokens_equal_hf(default_llm, hf_model):

@@ -20,14 +20,8 @@ def ours():
 
 
 @pytest.fixture(scope="module")
-def reference():
-    import transformers
-
-    path = default_model_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
-    )
-    return model.config, model.state_dict()
+def reference(hf_default_model):
+    return hf_default_model.config, hf_default_model.state_dict()
 
 
 def test_path_is_the_installed_gguf():
