@@ -24,13 +24,7 @@ FAST = ["--sources", "none", "--train-tokens", "512", "--heldout-tokens", "64", 
         "--batch-size", "2", "--grad-accum", "1", "--top-k", "8", "--steps", "3", "--checkpoint-every", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose much when the cores are shared (OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

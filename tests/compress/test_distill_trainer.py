@@ -25,13 +25,7 @@ TEACHER_CONFIG = ModelConfig(
 STUDENT_CONFIG = ModelConfig(**{**TEACHER_CONFIG.__dict__, "num_hidden_layers": 1})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose much when the cores are shared (OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(config: ModelConfig, seed: int, trainable: bool) -> DenseModel:

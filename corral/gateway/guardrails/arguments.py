@@ -26,11 +26,11 @@ from corral.gateway.guardrails.leakage import (
     SystemPromptIndex,
     find_leaks,
 )
-from corral.gateway.guardrails.output_stream import entity_result, leak_result
+from corral.gateway.guardrails.output_stream import StagedChecks, entity_result, leak_result
 from corral.gateway.guardrails.pii import EntityDetector
 from corral.gateway.guardrails.policy import CheckConfig, LeakageCheck, PiiCheck, SecretsCheck, check_name
 from corral.gateway.guardrails.stream_mask import StreamMasker
-from corral.gateway.guardrails.verdict import CheckResult, Verdict
+from corral.gateway.guardrails.verdict import CheckResult
 
 UnitKind = Literal["structure", "string", "bare"]
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
@@ -196,7 +196,7 @@ class _ArgumentsStage:
         return self._found
 
 
-class ArgumentsStream:
+class ArgumentsStream(StagedChecks):
     """``feed`` each fragment of one tool call's arguments and send what it returns; ``finish`` at the end and
     send what it returns. As OutputStream: once ``denied``, nothing more comes out; ``verdict`` holds the
     results so far (spans are offsets into the decoded arguments)."""
@@ -211,19 +211,6 @@ class ArgumentsStream:
         self._spans: list[_MaskSpan] = []  # settled, not overlapping, in order; those behind _offset dropped
         self._labelled: tuple[int, int] | None = None  # (span start, token) whose label went out last
         self.finished = False
-
-    @property
-    def denied(self) -> bool:
-        return any(stage.denied for stage in self._stages)
-
-    @property
-    def verdict(self) -> Verdict:
-        results = []
-        for stage in self._stages:
-            results.append(stage.result())
-            if stage.denied:
-                break
-        return Verdict(tuple(results))
 
     def feed(self, fragment: str) -> str:
         if self.denied or self.finished or not fragment:

@@ -135,7 +135,27 @@ class _JsonStage:
         return self._result
 
 
-class OutputStream:
+class StagedChecks:
+    """A stream's checks, run as stages in the policy's order: denied once one denies; the verdict is their
+    results up to the first that denied."""
+
+    _stages: list[Any]
+
+    @property
+    def denied(self) -> bool:
+        return any(stage.denied for stage in self._stages)
+
+    @property
+    def verdict(self) -> Verdict:
+        results = []
+        for stage in self._stages:
+            results.append(stage.result())
+            if stage.denied:
+                break
+        return Verdict(tuple(results))
+
+
+class OutputStream(StagedChecks):
     """``feed`` each delta and send what it returns; ``finish`` at the end of the stream and send what it
     returns. Once ``denied`` (a deny check hit), nothing more comes out: end the stream with an error event
     (``ContentPolicyError(stream.verdict)``). ``verdict`` holds the results of the checks so far."""
@@ -151,19 +171,6 @@ class OutputStream:
             else:
                 self._stages.append(_JsonStage(check, response_format))
         self.finished = False
-
-    @property
-    def denied(self) -> bool:
-        return any(stage.denied for stage in self._stages)
-
-    @property
-    def verdict(self) -> Verdict:
-        results = []
-        for stage in self._stages:
-            results.append(stage.result())
-            if stage.denied:
-                break
-        return Verdict(tuple(results))
 
     def feed(self, delta: str) -> str:
         if self.denied or self.finished:
