@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from corral.errors import InvalidSamplingParamsError
 from corral.sample.params import SamplingParams
@@ -66,7 +66,7 @@ class _SamplingRequest(BaseModel):
     prompt_logprobs: int | None = None  # vLLM's extra: top logprobs per prompt token (range checked by SamplingParams)
     # vLLM's extra: scheduling priority, lower runs first (waiting requests are admitted in this order, and the
     # last of it is preempted first when the KV cache runs dry).
-    priority: int = 0
+    priority: StrictInt = 0  # an integer: true, "3" or 2.0 are refused, not read as one
     user: str | None = None
 
     def sampling_params(self, max_tokens: int | None, num_logprobs: int | None) -> SamplingParams:

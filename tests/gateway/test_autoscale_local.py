@@ -17,6 +17,7 @@ from corral.gateway.autoscale.local import LocalScaler
 from corral.gateway.autoscale.resources import HostResources, read_host, replica_cap, tree_rss_bytes
 from corral.gateway.backends import Backend, Group
 from corral.gateway.config import GatewayConfigError, parse_config
+from corral.gateway.errors import GatewayError
 from corral.gateway.fallback import on_premises_reachable
 from corral.gateway.metrics import GatewayMetrics
 
@@ -263,3 +264,21 @@ def test_an_autoscaling_section_is_refused_where_it_cannot_apply():
 def test_a_group_at_zero_replicas_is_still_on_premises_for_local_only_tenants():
     scaler, _, _ = scaler_for({"min_replicas": 0, "max_replicas": 2})
     assert scaler.group.backends == [] and on_premises_reachable({"g": scaler.group}, "g")
+
+
+def test_a_request_at_zero_replicas_on_a_host_that_fits_none_is_refused_at_once():
+    async def main() -> None:
+        # One core and a replica asking for two: the host fits none, so a request must not wait out its deadline.
+        scaler, _, made = scaler_for({**FAST, "min_replicas": 0, "initial_replicas": 0},
+                                     host=lambda: HostResources(64 * GIB, 1), replicas={"cores_per_replica": 2})
+        scaler.tick()
+        assert made == [] and scaler.ceiling == 0
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(GatewayError) as refused:
+            await scaler.wait_for_replica(asyncio.get_running_loop().time() + 30)
+        assert (refused.value.status, refused.value.code) == (503, "no_capacity")
+        assert "fits none" in refused.value.message and "cores" in refused.value.message
+        assert asyncio.get_running_loop().time() - start < 5
+        await scaler.stop()
+
+    asyncio.run(main())

@@ -88,4 +88,7 @@ def test_a_waiting_request_of_higher_priority_is_admitted_first():
                 await asyncio.gather(low, high)
 
         asyncio.run(scenario())
+        for wrong in (True, "3", 2.5):
+            response = httpx.post(url, json={"model": "m", "prompt": "x", "max_tokens": 1, "priority": wrong})
+            assert response.status_code == 400 and "priority" in response.text, (wrong, response.text)
     assert finished == ["high", "low"]

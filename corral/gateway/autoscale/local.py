@@ -31,6 +31,7 @@ from corral.gateway.autoscale.replicas import STATES, LocalReplica, ReplicaState
 from corral.gateway.autoscale.resources import HostResources, read_host, replica_cap
 from corral.gateway.backends import Backend, Group, Monitor
 from corral.gateway.config import BackendConfig
+from corral.gateway.errors import GatewayError
 from corral.gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger("corral.gateway")
@@ -82,9 +83,10 @@ class LocalScaler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for replica in self.replicas:
-            if replica.drain_task is not None:
-                replica.drain_task.cancel()
+        drains = [replica.drain_task for replica in self.replicas if replica.drain_task is not None]
+        for task in drains:
+            task.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)  # awaited: none is left running, no error lost
         await asyncio.gather(*(self._remove(replica) for replica in list(self.replicas)))
 
     async def _loop(self) -> None:
@@ -236,6 +238,9 @@ class LocalScaler:
         self._wake.set()
         try:
             while not self.group.candidates(time.monotonic()) and time.monotonic() < deadline:
+                if self.cap is not None and self.ceiling == 0 and not self.replicas:
+                    raise GatewayError(503, f"model group {self.group.name!r} has no replica, and this host fits "
+                                            f"none now ({self.cap.reason})", code="no_capacity")
                 await asyncio.sleep(_POLL_S)
         finally:
             self.num_waiting -= 1
