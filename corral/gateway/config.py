@@ -260,18 +260,22 @@ def _fallback_cycle(groups: dict[str, GroupConfig], name: str, path: list[str]) 
 
 def load_config(path: str | os.PathLike) -> GatewayConfig:
     """Reads and validates a YAML file; raises GatewayConfigError with one line naming the bad key."""
+    return parse_config(read_yaml(path), Path(path).name)
+
+
+def read_yaml(path: str | os.PathLike) -> object:
+    """A YAML file's data; GatewayConfigError with one line when it cannot be read or parsed."""
     import yaml
 
     name = Path(path).name
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text())
     except OSError as error:
         raise GatewayConfigError(f"{path}: cannot read: {error.strerror}") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f"line {where.line + 1}: " if where is not None else ""
         raise GatewayConfigError(f"{name}: {line}not valid YAML: {getattr(error, 'problem', error)}") from None
-    return parse_config(data, name)
 
 
 def parse_config(data: object, source: str = "config") -> GatewayConfig:
