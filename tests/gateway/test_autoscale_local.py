@@ -181,6 +181,29 @@ def test_a_drain_ends_at_its_timeout_and_a_draining_replica_is_taken_back_before
     asyncio.run(main())
 
 
+def test_replica_names_are_reused_so_metric_series_stay_as_many_as_the_replicas_at_once():
+    async def main() -> None:
+        scaler, clock, _ = scaler_for({**FAST, "downscale_delay_s": 0, "upscale_delay_s": 0})
+        scaler.tick()
+        for _ in range(4):  # up to 3 and back to 1, four times
+            scaler.replicas[0].backend.in_flight = 8
+            clock.now += 1
+            assert scaler.tick().desired == 3
+            for replica in scaler.replicas:
+                replica.backend.in_flight = 0
+                scaler.metrics.restarts.labels(group="g", backend=replica.backend.name).inc()
+            clock.now += 1
+            assert scaler.tick().desired == 1
+            await settle()
+            assert len(scaler.replicas) == 1
+        series = {sample.labels["backend"] for family in scaler.metrics.registry.collect()
+                  for sample in family.samples if "backend" in sample.labels}
+        assert series == {"g-0", "g-1", "g-2"}
+        await scaler.stop()
+
+    asyncio.run(main())
+
+
 def test_the_host_cap_holds_the_group_and_says_so_once(caplog):
     async def main() -> None:
         one = tree_rss_bytes(os.getpid())

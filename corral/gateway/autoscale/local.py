@@ -181,7 +181,7 @@ class LocalScaler:
 
     def _start_replica(self) -> None:
         serial = next(self._serial)
-        backend = Backend(f"{self.template.name or self.group.name}-{serial}", self.template)
+        backend = Backend(self._free_name(), self.template)
         self.group.add(backend)
         replica = LocalReplica(backend, self.spawn(self.group, backend), serial)
         self.replicas.append(replica)
@@ -189,6 +189,13 @@ class LocalScaler:
         if self.monitor is not None:
             self.monitor.watch(self.group, backend)
         logger.info("autoscale %s: starting replica %s", self.group.name, backend.name)
+
+    def _free_name(self) -> str:
+        """The lowest ``<group>-<n>`` no replica holds now. Names are reused, so the per-backend metric series
+        (requests, retries, restarts...) stay as many as the group's replicas at once, never one per replica
+        ever started."""
+        base, taken = self.template.name or self.group.name, {replica.backend.name for replica in self.replicas}
+        return next(name for name in (f"{base}-{n}" for n in itertools.count()) if name not in taken)
 
     def _drain(self, replica: LocalReplica) -> None:
         replica.backend.draining = True  # out of routing from now on: Backend.available
