@@ -6,17 +6,26 @@ import argparse
 import shlex
 
 POLICIES = ("least_loaded", "prefix_aware", "session", "round_robin")
+# The flags that build a config from --model; refused beside --config rather than ignored.
+MODEL_FLAGS = ("--replicas", "--autoscale", "--target-ongoing-requests", "--routing", "--served-model-name",
+               "--replica-args")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("what to serve: a config file, or one model's replicas from flags")
     source.add_argument("--config", default=None, metavar="FILE", help="gateway YAML (groups, backends, routing)")
     source.add_argument("--model", default=None, help="with --replicas: a model for `corral serve --model`")
-    source.add_argument("--replicas", type=int, default=1, metavar="N", help="local replicas of --model")
-    source.add_argument("--routing", default="least_loaded", choices=POLICIES, help="routing policy of --model's group")
+    source.add_argument("--replicas", type=int, default=None, metavar="N",
+                        help="local replicas of --model (default 1; with --autoscale, the replicas started with)")
+    source.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                        help="scale --model's replicas between MIN and MAX on load (docs/autoscaling.md)")
+    source.add_argument("--target-ongoing-requests", type=float, default=None, metavar="X",
+                        help="with --autoscale: running + waiting requests per replica to aim at (default 2)")
+    source.add_argument("--routing", default=None, choices=POLICIES,
+                        help="routing policy of --model's group (default least_loaded)")
     source.add_argument("--served-model-name", default=None, metavar="NAME",
                         help="the name clients send for --model (default: its file or folder name)")
-    source.add_argument("--replica-args", default="", metavar="ARGS",
+    source.add_argument("--replica-args", default=None, metavar="ARGS",
                         help="more `corral serve` arguments for each replica, as one shell-quoted string")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=None, help="address to bind (default: the config's, else 127.0.0.1)")
@@ -29,15 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace):
     """The GatewayConfig the flags ask for (GatewayConfigError, one line, when they or the file are bad)."""
-    from corral.gateway.config import GatewayConfigError, load_config, simple_config
+    from corral.gateway.config import GatewayConfigError, load_config, parse_autoscale, simple_config
 
     if (args.config is None) == (args.model is None):
         raise GatewayConfigError("give exactly one of --config FILE or --model M [--replicas N]")
     if args.config is not None:
+        for flag in MODEL_FLAGS:
+            if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+                raise GatewayConfigError(f"{flag} applies to --model only; with --config, set it in the file")
         config = load_config(args.config)
     else:
-        config = simple_config(args.model, args.replicas, args.routing, shlex.split(args.replica_args),
-                               args.served_model_name)
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
+        config = simple_config(args.model, args.replicas, args.routing or "least_loaded",
+                               shlex.split(args.replica_args or ""), args.served_model_name,
+                               autoscale=autoscale, target_ongoing_requests=args.target_ongoing_requests)
     updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     return config.model_copy(update=updates)
 

@@ -288,16 +288,38 @@ def parse_config(data: object, source: str = "config") -> GatewayConfig:
         raise GatewayConfigError(f"{source}: {describe(error)}") from None
 
 
-def simple_config(model: str, replicas: int, policy: Policy = "least_loaded", serve_args: list[str] | None = None,
-                  name: str | None = None, host: str = "127.0.0.1", port: int = 8080) -> GatewayConfig:
-    """``corral gateway --model M --replicas N``: one group of N local replicas of one model."""
-    if replicas < 1:
+def simple_config(model: str, replicas: int | None = None, policy: Policy = "least_loaded",
+                  serve_args: list[str] | None = None, name: str | None = None, host: str = "127.0.0.1",
+                  port: int = 8080, autoscale: tuple[int, int] | None = None,
+                  target_ongoing_requests: float | None = None) -> GatewayConfig:
+    """``corral gateway --model M --replicas N``: one group of N local replicas of one model; with ``autoscale``
+    (``--autoscale MIN:MAX``) one autoscaled replica template instead, started at N (default MIN)."""
+    if replicas is not None and replicas < 1:
         raise GatewayConfigError(f"--replicas must be at least 1, got {replicas}")
+    if target_ongoing_requests is not None and autoscale is None:
+        raise GatewayConfigError("--target-ongoing-requests needs --autoscale MIN:MAX")
     group = name or group_name(model)
     backend = {"local": ["--model", model, *(serve_args or [])]}
-    data = {"host": host, "port": port,
-            "groups": {group: {"backends": [backend] * replicas, "routing": {"policy": policy}}}}
-    return parse_config(data, "flags")
+    config: dict = {"backends": [backend] * (replicas or 1), "routing": {"policy": policy}}
+    if autoscale is not None:
+        scaling = {"min_replicas": autoscale[0], "max_replicas": autoscale[1]}
+        if replicas is not None:
+            scaling["initial_replicas"] = replicas
+        if target_ongoing_requests is not None:
+            scaling["target_ongoing_requests"] = target_ongoing_requests
+        config.update(backends=[backend], autoscaling=scaling)
+    return parse_config({"host": host, "port": port, "groups": {group: config}}, "flags")
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``--autoscale MIN:MAX`` as two integers (GatewayConfigError naming the flag otherwise)."""
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise GatewayConfigError(f"--autoscale takes MIN:MAX replicas, e.g. 1:3; got {text!r}") from None
 
 
 def group_name(model: str) -> str:

@@ -4,6 +4,7 @@ under a second, without importing torch."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from corral.cli import gateway as gateway_cli
 from corral.gateway.config import GatewayConfigError, load_config, simple_config
 from corral.gateway.supervisor import free_port
 
@@ -129,6 +131,35 @@ def test_the_flags_build_one_group_of_local_replicas():
                                                   "512"]] * 2
     with pytest.raises(GatewayConfigError, match="--replicas"):
         simple_config("m", 0)
+
+
+def parsed_flags(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    gateway_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_the_flags_build_an_autoscaled_group_and_are_refused_beside_a_config(tmp_path):
+    config = gateway_cli.load(parsed_flags("--model", "m.gguf", "--autoscale", "0:3", "--replicas", "2",
+                                           "--target-ongoing-requests", "4"))
+    group = config.groups["m"]
+    assert [b.local for b in group.backends] == [["--model", "m.gguf"]]
+    scaling = group.autoscaling
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.initial_replicas,
+            scaling.target_ongoing_requests) == (0, 3, 2, 4)
+    assert gateway_cli.load(parsed_flags("--model", "m.gguf")).groups["m"].autoscaling is None
+    path = tmp_path / "gateway.yaml"
+    path.write_text("groups: {smol: {backends: [{url: 'http://x'}]}}")
+    for flag, value in (("--replicas", "2"), ("--autoscale", "1:2"), ("--routing", "round_robin"),
+                        ("--replica-args", "--seed 1"), ("--served-model-name", "x"),
+                        ("--target-ongoing-requests", "3")):
+        with pytest.raises(GatewayConfigError, match=f"^{flag} applies to --model only"):
+            gateway_cli.load(parsed_flags("--config", str(path), flag, value))
+    for flags, error in ((("--autoscale", "3"), "--autoscale takes MIN:MAX"),
+                         (("--autoscale", "2:1"), "max_replicas"),
+                         (("--target-ongoing-requests", "3"), "needs --autoscale")):
+        with pytest.raises(GatewayConfigError, match=error):
+            gateway_cli.load(parsed_flags("--model", "m.gguf", *flags))
 
 
 def gateway_command(*args: str) -> list[str]:
