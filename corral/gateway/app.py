@@ -95,7 +95,7 @@ class Gateway:
         self.upstream = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
                                               auto_decompress=False)
         self.forwarder = Forwarder(self.upstream, self.metrics)
-        self.fallbacks = Fallbacks(self.groups, self.forwarder, self.metrics)
+        self.fallbacks = Fallbacks(self.groups, self.forwarder, self.metrics, self.scalers)
         for group in self.groups.values():
             for backend in group.backends:
                 if backend.local:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
+from typing import Protocol
 
 from fastapi.responses import Response
 
@@ -27,11 +29,21 @@ _FALL_STATUS = frozenset({429, 503})
 _RETRY_AFTER_S = "1"
 
 
-class Fallbacks:
-    """Forwards a request to its group, and on to its fallbacks when the group cannot answer."""
+class ReplicaStarter(Protocol):
+    """An autoscaled group's controller (autoscale/local.py), as a fallback hop uses it."""
 
-    def __init__(self, groups: dict[str, Group], forwarder: Forwarder, metrics: GatewayMetrics):
+    async def wait_for_replica(self, deadline: float) -> None: ...
+
+
+class Fallbacks:
+    """Forwards a request to its group, and on to its fallbacks when the group cannot answer. ``scalers``: the
+    autoscaled groups' controllers by group, so that a fallback at zero replicas is woken like its own
+    requests wake it (a cold start), rather than passed over."""
+
+    def __init__(self, groups: dict[str, Group], forwarder: Forwarder, metrics: GatewayMetrics,
+                 scalers: Mapping[str, ReplicaStarter] | None = None):
         self.groups, self.forwarder, self.metrics = groups, forwarder, metrics
+        self.scalers = scalers if scalers is not None else {}
 
     async def forward(self, ctx: RequestContext) -> tuple[Response, str | None]:
         """The answer, and the group that gave it when it was a fallback (None when the request's own)."""
@@ -65,7 +77,10 @@ class Fallbacks:
         if origin.config.fallback_allowed:
             for name in fallback_chain(self.groups, origin.name):
                 target = self.groups[name]
-                if precheck(target, ctx.body, True, ctx.local_only) is not None:
+                why = precheck(target, ctx.body, True, ctx.local_only)
+                if why == "no_backend" and await self._woken(ctx, target):
+                    why = precheck(target, ctx.body, True, ctx.local_only)
+                if why is not None:
                     continue
                 self.metrics.fallbacks.labels(origin.name, name, reason).inc()
                 body = clamp_max_tokens({**ctx.body, "model": name}, target.config)
@@ -84,6 +99,20 @@ class Fallbacks:
         raise GatewayError(429, f"model {origin.name!r} cannot take the request now ({reason}; {what} could "
                                 f"either); retry later", code="rate_limit_exceeded",
                            headers={"retry-after": retry_after or _RETRY_AFTER_S})
+
+    async def _woken(self, ctx: RequestContext, target: Group) -> bool:
+        """Waits for an autoscaled ``target`` to have a replica (starting one if it has none), bounded by the
+        request's deadline and the group's ``startup_timeout_s``; False for a group that is not autoscaled or
+        whose host fits no replica."""
+        scaler = self.scalers.get(target.name)
+        if scaler is None:
+            return False
+        startup_s = target.config.replicas.startup_timeout_s
+        try:
+            await scaler.wait_for_replica(min(ctx.deadline, time.monotonic() + startup_s))
+        except GatewayError:  # no_capacity: on to the next fallback
+            return False
+        return True
 
 
 def fallback_chain(groups: dict[str, Group], origin: str) -> list[str]:

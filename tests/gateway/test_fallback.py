@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from corral.gateway.config import GatewayConfigError, parse_config
+from corral.gateway.errors import GatewayError
 from corral.gateway.supervisor import free_port
 
 from .conftest import start_gateway
@@ -86,8 +87,10 @@ def gw(replica, narrow_replica, busy_url):
         "narrow_alone": {"backends": [{"url": narrow_replica, "model": "narrow"}], **fast},
         "first": {"backends": [{"url": busy_url}], "fallbacks": ["second"], **fast},
         "second": {"backends": [{"url": "http://127.0.0.1:9"}], "fallbacks": ["tiny"], **fast},
+        "front": {"backends": [{"url": busy_url}], "fallbacks": ["asleep"], **fast},
+        "asleep": {"backends": [{"url": replica, "model": "tiny"}], **fast},
     }, "cache": {"enabled": True}})
-    for name in ("tiny", "big", "strict", "short", "hot", "narrow", "narrow_alone", "first"):
+    for name in ("tiny", "big", "strict", "short", "hot", "narrow", "narrow_alone", "first", "asleep"):
         gateway.wait_available(name, 1)
     yield gateway
     gateway.stop()
@@ -128,6 +131,39 @@ def test_an_unavailable_primary_falls_back(gw):
                           timeout=60)
     assert response.status_code == 200 and response.headers["x-corral-fallback"] == "gone->tiny"
     assert gw.metric("corral_gateway_fallbacks_total", reason="no_backend") == 1
+
+
+class StandInScaler:
+    """In place of an autoscaled group's controller (autoscale/local.py, tested end to end in
+    test_autoscale_gateway.py): its one backend counts as a replica not started yet until a request waits for one."""
+
+    def __init__(self, backend, refuse: bool = False):
+        self.backend, self.refuse, self.waits = backend, refuse, 0
+        backend.ejected_until = float("inf")  # out of routing, as a group at zero replicas
+
+    async def wait_for_replica(self, deadline: float) -> None:
+        self.waits += 1
+        if self.refuse:
+            raise GatewayError(503, "this host fits none", code="no_capacity")
+        self.backend.ejected_until = 0.0  # "started"
+
+
+def test_a_fallback_at_zero_replicas_is_woken_and_answers(gw):
+    (asleep,) = gw.gateway.groups["asleep"].backends
+    body = {"model": "front", "prompt": "Hi", "max_tokens": 2}
+    try:
+        for refuse in (True, False):
+            gw.gateway.scalers["asleep"] = scaler = StandInScaler(asleep, refuse)
+            response = httpx.post(gw.base_url + "/v1/completions", json=body, timeout=60)
+            assert scaler.waits == 1
+            if refuse:  # the host fits no replica of it: on to the next fallback, here none
+                assert response.status_code == 429, response.text
+            else:
+                assert response.status_code == 200, response.text
+                assert response.headers["x-corral-fallback"] == "front->asleep"
+    finally:
+        del gw.gateway.scalers["asleep"]
+        asleep.ejected_until = 0.0
 
 
 def test_a_prompt_over_the_primary_limit_falls_back_instead_of_a_400(gw):
