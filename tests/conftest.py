@@ -33,6 +33,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A calibration this host's user made (`corral plan calibrate`) would change every `corral plan` figure the
+    # tests check, in this process and in the commands they run: they read none, and write none to $HOME.
+    os.environ["CORRAL_CALIBRATION"] = str(Path(config.rootpath) / ".pytest_cache" / "no-calibration.json")
     if config.getoption("--require-kernels"):
         from corral.kernels import cpu_extension
 

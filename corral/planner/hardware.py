@@ -130,9 +130,16 @@ def local_cpu_name(flags: frozenset[str] | None = None) -> str:
     return "cpu-zen3-2vcpu"
 
 
+LOCAL_NAMES = ("local", "this", "cpu")
+
+
+def is_local(name: str | None) -> bool:
+    return name is None or name.lower() in LOCAL_NAMES
+
+
 def hardware(name: str | None) -> Hardware:
     """The row called ``name`` (or an alias); None or "local": this machine's CPU row."""
-    if name is None or name.lower() in ("local", "this", "cpu"):
+    if is_local(name):
         return HARDWARE[local_cpu_name()]
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in HARDWARE:

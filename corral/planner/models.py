@@ -3,6 +3,7 @@ table of common models (values from each model's Hugging Face ``config.json``)."
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,9 @@ class ModelShape:
         return self.file_tensors or self.implied_tensors()
 
     def implied_tensors(self) -> tuple[TensorSpec, ...]:
+        return _implied_tensors(self)
+
+    def _build_implied_tensors(self) -> tuple[TensorSpec, ...]:
         hidden = self.hidden_size
         q_size = self.num_attention_heads * self.head_size
         kv_size = self.num_key_value_heads * self.head_size
@@ -191,3 +195,9 @@ BUILTIN_MODELS: dict[str, ModelShape] = {s.name: s for s in (
 
 def builtin_model(name: str) -> ModelShape | None:
     return BUILTIN_MODELS.get(name.lower())
+
+
+@functools.lru_cache(maxsize=32)
+def _implied_tensors(model: ModelShape) -> tuple[TensorSpec, ...]:
+    """Cached: recommendations plan one model hundreds of times (a frozen shape is its own key)."""
+    return model._build_implied_tensors()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from corral.config import CacheConfig, SchedulerConfig
 from corral.errors import ConfigError
 from corral.planner.batching import BatchPoint, batch_point, largest_batch_meeting_slos, sweep_batches
+from corral.planner.calibration_store import StoredCalibration
 from corral.planner.cost import TokenCost, token_cost
 from corral.planner.formats import (
     CORRAL_DEQUANTIZABLE_GGUF_TYPES,
@@ -17,7 +18,7 @@ from corral.planner.formats import (
     gguf_type_format,
     weight_format,
 )
-from corral.planner.hardware import Hardware, hardware
+from corral.planner.hardware import Hardware, hardware, is_local
 from corral.planner.memory import (
     DEFAULT_MEMORY_UTILIZATION,
     KVBudget,
@@ -99,11 +100,17 @@ class Plan:
     traffic_plan: TrafficPlan | None
     capacity_requests_per_s: float | None  # what the planned replicas sustain within the SLOs
     notes: list[str] = field(default_factory=list)
+    steps: StepModel | None = None  # the roofline the figures came from (calibration predicts with it)
+    calibration: str | None = None  # whether a calibration applied (local hardware only)
 
 
-def build_plan(request: PlanRequest, hardware_row: Hardware | None = None) -> Plan:
-    """The plan for ``request``; ``hardware_row`` replaces the table's row (a calibrated or what-if one)."""
-    model = load_model_shape(request.model)
+def build_plan(request: PlanRequest, hardware_row: Hardware | None = None, model_shape: ModelShape | None = None,
+               calibration: tuple[StoredCalibration | None, str] | None = None) -> Plan:
+    """The plan for ``request``; ``hardware_row`` replaces the table's row (a what-if one), ``model_shape``
+    the model read from ``request.model``; ``calibration`` (this host's entry, or None, and a line saying
+    so) applies to the local row only."""
+    model = load_model_shape(request.model) if model_shape is None else model_shape
+    local = hardware_row is None and is_local(request.hardware)
     hw = hardware(request.hardware) if hardware_row is None else hardware_row
     if request.price_per_hour is not None:
         if request.price_per_hour < 0:
@@ -134,6 +141,11 @@ def build_plan(request: PlanRequest, hardware_row: Hardware | None = None) -> Pl
     if compute_dtype == "quantized":
         compute_dtype = hw.quantized_compute
     efficiency = _efficiency(hw, request.bandwidth_efficiency, request.compute_efficiency)
+    calibration_line = None
+    if local and calibration is not None:
+        entry, calibration_line = calibration
+        if entry is not None:
+            hw, efficiency = _calibrated(hw, efficiency, entry, compute_dtype, request, notes)
     steps = StepModel(model, weights.per_device, weights.by_role.get("expert", 0) // parallel.num_devices,
                       memory.kv_bytes_per_token, hw.bandwidth_bytes_per_s, hw.flops_for(compute_dtype), efficiency,
                       parallel.tensor_parallel_size)
@@ -150,7 +162,7 @@ def build_plan(request: PlanRequest, hardware_row: Hardware | None = None) -> Pl
     notes += _notes(model, hw.kind, memory, weights.repacked_as_q8_0, request, parallel, best, max_batch)
     return Plan(model, fmt, activation_bytes, hw, parallel, memory, efficiency, compute_dtype, traffic, max_num_seqs,
                 max_num_batched_tokens, max_batch, points, best, prefill_rate, decode_single, cost, traffic_plan,
-                capacity, notes)
+                capacity, notes, steps, calibration_line)
 
 
 def _scheduler_limits(request: PlanRequest, kind: str) -> tuple[int, int]:
@@ -243,6 +255,26 @@ def _efficiency(hw: Hardware, bandwidth: float | None, compute: float | None) ->
         default.bandwidth_source if bandwidth is None else "given with --bandwidth-efficiency",
         default.compute_source if compute is None else "given with --compute-efficiency",
     )
+
+
+def _calibrated(hw: Hardware, efficiency: Efficiency, entry: StoredCalibration, compute_dtype: str,
+                request: PlanRequest, notes: list[str]) -> tuple[Hardware, Efficiency]:
+    """The local row and factors under this host's calibration; a factor above 1 raises the row's peak
+    (Efficiency stays a share). Flags given on the command line win."""
+    f, source = entry.factors, f"calibrated on this host, {entry.date[:10]} ({entry.source})"
+    bandwidth, bandwidth_source, compute, compute_source = (efficiency.bandwidth, efficiency.bandwidth_source,
+                                                            efficiency.compute, efficiency.compute_source)
+    if request.bandwidth_efficiency is None:
+        hw = replace(hw, bandwidth_bytes_per_s=hw.bandwidth_bytes_per_s * max(1.0, f.bandwidth))
+        bandwidth, bandwidth_source = min(1.0, f.bandwidth), source
+    if request.compute_efficiency is None and compute_dtype == entry.compute_dtype:
+        peaks = {**hw.peak_flops, compute_dtype: hw.peak_flops[compute_dtype] * max(1.0, f.compute)}
+        hw = replace(hw, peak_flops=peaks)
+        compute, compute_source = min(1.0, f.compute), source
+    elif request.compute_efficiency is None:
+        notes.append(f"the calibration fitted compute efficiency for {entry.compute_dtype} products, not "
+                     f"{compute_dtype}: the default compute efficiency applies")
+    return hw, Efficiency(bandwidth, compute, bandwidth_source, compute_source, f.step_overhead_s, source)
 
 
 def _notes(model: ModelShape, kind: str, memory: MemoryPlan, repacked: int, request: PlanRequest,

@@ -37,6 +37,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                    "context_len": m.context_len, "max_seqs_at_context": m.max_seqs_at_context,
                    "vllm_max_concurrency": m.vllm_max_concurrency},
         "efficiency": asdict(plan.efficiency),
+        "calibration": plan.calibration,
         "traffic": {"requests_per_s": plan.traffic.requests_per_s, "prompt_len": str(plan.traffic.prompt),
                     "output_len": str(plan.traffic.output), "slo_ttft_s": plan.traffic.slo_ttft_s,
                     "slo_tpot_s": plan.traffic.slo_tpot_s, "headroom": plan.traffic.headroom},
@@ -66,8 +67,12 @@ def print_plan(plan: Plan, console: Console) -> None:
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
     eff = plan.efficiency
-    console.print(f"[dim]bandwidth efficiency {eff.bandwidth:g}: {eff.bandwidth_source}[/]")
-    console.print(f"[dim]compute efficiency {eff.compute:g}: {eff.compute_source}[/]")
+    console.print(f"[dim]bandwidth efficiency {eff.bandwidth:.3g}: {eff.bandwidth_source}[/]")
+    console.print(f"[dim]compute efficiency {eff.compute:.3g}: {eff.compute_source}[/]")
+    if eff.step_overhead_s:
+        console.print(f"[dim]step overhead {eff.step_overhead_s * 1000:g} ms: {eff.overhead_source}[/]")
+    if plan.calibration:
+        console.print(f"[dim]calibration: {plan.calibration}[/]")
     console.print(f"[dim]{plan.hardware.name}: {plan.hardware.spec_source}; price {plan.hardware.price_source}[/]")
 
 

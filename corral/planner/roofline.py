@@ -10,6 +10,7 @@ evenly; their all-reduces are not modelled.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from corral.errors import ConfigError
@@ -24,10 +25,16 @@ class Efficiency:
     compute: float
     bandwidth_source: str
     compute_source: str
+    # fixed time every engine step takes beside its roofline (scheduling, sampling, Python): calibrated on a
+    # CPU host, 0 otherwise
+    step_overhead_s: float = 0.0
+    overhead_source: str = "not modelled"
 
     def __post_init__(self) -> None:
         if not 0 < self.bandwidth <= 1 or not 0 < self.compute <= 1:
             raise ConfigError("--bandwidth-efficiency and --compute-efficiency must be in (0, 1]")
+        if self.step_overhead_s < 0:
+            raise ConfigError("a step overhead must not be negative")
 
 
 DEFAULT_EFFICIENCY = {
@@ -73,9 +80,13 @@ class StepModel:
     efficiency: Efficiency
     tensor_parallel_size: int = 1
 
+    @functools.cached_property
+    def _matmul_parameters_per_token(self) -> int:  # walks every tensor: once per model, not once per step
+        return self.model.matmul_parameters_per_token()
+
     def flops(self, work: StepWork) -> float:
         m = self.model
-        matmul = 2 * m.matmul_parameters_per_token() * work.num_tokens
+        matmul = 2 * self._matmul_parameters_per_token * work.num_tokens
         logits = 2 * m.vocab_size * m.hidden_size * work.num_logit_rows
         attention = 4 * m.num_hidden_layers * m.num_attention_heads * m.head_size * work.attention_pairs
         return (matmul + logits + attention) / self.tensor_parallel_size
@@ -100,7 +111,7 @@ class StepModel:
         return self.bytes_moved(work) / (self.bandwidth_bytes_per_s * self.efficiency.bandwidth)
 
     def seconds(self, work: StepWork) -> float:
-        return max(self.compute_seconds(work), self.memory_seconds(work))
+        return max(self.compute_seconds(work), self.memory_seconds(work)) + self.efficiency.step_overhead_s
 
 
 def decode_work(num_seqs: float, mean_context: float) -> StepWork:
