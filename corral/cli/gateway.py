@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 POLICIES = ("least_loaded", "prefix_aware", "session", "round_robin")
 # The flags that build a config from --model; refused beside --config rather than ignored.
@@ -52,8 +53,12 @@ def load(args: argparse.Namespace):
         config = simple_config(args.model, args.replicas, args.routing or "least_loaded",
                                shlex.split(args.replica_args or ""), args.served_model_name,
                                autoscale=autoscale, target_ongoing_requests=args.target_ongoing_requests)
-    updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
-    return config.model_copy(update=updates)
+    return config.model_copy(update=overrides(args))
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The config values the flags replace (a reload of the file keeps them replaced)."""
+    return {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from corral.gateway.app import UVICORN_OPTIONS, build_app
     from corral.gateway.audit import audit_key
+    from corral.gateway.config import ConfigFile
 
     config = load(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     admin_key = os.environ.get(config.auth.admin_key_env) or None  # unset or empty: the admin API is refused
     # Unset or short while audit is enabled: a one-line error naming the variable, before anything starts.
     key = audit_key(config.audit, os.environ) if config.audit.enabled else None
-    app = build_app(config, args.replica_log_level, admin_key, key)
+    # What SIGHUP and POST /admin/reload read again (docs/gateway.md#reloading-the-config).
+    source = ConfigFile(Path(args.config), overrides(args)) if args.config is not None else None
+    app = build_app(config, args.replica_log_level, admin_key, key, config_file=source)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, **UVICORN_OPTIONS)
     return 0

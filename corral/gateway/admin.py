@@ -1,9 +1,10 @@
 """The admin API over the key store, behind the admin key (docs/gateway.md#tenants-and-api-keys):
 ``POST /admin/keys`` {tenant, name?}, ``GET /admin/keys[?tenant=]``, ``DELETE /admin/keys/{key_id}``,
-``POST /admin/keys/{key_id}/rotate``. A new key's plaintext is in the answer that creates it and nowhere else.
-The store's writes may wait on another writer's lock (``corral keys`` in another process), so they run in a
-worker thread, never on the event loop. Each change is an admin event of the store (who: ``admin_api:<client
-address>``), copied into the audit log before the answer (admin_audit.py) when audit is on."""
+``POST /admin/keys/{key_id}/rotate``; ``POST /admin/reload`` reloads the config file (reloader.py). A new key's
+plaintext is in the answer that creates it and nowhere else. The store's writes may wait on another writer's lock
+(``corral keys`` in another process), so they run in a worker thread, never on the event loop. Each change is an
+admin event of the store (who: ``admin_api:<client address>``), copied into the audit log before the answer
+(admin_audit.py) when audit is on."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ class _NewKey(BaseModel):
 
 
 def add_admin_routes(app: FastAPI, auth: Authenticator | None,
-                     audit_changes: Callable[[], Awaitable[object]] | None = None) -> None:
+                     audit_changes: Callable[[], Awaitable[object]] | None = None,
+                     reload: Callable[[str], Awaitable[dict]] | None = None) -> None:
     """The admin routes; with ``auth`` None (auth disabled) they answer 403. ``audit_changes``: copies the store's
-    admin events into the audit log (None: audit is off), awaited after each change."""
+    admin events into the audit log (None: audit is off), awaited after each change. ``reload(actor)``: reloads
+    the config (recorded before it returns or raises), the answer of ``POST /admin/reload``."""
 
     async def audited() -> None:
         if audit_changes is None:
@@ -82,6 +85,13 @@ def add_admin_routes(app: FastAPI, auth: Authenticator | None,
         record, key = await _store_call(checked.store.rotate, key_id, _actor(http))
         await audited()
         return JSONResponse(_with_key(record, key), status_code=201)
+
+    @app.post("/admin/reload", include_in_schema=False)
+    async def reload_config(http: Request) -> dict:
+        admitted(http)
+        if reload is None:
+            raise GatewayError(404, "this gateway cannot reload its config", code="not_found")
+        return await reload(_actor(http))
 
 
 def _actor(http: Request) -> str:

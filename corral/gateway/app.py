@@ -1,7 +1,8 @@
 """The gateway's HTTP face: OpenAI routes relayed to model groups, ``/health``, ``/metrics``,
 ``/gateway/status`` and the admin API (admin.py); the lifespan starts and stops local replicas and the health and
 metrics monitor. With auth enabled, every ``/v1`` route needs a tenant's key (auth.py); each request then passes its
-tenant's limits and is recorded in the audit log (ledger.py)."""
+tenant's limits and is recorded in the audit log (ledger.py). ``POST /admin/reload`` and SIGHUP reload the config
+file's reloadable keys (reloader.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from corral.gateway.auth import Authenticator, Tenant
 from corral.gateway.autoscale.local import LocalScaler
 from corral.gateway.backends import Backend, Group, Monitor
 from corral.gateway.cache import GatewayCache
-from corral.gateway.config import GatewayConfig, GatewayConfigError
+from corral.gateway.config import ConfigFile, GatewayConfig, GatewayConfigError
 from corral.gateway.errors import GatewayError, error_response
 from corral.gateway.fallback import Fallbacks, on_premises_reachable
 from corral.gateway.guard_path import GatewayGuardrails
@@ -36,6 +37,7 @@ from corral.gateway.key_store import KeyStoreError, SQLiteKeyStore
 from corral.gateway.ledger import CACHE_ROUTE, Ledger
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.relay import Forwarder, RequestContext
+from corral.gateway.reloader import ConfigReloader
 from corral.gateway.routing import RouteRequest, prompt_text
 from corral.gateway.supervisor import ReplicaSupervisor
 from corral.gateway.tenants import request_priority
@@ -54,10 +56,11 @@ RELAYED_PATHS = ("/v1/completions", "/v1/chat/completions")
 class Gateway:
     """The groups, their backends and the tasks that keep them: one per gateway process. ``admin_key``: the
     admin API's key (the CLI reads it from ``auth.admin_key_env``); None refuses the admin API. ``audit_key``: the
-    audit log's HMAC key (the CLI reads it from ``audit.hmac_key_env``), needed when audit is enabled."""
+    audit log's HMAC key (the CLI reads it from ``audit.hmac_key_env``), needed when audit is enabled.
+    ``config_file``: the file ``config`` was read from, which a reload reads again (None: nothing to reload)."""
 
     def __init__(self, config: GatewayConfig, replica_log_level: str = "warning", admin_key: str | None = None,
-                 audit_key: bytes | None = None):
+                 audit_key: bytes | None = None, config_file: ConfigFile | None = None):
         self.config = config
         self.metrics = GatewayMetrics()
         self.auth = None
@@ -83,6 +86,16 @@ class Gateway:
         self.cache = GatewayCache(config.cache) if config.cache.enabled else None
         if self.cache is not None:
             self.metrics.registry.register(cache_path.CacheCollector(self.cache))
+        self.reloader = ConfigReloader(self, config_file)
+
+    def apply_config(self, config: GatewayConfig, guardrails: GatewayGuardrails | None) -> None:
+        """Swaps in a reloaded config (its reloadable keys: reload.py), all at once: no await, so no request sees
+        half of it. A request reads its tenant and policy when it arrives, and keeps them to its end."""
+        self.config = config
+        if self.auth is not None:
+            self.auth.config = config.auth
+        self.guardrails = guardrails
+        self.ledger.reconfigure(config)
 
     async def start(self) -> None:
         await self.ledger.start()
@@ -150,6 +163,7 @@ class Gateway:
     async def context(self, http: Request, path: str, request_id: str, tenant: Tenant | None) -> RequestContext:
         """Parses and checks what the gateway itself needs of a request from ``tenant`` (authenticated before the
         body is read: no work for an unknown caller): JSON, a known model its tenant may use, a time limit."""
+        guardrails = self.guardrails  # the policies of the config its tenant was read from (a reload may follow)
         try:
             body = json.loads(await read_body(http, self.config.max_body_bytes))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -186,7 +200,7 @@ class Gateway:
                               stream=body.get("stream") is True, route=route,
                               tenant=tenant and tenant.name, tenant_config=tenant and tenant.config,
                               key_id=tenant and tenant.key_id, priority=request_priority(body, tenant and tenant.config),
-                              guard=self.guardrails and self.guardrails.for_tenant(tenant and tenant.name))
+                              guard=guardrails and guardrails.for_request(tenant and tenant.name, group.name))
 
     async def dispatch(self, ctx: RequestContext) -> Response:
         """Answers a checked request: its content policy's input checks (guard_path.py), its prompt limit (a 400,
@@ -263,16 +277,20 @@ def _too_large(size: str, max_bytes: int) -> GatewayError:
 
 
 def build_app(config: GatewayConfig, replica_log_level: str = "warning", admin_key: str | None = None,
-              audit_key: bytes | None = None) -> FastAPI:
+              audit_key: bytes | None = None, config_file: ConfigFile | None = None) -> FastAPI:
     """The FastAPI app over a new Gateway (``app.state.gateway``)."""
-    gateway = Gateway(config, replica_log_level, admin_key, audit_key)
+    gateway = Gateway(config, replica_log_level, admin_key, audit_key, config_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
+        if not gateway.reloader.install_signal_handler():
+            logger.debug("SIGHUP does not reload the config: the gateway does not run in the main thread")
         try:
             yield
         finally:
+            gateway.reloader.remove_signal_handler()
+            await gateway.reloader.wait_idle()
             await gateway.stop()
 
     app = FastAPI(title="corral gateway", lifespan=lifespan)
@@ -333,5 +351,6 @@ def build_app(config: GatewayConfig, replica_log_level: str = "warning", admin_k
             gateway.auth.check_admin(http.headers)
         return gateway.status()
 
-    add_admin_routes(app, gateway.auth, gateway.audit_key_events if gateway.ledger.audit is not None else None)
+    add_admin_routes(app, gateway.auth, gateway.audit_key_events if gateway.ledger.audit is not None else None,
+                     reload=gateway.reloader.reload)
     return app

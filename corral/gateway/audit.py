@@ -119,9 +119,10 @@ def request_event(*, request_id: str, tenant: str | None, key_id: str | None, mo
 
 def admin_event(action: str, actor: str, before: Any, after: Any, target: str | None = None,
                 **extra: Any) -> dict[str, Any]:
-    """The record of one admin action ("key.create", "key.revoke", "limits.change", "policy.change",
-    "config.reload"): who did it, to what, and the state before and after (None where there was none). Pass
-    key ids, never key secrets."""
+    """The record of one admin action ("key.create", "key.revoke", "key.rotate"; "config.reload" and the changes a
+    reload makes: "tenant.create", "tenant.delete", "tenant.change", "limits.change", "policy.change",
+    "config.change"): who did it, to what, and the state before and after (None where there was none). Pass key
+    ids, never key secrets."""
     return {"type": "admin", "action": action, "actor": actor, "target": target, "before": before,
             "after": after, **extra}
 

@@ -6,9 +6,11 @@ fails with one line naming the key path (``gateway.yaml: groups.smol.backends.0.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -150,6 +152,11 @@ class GroupConfig(_Strict):
     overload: float | None = Field(default=None, gt=0, description="a backend at this load or more is overloaded")
     # The local backend scales copies of the group's one `local:` backend (docs/autoscaling.md).
     autoscaling: AutoscalingConfig | None = None
+    # Checks run after the tenant's (or gateway-wide) policy on every request to this group, whatever its tenant
+    # (docs/guardrails.md#per-group-policies): about where this group's backends send the data.
+    guardrails: GuardrailPolicy | None = None
+
+    _guardrails_valid = field_validator("guardrails", mode="before")(validated_policy)
 
     @model_validator(mode="after")
     def _default_under_cap(self) -> GroupConfig:
@@ -265,17 +272,50 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
 
 def read_yaml(path: str | os.PathLike) -> object:
     """A YAML file's data; GatewayConfigError with one line when it cannot be read or parsed."""
+    return parse_yaml(_read_bytes(path), Path(path).name)
+
+
+def parse_yaml(raw: bytes, name: str) -> object:
+    """YAML bytes' data; GatewayConfigError with one line (``name: line N: ...``) when they cannot be parsed."""
     import yaml
 
-    name = Path(path).name
     try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as error:
-        raise GatewayConfigError(f"{path}: cannot read: {error.strerror}") from None
+        return yaml.safe_load(raw.decode())
+    except UnicodeDecodeError as error:
+        raise GatewayConfigError(f"{name}: not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f"line {where.line + 1}: " if where is not None else ""
         raise GatewayConfigError(f"{name}: {line}not valid YAML: {getattr(error, 'problem', error)}") from None
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise GatewayConfigError(f"{path}: cannot read: {error.strerror}") from None
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The YAML file a gateway was started from, and the flags that override its values (``--host``,
+    ``--port``): what a reload reads again (reload.py)."""
+
+    path: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def read(self) -> tuple[GatewayConfig, str]:
+        """The file's config (the overrides applied) and the SHA-256 (hex) of the bytes it was read from;
+        GatewayConfigError with one line when it cannot be read, parsed or validated."""
+        raw = self.read_bytes()
+        return self.parse(raw), hashlib.sha256(raw).hexdigest()
+
+    def read_bytes(self) -> bytes:
+        return _read_bytes(self.path)
+
+    def parse(self, raw: bytes) -> GatewayConfig:
+        config = parse_config(parse_yaml(raw, self.path.name), self.path.name)
+        return config.model_copy(update=self.overrides)
 
 
 def parse_config(data: object, source: str = "config") -> GatewayConfig:

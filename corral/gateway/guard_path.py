@@ -1,9 +1,10 @@
 """The guardrails on the request path (docs/guardrails.md#using-it-in-the-gateway): each tenant's policy, or the
-gateway-wide one, compiled once at start; a request's input checked before the cache and routing (masked
-messages forwarded, a denial answered 400 ``content_policy`` with nothing sent upstream); a body's answer checked
-choice by choice before it is returned. A stream's answer is checked event by event by guard_stream.py, through
-stream_tap.py. Every verdict is counted in ``corral_gateway_guardrail_actions_total`` and goes in the request's
-audit record."""
+gateway-wide one, and after it the model group's own (docs/guardrails.md#per-group-policies), compiled when the
+config is loaded (at start and at each reload; a tenant's with a group's at their first request); a request's
+input checked before the cache and routing (masked messages forwarded, a denial answered 400 ``content_policy``
+with nothing sent upstream); a body's answer checked choice by choice before it is returned. A stream's answer is
+checked event by event by guard_stream.py, through stream_tap.py. Every verdict is counted in
+``corral_gateway_guardrail_actions_total`` and goes in the request's audit record."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi.responses import Response
 
 from corral.gateway.config import GatewayConfig, GatewayConfigError
 from corral.gateway.errors import GatewayError
-from corral.gateway.guard_stream import StreamGuard, text_slot
+from corral.gateway.guard_stream import FUNCTION_CALL, CallKey, StreamGuard, text_slot
 from corral.gateway.guardrails.policy import (
     GuardrailConfigError,
     GuardrailPolicy,
@@ -48,48 +49,66 @@ class CompiledPolicy:
     checks_output: bool
 
     @classmethod
-    def compile(cls, policy: GuardrailPolicy) -> CompiledPolicy | None:
-        """None for a policy without checks (a tenant's ``checks: []`` opts out of the gateway-wide policy)."""
+    def compile(cls, policy: GuardrailPolicy, *more: tuple[str, GuardrailPolicy]) -> CompiledPolicy | None:
+        """None for a policy without checks (a tenant's ``checks: []`` opts out of the gateway-wide policy).
+        ``more``: a group's policy, as ``(group name, policy)``, whose checks run after the policy's."""
+        checks = [*policy.checks, *(check for _, layer in more for check in layer.checks)]
         checks_input = any(isinstance(check, InjectionCheck) or (isinstance(check, PiiCheck | SecretsCheck)
                                                                  and "input" in check.stages)
-                           for check in policy.checks)
+                           for check in checks)
         checks_output = any(isinstance(check, LeakageCheck | JsonOutputCheck) or (
-            isinstance(check, PiiCheck | SecretsCheck) and "output" in check.stages) for check in policy.checks)
+            isinstance(check, PiiCheck | SecretsCheck) and "output" in check.stages) for check in checks)
         if not (checks_input or checks_output):
             return None
         # Imported here: a gateway without guardrails never loads the checks' patterns and rules (start-up time).
         from corral.gateway.guardrails.pipeline import Guardrails
 
-        return cls(Guardrails(policy), checks_input, checks_output)
+        return cls(Guardrails(policy, *more), checks_input, checks_output)
 
 
 class GatewayGuardrails:
-    """The compiled policies of one gateway: the tenants' own and the gateway-wide default."""
+    """The policies of one gateway: the tenants' own, the gateway-wide default and the model groups' own. A
+    request's policy is its tenant's (else the default), then its group's checks after them: a group's checks are
+    about where its backends send the data, so a tenant's ``checks: []`` does not remove them."""
 
-    def __init__(self, default: CompiledPolicy | None, by_tenant: dict[str, CompiledPolicy | None],
-                 metrics: GatewayMetrics):
-        self.default, self.by_tenant, self.metrics = default, by_tenant, metrics
+    def __init__(self, default: GuardrailPolicy | None, by_tenant: dict[str, GuardrailPolicy],
+                 by_group: dict[str, GuardrailPolicy], metrics: GatewayMetrics):
+        self.default, self.by_tenant, self.by_group, self.metrics = default, by_tenant, by_group, metrics
+        # Compiled by (tenant with a policy of its own, else None; group with a policy, else None).
+        self._compiled: dict[tuple[str | None, str | None], CompiledPolicy | None] = {}
 
     @classmethod
     def from_config(cls, config: GatewayConfig, metrics: GatewayMetrics) -> GatewayGuardrails | None:
-        """None when no policy is configured anywhere (the request path then checks nothing)."""
-        by_tenant = {name: _compile(tenant.guardrails, f"auth.tenants.{name}.guardrails")
-                     for name, tenant in config.auth.tenants.items() if tenant.guardrails is not None}
-        default = _compile(config.guardrails, "guardrails") if config.guardrails is not None else None
-        if default is None and not any(by_tenant.values()):
-            return None
-        return cls(default, by_tenant, metrics)
+        """None when no policy is configured anywhere (the request path then checks nothing). Each policy is
+        compiled here, alone, so that a bad one is a GatewayConfigError naming its key."""
+        by_tenant = {name: tenant.guardrails for name, tenant in config.auth.tenants.items()
+                     if tenant.guardrails is not None}
+        by_group = {name: group.guardrails for name, group in config.groups.items() if group.guardrails is not None}
+        guardrails = cls(config.guardrails, by_tenant, by_group, metrics)
+        compiled = [guardrails._compile_checked(None, None, "guardrails")]
+        compiled += [guardrails._compile_checked(name, None, f"auth.tenants.{name}.guardrails") for name in by_tenant]
+        compiled += [guardrails._compile_checked(None, name, f"groups.{name}.guardrails") for name in by_group]
+        return guardrails if any(compiled) else None
 
-    def for_tenant(self, tenant: str | None) -> RequestGuard | None:
-        policy = self.by_tenant[tenant] if tenant in self.by_tenant else self.default
+    def for_request(self, tenant: str | None, group: str | None = None) -> RequestGuard | None:
+        """The guard of a request of ``tenant`` (None: no tenant) to ``group``; None when no check applies."""
+        key = (tenant if tenant in self.by_tenant else None, group if group in self.by_group else None)
+        if key not in self._compiled:
+            self._compiled[key] = self._compile(*key)
+        policy = self._compiled[key]
         return None if policy is None else RequestGuard(policy, self.metrics)
 
+    def _compile(self, tenant: str | None, group: str | None) -> CompiledPolicy | None:
+        base = self.by_tenant[tenant] if tenant is not None else self.default
+        layers = [(group, self.by_group[group])] if group is not None else []
+        return CompiledPolicy.compile(base or GuardrailPolicy(), *layers)
 
-def _compile(policy: GuardrailPolicy, key: str) -> CompiledPolicy | None:
-    try:
-        return CompiledPolicy.compile(policy)
-    except (GuardrailConfigError, ValueError, OSError) as error:
-        raise GatewayConfigError(f"{key}: {error}") from None
+    def _compile_checked(self, tenant: str | None, group: str | None, key: str) -> CompiledPolicy | None:
+        try:
+            self._compiled[(tenant, group)] = self._compile(tenant, group)
+        except (GuardrailConfigError, ValueError, OSError) as error:
+            raise GatewayConfigError(f"{key}: {error}") from None
+        return self._compiled[(tenant, group)]
 
 
 @dataclass
@@ -100,13 +119,14 @@ class RequestGuard:
     metrics: GatewayMetrics
     input_verdict: Verdict | None = None
     output_verdicts: dict[int, Verdict] = field(default_factory=dict)  # by choice index
-    tool_call_verdicts: dict[int, dict[int, Verdict]] = field(default_factory=dict)  # by choice, tool call index
+    # By choice, then by tool call index (FUNCTION_CALL: the legacy function_call's arguments).
+    tool_call_verdicts: dict[int, dict[CallKey, Verdict]] = field(default_factory=dict)
 
     def count(self, verdict: Verdict) -> None:
         for check, action in verdict.action_counts():
             self.metrics.guardrail_actions.labels(check=check, action=action).inc()
 
-    def record_output(self, index: int, verdict: Verdict, tool_calls: dict[int, Verdict] | None = None) -> None:
+    def record_output(self, index: int, verdict: Verdict, tool_calls: dict[CallKey, Verdict] | None = None) -> None:
         """A choice's verdicts: its text's and its tool calls' arguments'; a check that acted on any of them is
         counted once for the choice."""
         self.output_verdicts[index] = verdict
@@ -119,7 +139,7 @@ class RequestGuard:
 
     def to_record(self) -> dict[str, Any]:
         """The audit record's ``guardrails``: the input verdict, and each choice's output verdicts (its text's, then
-        its tool calls', each result with its ``tool_call`` index)."""
+        its tool calls', each result with its ``tool_call`` index, or ``function_call: true``)."""
         record: dict[str, Any] = {}
         if self.input_verdict is not None:
             record["input"] = self.input_verdict.to_record()
@@ -127,8 +147,8 @@ class RequestGuard:
             record["output"] = [
                 *({**result, "choice": index} for index in sorted(self.output_verdicts)
                   for result in self.output_verdicts[index].to_record()),
-                *({**result, "choice": index, "tool_call": number} for index in sorted(self.tool_call_verdicts)
-                  for number, verdict in sorted(self.tool_call_verdicts[index].items())
+                *({**result, "choice": index, **_call_field(number)} for index in sorted(self.tool_call_verdicts)
+                  for number, verdict in sorted(self.tool_call_verdicts[index].items(), key=_call_order)
                   for result in verdict.to_record())]
         return record
 
@@ -189,8 +209,8 @@ class RequestGuard:
 
     def _check_choice(self, choice: Any, position: int, system_prompt: str | None,
                       response_format: dict[str, Any] | None) -> bool:
-        """Checks one choice of a body's answer in place: its text, and each tool call's arguments (a JSON text);
-        whether anything was masked. Raises ContentPolicyError on a denial."""
+        """Checks one choice of a body's answer in place: its text, and each tool call's arguments (a JSON text),
+        the legacy ``function_call``'s too; whether anything was masked. Raises ContentPolicyError on a denial."""
         holder, key = text_slot(choice, streamed=False)
         calls = _argument_slots(choice)
         if holder is None and not calls:
@@ -214,16 +234,28 @@ class RequestGuard:
         return masked
 
 
-def _argument_slots(choice: Any) -> dict[int, dict[str, Any]]:
-    """A body's chat choice's tool calls that have arguments as a string: their ``function``, by position."""
+def _argument_slots(choice: Any) -> dict[CallKey, dict[str, Any]]:
+    """A body's chat choice's tool calls that have arguments as a string: their ``function``, by position; and
+    the legacy ``message.function_call`` (OpenAI's deprecated form of one call) under FUNCTION_CALL."""
     message = choice.get("message") if isinstance(choice, dict) else None
     calls = message.get("tool_calls") if isinstance(message, dict) else None
-    slots = {}
+    slots: dict[CallKey, dict[str, Any]] = {}
     for number, call in enumerate(calls if isinstance(calls, list) else ()):
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):
             slots[number] = function
+    legacy = message.get("function_call") if isinstance(message, dict) else None
+    if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+        slots[FUNCTION_CALL] = legacy
     return slots
+
+
+def _call_field(number: CallKey) -> dict[str, Any]:
+    return {"function_call": True} if number == FUNCTION_CALL else {"tool_call": number}
+
+
+def _call_order(item: tuple[CallKey, Verdict]) -> tuple[bool, int]:
+    return item[0] == FUNCTION_CALL, item[0] if isinstance(item[0], int) else 0
 
 
 def _text_prompts(prompt: Any) -> tuple[list[str], bool]:

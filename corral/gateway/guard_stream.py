@@ -1,13 +1,14 @@
 """The output checks of one streamed answer, applied by its tap (stream_tap.py) to each parsed SSE event: one
 OutputStream per choice index, fed each event's delta text, and one ArgumentsStream per tool call of a choice
-(by the tool call's ``index``), fed its ``function.arguments`` fragments; the event is rewritten with what the
+(by the tool call's ``index``), fed its ``function.arguments`` fragments, and one for the legacy
+``delta.function_call.arguments`` (OpenAI's deprecated single call); the event is rewritten with what the
 checks let out. A choice's held-back text and arguments go out with its ``finish_reason`` (or, for a choice the
 upstream never finished, in an event of its own before ``[DONE]``). A denial ends the answer at once: the tap
 sends an error event and ``[DONE]``, and nothing more of the answer."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from corral.gateway.guardrails.verdict import ContentPolicyError
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from corral.gateway.guardrails.output_stream import OutputStream
 
 _CHUNK_HEADER = ("id", "object", "created", "model")
+FUNCTION_CALL: Literal["function_call"] = "function_call"
+CallKey = int | Literal["function_call"]  # a tool call's index, or the legacy function_call
 
 
 class StreamGuard:
@@ -26,7 +29,7 @@ class StreamGuard:
     def __init__(self, guard: RequestGuard, system_prompt: str | None, response_format: dict[str, Any] | None):
         self.guard, self.system_prompt, self.response_format = guard, system_prompt, response_format
         self.streams: dict[int, OutputStream] = {}
-        self.tool_calls: dict[int, dict[int, ArgumentsStream]] = {}  # per choice: by tool call index
+        self.tool_calls: dict[int, dict[CallKey, ArgumentsStream]] = {}  # per choice: by tool call index
         self.headers: dict[int, dict[str, Any]] = {}  # per choice: its chunks' id/object/created/model
         self.chat: dict[int, bool] = {}  # per choice: delta.content (chat) rather than text (completion)
         self.recorded: set[int] = set()
@@ -115,25 +118,29 @@ class StreamGuard:
             return ""
         return self.streams[index].finish()
 
-    def _feed_tool_calls(self, index: int, delta: Any) -> dict[int, str]:
-        """The arguments the checks let out of this delta's tool calls, by tool call index."""
+    def _feed_tool_calls(self, index: int, delta: Any) -> dict[CallKey, str]:
+        """The arguments the checks let out of this delta's tool calls, by tool call index (and of its legacy
+        ``function_call``, under FUNCTION_CALL)."""
         calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-        arguments: dict[int, str] = {}
+        functions: list[tuple[CallKey, Any]] = []
         for position, call in enumerate(calls if isinstance(calls, list) else ()):
-            if not isinstance(call, dict):
-                continue
-            number = call.get("index", position)
-            number = number if isinstance(number, int) else position
+            if isinstance(call, dict):
+                number = call.get("index", position)
+                functions.append((number if isinstance(number, int) else position, call.get("function")))
+        legacy = delta.get("function_call") if isinstance(delta, dict) else None
+        if isinstance(legacy, dict):
+            functions.append((FUNCTION_CALL, legacy))
+        arguments: dict[CallKey, str] = {}
+        for number, function in functions:
             streams = self.tool_calls.setdefault(index, {})
             if number not in streams:
                 streams[number] = self.guard.policy.guardrails.arguments_stream(self.system_prompt)
-            function = call.get("function")
             fragment = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(fragment, str):
                 _add_arguments(arguments, {number: streams[number].feed(fragment)})
         return arguments
 
-    def _finish_tool_calls(self, index: int) -> dict[int, str]:
+    def _finish_tool_calls(self, index: int) -> dict[CallKey, str]:
         return {number: stream.finish() for number, stream in self.tool_calls.get(index, {}).items()}
 
     def _denied_stream(self, index: int) -> OutputStream | ArgumentsStream | None:
@@ -151,14 +158,19 @@ class StreamGuard:
         self.error = ContentPolicyError(stream.verdict)
 
 
-def _add_arguments(arguments: dict[int, str], more: dict[int, str]) -> None:
+def _add_arguments(arguments: dict[CallKey, str], more: dict[CallKey, str]) -> None:
     for number, text in more.items():
         arguments[number] = arguments.get(number, "") + text
 
 
-def _set_tool_calls(choice: dict[str, Any], arguments: dict[int, str]) -> None:
+def _set_tool_calls(choice: dict[str, Any], arguments: dict[CallKey, str]) -> None:
     """Puts the checked arguments in the choice's ``delta.tool_calls``: an entry keeps what else it says (id, type,
-    name), an entry left with nothing is dropped, and held-back arguments released now get an entry of their own."""
+    name), an entry left with nothing is dropped, and held-back arguments released now get an entry of their own;
+    the legacy ``function_call``'s likewise in ``delta.function_call``."""
+    arguments = dict(arguments)
+    legacy = arguments.pop(FUNCTION_CALL, None)
+    if legacy is not None:
+        _set_function_call(choice, legacy)
     delta = choice.get("delta")
     calls = delta.get("tool_calls") if isinstance(delta, dict) else None
     if not isinstance(calls, list):
@@ -180,6 +192,19 @@ def _set_tool_calls(choice: dict[str, Any], arguments: dict[int, str]) -> None:
         delta["tool_calls"] = kept
     else:
         delta.pop("tool_calls", None)
+
+
+def _set_function_call(choice: dict[str, Any], text: str) -> None:
+    delta = choice.get("delta")
+    call = delta.get("function_call") if isinstance(delta, dict) else None
+    if isinstance(call, dict):
+        call = {**call, "arguments": text}
+        if text or set(call) != {"arguments"}:
+            delta["function_call"] = call
+        else:
+            delta.pop("function_call")
+    elif text:
+        choice.setdefault("delta", {})["function_call"] = {"arguments": text}
 
 
 def _with_arguments(call: dict[str, Any], text: str) -> dict[str, Any] | None:

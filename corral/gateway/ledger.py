@@ -51,19 +51,28 @@ class Ledger:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, audit_key: bytes | None, metrics: GatewayMetrics) -> Ledger:
-        limiter = None
-        if config.auth.enabled and any(has_limits(t.limits) for t in config.auth.tenants.values()):
-            from corral.gateway.limits import TenantLimiter
-
-            limiter = TenantLimiter(config.limits,
-                                    on_reject=lambda tenant, limit: metrics.limit_rejections.labels(limit=limit).inc())
         audit = None
         if config.audit.enabled:
             if audit_key is None:
                 raise GatewayConfigError(f"audit: enabled, but no key was given (corral gateway reads it from "
                                          f"${config.audit.hmac_key_env})")
             audit = AuditLog(config.audit, audit_key)
-        return cls(limiter, audit, config.audit, metrics)
+        ledger = cls(None, audit, config.audit, metrics)
+        ledger.reconfigure(config)
+        return ledger
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """Takes a (re)loaded config's audit texts default, and makes the limiter once a tenant has limits. The
+        tenants' limits are not kept here: each request brings its tenant's, and the windows are the tenant's
+        whatever its limit (limits.py), so a changed limit applies to the requests of the last minute too."""
+        self.audit_config = config.audit
+        if self.limiter is None and config.auth.enabled and any(has_limits(t.limits)
+                                                                for t in config.auth.tenants.values()):
+            from corral.gateway.limits import TenantLimiter
+
+            metrics = self.metrics
+            self.limiter = TenantLimiter(config.limits, on_reject=lambda tenant, limit:
+                                         metrics.limit_rejections.labels(limit=limit).inc())
 
     async def start(self) -> None:
         if self.audit is not None:
@@ -85,6 +94,7 @@ class RequestEntry:
 
     def __init__(self, ledger: Ledger, request_id: str, path: str):
         self.ledger, self.request_id, self.path = ledger, request_id, path
+        self.audit_config = ledger.audit_config  # the config's at the request's arrival, a reload notwithstanding
         self.started = time.monotonic()
         self.tenant: Tenant | None = None
         self.ctx: RequestContext | None = None
@@ -178,7 +188,7 @@ class RequestEntry:
             backend=trace.backend if trace else None, route=trace.route if trace else None, status=status,
             latency_ms=(time.monotonic() - self.started) * 1000, prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens, prompt=prompt_of(body) if body is not None else None,
-            output=answer.output, record_texts=self.ledger.audit_config.record_texts if policy is None else policy,
+            output=answer.output, record_texts=self.audit_config.record_texts if policy is None else policy,
             complete=complete, path=self.path, error=self.error_code,
             guardrails=ctx.guard.to_record() if ctx is not None and ctx.guard is not None else None,
             fallback=trace.group if trace is not None and trace.group not in (None, group) else None)

@@ -40,7 +40,7 @@ from corral.gateway.errors import GatewayError
 from corral.gateway.limits_config import LimitsConfig
 from corral.gateway.tenants import TenantLimits
 
-__all__ = ["Admission", "LimitExceeded", "LimitsConfig", "TenantLimiter", "retry_after"]
+__all__ = ["Admission", "LimitExceeded", "LimitsConfig", "TenantLimiter", "TenantWindow", "retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class TenantLimiter:
 
     def _item(self, amount: int | None) -> RateLimitItemPerMinute:
         assert amount is not None
-        return RateLimitItemPerMinute(amount, namespace=self.config.namespace)
+        return TenantWindow(amount, namespace=self.config.namespace)
 
     async def _finish(self, admission: Admission, tokens: int) -> None:
         limits, tenant = admission.limits, admission.tenant
@@ -294,6 +294,15 @@ class TenantLimiter:
             await self._redis.aclose()
         else:
             await self.budgets.close()
+
+
+class TenantWindow(RateLimitItemPerMinute):
+    """A one-minute window whose key leaves out its limit (``limits`` puts the amount in the key): a tenant has one
+    window whatever its limit, so a limit changed by a config reload counts the requests and tokens of the last
+    minute, and a lowered one is not escaped by starting a fresh window."""
+
+    def key_for(self, *identifiers: bytes | str | int | float) -> str:
+        return "/".join([self.namespace, *(str(part) for part in identifiers), "per_minute"])
 
 
 def _budgets(limits: TenantLimits, now_s: float) -> list[tuple[Period, int]]:

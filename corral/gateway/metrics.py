@@ -61,6 +61,9 @@ class GatewayMetrics:
                                          "Guardrail checks that acted on a request or its answer, by check (its name "
                                          "in the policy) and action (allow, flag, mask, deny).",
                                          ["check", "action"], registry=r)
+        self.config_reloads = Counter("corral_gateway_config_reloads",
+                                      "Config reloads (POST /admin/reload, SIGHUP), by status (applied, refused).",
+                                      ["status"], registry=r)
         self.replica_start = Histogram("corral_gateway_replica_start_seconds",
                                        "Local replicas' start: process started to its /health passing.",
                                        ["group"], registry=r, buckets=_REPLICA_BUCKETS)

@@ -51,6 +51,13 @@ def prompt_of(body: Mapping[str, Any]) -> Any:
 class _ChoiceOutput:
     text: str = ""
     tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> {name, arguments}
+    function_call: dict[str, str] | None = None  # the legacy form of one call: {name, arguments}
+
+    def add_function_call(self, call: Any) -> None:
+        if isinstance(call, Mapping):
+            merged = self.function_call = self.function_call or {"name": "", "arguments": ""}
+            merged["name"] += call.get("name") or ""
+            merged["arguments"] += call.get("arguments") or ""
 
     def add_tool_calls(self, calls: Any, streamed: bool) -> None:
         if not isinstance(calls, list):
@@ -66,9 +73,14 @@ class _ChoiceOutput:
             merged["arguments"] += function.get("arguments") or ""
 
     def output(self) -> str | dict[str, Any]:
-        if not self.tool_calls:
+        if not self.tool_calls and self.function_call is None:
             return self.text
-        return {"content": self.text, "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)]}
+        output: dict[str, Any] = {"content": self.text}
+        if self.tool_calls:
+            output["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        if self.function_call is not None:
+            output["function_call"] = self.function_call
+        return output
 
 
 @dataclass
@@ -123,6 +135,7 @@ class Answer:
             if isinstance(content, Mapping):
                 out.text += content.get("content") or ""
                 out.add_tool_calls(content.get("tool_calls"), streamed=streamed)
+                out.add_function_call(content.get("function_call"))
             elif isinstance(choice.get("text"), str):
                 out.text += choice["text"]
 

@@ -20,7 +20,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral.gateway.app import UVICORN_OPTIONS, Gateway, build_app
-from corral.gateway.config import GatewayConfig, parse_config
+from corral.gateway.config import ConfigFile, GatewayConfig, parse_config
 from corral.gateway.supervisor import free_port
 
 
@@ -79,11 +79,11 @@ def wait_healthy(base_url: str, process: subprocess.Popen | None = None, timeout
 
 
 def start_gateway(config: GatewayConfig | dict, admin_key: str | None = None,
-                  audit_key: bytes | None = None) -> RunningGateway:
+                  audit_key: bytes | None = None, config_file: ConfigFile | None = None) -> RunningGateway:
     if isinstance(config, dict):
         config = parse_config(config, "test")
     port = free_port()
-    app = build_app(config, admin_key=admin_key, audit_key=audit_key)
+    app = build_app(config, admin_key=admin_key, audit_key=audit_key, config_file=config_file)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -119,8 +119,8 @@ def run_gateway() -> Iterator[Callable[[GatewayConfig | dict], RunningGateway]]:
     running: list[RunningGateway] = []
 
     def run(config: GatewayConfig | dict, admin_key: str | None = None,
-            audit_key: bytes | None = None) -> RunningGateway:
-        running.append(start_gateway(config, admin_key, audit_key))
+            audit_key: bytes | None = None, config_file: ConfigFile | None = None) -> RunningGateway:
+        running.append(start_gateway(config, admin_key, audit_key, config_file))
         return running[-1]
 
     yield run

@@ -1,10 +1,12 @@
 """A recording OpenAI-compatible upstream for gateway tests: it keeps every request body it receives and answers
 a text the test chooses, streamed in the pieces the test cuts, so the gateway's input and output can both be
 observed. A chat answer may also carry tool calls (their arguments streamed in the fragments the test cuts, as
-OpenAI streams them) and several choices (``n > 1``: their events interleaved one by one)."""
+OpenAI streams them), or the legacy ``function_call``, and several choices (``n > 1``: their events interleaved one
+by one). A stream may be held after its first events until the test lets it go (``hold``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -30,10 +32,12 @@ class ToolCall:
 
 @dataclass
 class Choice:
-    """One choice of an answer: text ``pieces`` (one event each when streamed) and ``tool_calls`` (chat only)."""
+    """One choice of an answer: text ``pieces`` (one event each when streamed) and ``tool_calls`` or the legacy
+    ``function_call`` (chat only)."""
 
     pieces: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    function_call: ToolCall | None = None
 
 
 @dataclass
@@ -45,13 +49,16 @@ class RecordingUpstream:
     bodies: list[dict] = field(default_factory=list)
     choices: list[Choice] = field(default_factory=lambda: [Choice(["Hello."])])
     finish: bool = True
+    # A stream's events after the first ``hold_after`` wait (10 s at most) until ``hold`` is set.
+    hold: threading.Event | None = None
+    hold_after: int = 1
 
     def answer(self, *pieces: str, finish: bool = True) -> None:
         self.answer_choices(Choice(list(pieces)), finish=finish)
 
     def answer_choices(self, *choices: Choice, finish: bool = True) -> None:
         """Several choices (interleaved when streamed: one event of each in turn), or one with tool calls."""
-        self.choices, self.finish = list(choices), finish
+        self.choices, self.finish, self.hold = list(choices), finish, None
         self.bodies.clear()
 
 
@@ -59,19 +66,33 @@ def _body_choice(index: int, choice: Choice, chat: bool) -> dict:
     text = "".join(choice.pieces)
     if not chat:
         return {"index": index, "text": text, "logprobs": None, "finish_reason": "stop"}
-    message: dict = {"role": "assistant", "content": text if text or not choice.tool_calls else None}
+    calls = choice.tool_calls or choice.function_call
+    message: dict = {"role": "assistant", "content": text if text or not calls else None}
     if choice.tool_calls:
         message["tool_calls"] = [{"id": call.id, "type": "function",
                                   "function": {"name": call.name, "arguments": "".join(call.fragments)}}
                                  for call in choice.tool_calls]
-    return {"index": index, "message": message, "finish_reason": "tool_calls" if choice.tool_calls else "stop"}
+    if choice.function_call:
+        call = choice.function_call
+        message["function_call"] = {"name": call.name, "arguments": "".join(call.fragments)}
+    return {"index": index, "message": message, "finish_reason": _finish_reason(choice)}
+
+
+def _finish_reason(choice: Choice) -> str:
+    return "tool_calls" if choice.tool_calls else "function_call" if choice.function_call else "stop"
 
 
 def _chat_deltas(choice: Choice, finish: bool) -> list[dict]:
     """A chat choice's stream: a role delta, its pieces, then each tool call (id, type and name with empty
     arguments first, then one fragment per event), then its finish."""
-    events = [{"delta": {"role": "assistant", "content": None if choice.tool_calls else ""}, "finish_reason": None}]
+    calls = choice.tool_calls or choice.function_call
+    events = [{"delta": {"role": "assistant", "content": None if calls else ""}, "finish_reason": None}]
     events += [{"delta": {"content": piece}, "finish_reason": None} for piece in choice.pieces]
+    if choice.function_call:  # the legacy form: its name first, then one fragment per event
+        call = choice.function_call
+        events.append({"delta": {"function_call": {"name": call.name, "arguments": ""}}, "finish_reason": None})
+        events += [{"delta": {"function_call": {"arguments": fragment}}, "finish_reason": None}
+                   for fragment in call.fragments]
     for number, call in enumerate(choice.tool_calls):
         events.append({"delta": {"tool_calls": [{"index": number, "id": call.id, "type": "function",
                                                  "function": {"name": call.name, "arguments": ""}}]},
@@ -79,7 +100,7 @@ def _chat_deltas(choice: Choice, finish: bool) -> list[dict]:
         events += [{"delta": {"tool_calls": [{"index": number, "function": {"arguments": fragment}}]},
                     "finish_reason": None} for fragment in call.fragments]
     if finish:
-        events.append({"delta": {}, "finish_reason": "tool_calls" if choice.tool_calls else "stop"})
+        events.append({"delta": {}, "finish_reason": _finish_reason(choice)})
     return events
 
 
@@ -117,7 +138,9 @@ def _upstream_app(upstream: RecordingUpstream) -> FastAPI:
                                  "choices": choices, "usage": usage})
 
         async def events() -> Iterator[str]:
-            for choice in _interleaved(upstream, chat):
+            for number, choice in enumerate(_interleaved(upstream, chat)):
+                if upstream.hold is not None and number == upstream.hold_after:
+                    await asyncio.to_thread(upstream.hold.wait, 10)
                 yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"

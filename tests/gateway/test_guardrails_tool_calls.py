@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.gateway.audit import text_sha256
 from corral.gateway.audit_chain import audit_files
 
 from .recording_upstream import Choice, RecordingUpstream, ToolCall, recording_upstream
@@ -147,3 +148,43 @@ def test_n_2_body_answers_are_masked_per_choice(upstream, run_gateway):
     assert [choice["message"]["content"] for choice in choices] == ["no entity here", "mail [EMAIL]"]
     response = httpx.post(gw.base_url + "/v1/completions", timeout=30, json={"model": "m", "prompt": "hi", "n": 2})
     assert [choice["text"] for choice in response.json()["choices"]] == ["no entity here", "mail [EMAIL]"]
+
+
+def streamed_function_call(payloads: list[str]) -> tuple[list[str], str]:
+    """The legacy ``delta.function_call``: the names it carried, and its arguments joined."""
+    calls = [(each.get("delta") or {}).get("function_call") for event in events(payloads)
+             for each in event.get("choices") or ()]
+    calls = [call for call in calls if call]
+    return [call["name"] for call in calls if "name" in call], "".join(call.get("arguments") or "" for call in calls)
+
+
+def test_the_legacy_function_call_is_masked_whole_and_streamed(upstream, run_gateway, tmp_path):
+    gw = run_gateway(config(upstream.base_url, POLICY, audit={"enabled": True, "directory": str(tmp_path)}),
+                     audit_key=AUDIT_KEY.encode())
+    upstream.answer_choices(Choice(function_call=ToolCall("send_mail", [ARGUMENTS])))
+    answer = chat(gw, "mail the report")
+    assert answer.status_code == 200, answer.text
+    choice = answer.json()["choices"][0]
+    assert choice["finish_reason"] == "function_call" and choice["message"]["function_call"]["name"] == "send_mail"
+    assert json.loads(choice["message"]["function_call"]["arguments"]) == MASKED
+    assert not any(secret in answer.text for secret in SECRETS)
+    # Streamed, cut inside the addresses, the escape, the key and the card number.
+    fragments = cut(ARGUMENTS, 1, 12, 20, 45, 46, 50, 62, 85, 97, 120, 126)
+    upstream.answer_choices(Choice(function_call=ToolCall("send_mail", fragments)))
+    payloads = streamed_payloads(gw, "/v1/chat/completions", MESSAGES)
+    for secret in SECRETS:
+        assert not any(secret in payload for payload in payloads), (secret, payloads)
+    names, arguments = streamed_function_call(payloads)
+    assert names == ["send_mail"] and json.loads(arguments) == MASKED
+    assert events(payloads)[-1]["choices"][0]["finish_reason"] == "function_call"
+    assert gw.metric(ACTIONS, check="pii", action="mask") == 2 and gw.metric(ACTIONS, check="secrets") == 2
+    gw.stop()
+    records = [json.loads(line) for path in audit_files(Path(tmp_path)) for line in path.read_bytes().splitlines()]
+    requests = [record for record in records if record["type"] == "request"]
+    assert len(requests) == 2
+    for record, sent in zip(requests, (choice["message"]["function_call"]["arguments"], arguments)):
+        called = [(r["check"], r["action"]) for r in record["guardrails"]["output"] if r.get("function_call")]
+        assert called == [("secrets", "mask"), ("pii", "mask")] and "example" not in json.dumps(record)
+        # The output hashed is the call the client got.
+        assert record["output_sha256"] == text_sha256({"content": "", "function_call": {"name": "send_mail",
+                                                                                         "arguments": sent}})

@@ -9,12 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from corral.gateway.errors import GatewayError
-from corral.gateway.limits import LimitsConfig, TenantLimiter, retry_after
+from corral.gateway.limits import LimitsConfig, TenantLimiter, TenantWindow, retry_after
 from corral.gateway.supervisor import free_port
 from corral.gateway.tenants import TenantLimits
 from tests.gateway.test_limits import refusal, run
@@ -43,7 +42,7 @@ def test_redis_burst_over_requests_per_minute_retry_after_matches_the_window(fre
         assert (error.limit, error.code) == ("requests_per_minute", "rate_limit_exceeded")
         # Independently: the window's reset as limits reads it from Redis.
         window = MovingWindowRateLimiter(RedisStorage("async+" + fresh_redis, implementation="redispy"))
-        stats = await window.get_window_stats(RateLimitItemPerMinute(3, namespace="corral"), "requests",
+        stats = await window.get_window_stats(TenantWindow(3, namespace="corral"), "requests",
                                               "moving_window", "acme")
         # Redis's Lua answers the window's start with 14 significant digits: 100 us, in 2026
         assert stats.remaining == 0 and before + 60 - 1e-3 <= stats.reset_time <= after + 60 + 1e-3

@@ -47,23 +47,32 @@ class OutputResult:
 
 
 class Guardrails:
-    """A policy, compiled once (patterns, rules, classifier) and used for every request it applies to."""
+    """A policy, compiled once (patterns, rules, classifier) and used for every request it applies to.
 
-    def __init__(self, policy: GuardrailPolicy):
+    ``more``: policies whose checks run after the policy's own, each as ``(label, policy)`` (a model group's
+    policy after its tenant's: docs/guardrails.md#per-group-policies). Their checks are named ``<label>.<name>``
+    in verdicts and metrics, and each check finds the entities of its own policy's patterns."""
+
+    def __init__(self, policy: GuardrailPolicy, *more: tuple[str, GuardrailPolicy]):
         self.policy = policy
+        self.checks: list[CheckConfig] = []
         self._detectors: dict[str, EntityDetector] = {}
         self._injection: dict[str, InjectionDetector] = {}
-        for check in policy.checks:
-            if isinstance(check, PiiCheck | SecretsCheck):
-                self._detectors[check_name(check)] = EntityDetector(policy.entity_patterns(check))
-            elif isinstance(check, InjectionCheck):
-                self._injection[check_name(check)] = _injection_detector(check)
+        for label, layer in ((None, policy), *more):
+            for check in layer.checks:
+                if label is not None:  # the name pattern has no ".": never the name of a check of the policy
+                    check = check.model_copy(update={"name": f"{label}.{check_name(check)}"})
+                self.checks.append(check)
+                if isinstance(check, PiiCheck | SecretsCheck):
+                    self._detectors[check_name(check)] = EntityDetector(layer.entity_patterns(check))
+                elif isinstance(check, InjectionCheck):
+                    self._injection[check_name(check)] = _injection_detector(check)
 
     def check_input(self, messages: list[dict[str, Any]]) -> InputResult:
         """Chat messages (``content`` a string or a list of parts; text parts are checked)."""
         messages = [dict(message) for message in messages]
         results: list[CheckResult] = []
-        for check in self.policy.checks:
+        for check in self.checks:
             if isinstance(check, PiiCheck | SecretsCheck) and "input" in check.stages:
                 result = self._entities_in_messages(check, messages)
             elif isinstance(check, InjectionCheck):
@@ -103,7 +112,7 @@ class Guardrails:
         return OutputResult(text, stream.verdict)
 
     def _output_checks(self, system_prompt: str | None) -> list[CheckConfig]:
-        return [check for check in self.policy.checks
+        return [check for check in self.checks
                 if (isinstance(check, PiiCheck | SecretsCheck) and "output" in check.stages)
                 or (isinstance(check, LeakageCheck) and system_prompt) or isinstance(check, JsonOutputCheck)]
 
