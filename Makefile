@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-cuda mutation docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-gateway bench-kernels bench-deps clean
+.PHONY: install serve test test-cuda test-ray mutation docs lint bench bench-quant bench-spec bench-quality bench-offline-hf bench-peers bench-vllm bench-vllm-install bench-scaling bench-gateway bench-kernels bench-deps clean
 
 KERNELS := corral/kernels/_build/sources.sha256
 
@@ -45,6 +45,12 @@ test: install
 # The CUDA tests, where a GPU is lent (the default run deselects them).
 test-cuda: install
 	$(BIN)/python -m pytest -q -rs -m cuda
+
+# corral deploy ray on a local Ray cluster (docs/ray.md): installs the `ray` extra (about 500 MB) and runs the
+# tests the default run deselects (-m ray); about 1 GB of memory while the cluster runs.
+test-ray: install
+	$(BIN)/pip install -q -e '.[ray]'
+	$(BIN)/python -m pytest -q -rs --durations=5 -m ray
 
 # Mutation testing (docs/testing.md): each module against its own tests, in a scratch copy under build/mutation/
 # (mutmut 3 mutates a copy in mutants/ there, never corral/). Per-module report: build/mutation/NAME.txt.

@@ -23,7 +23,7 @@ COMMANDS = {
     "audit": ("corral.cli.audit", "verify the gateway's audit hash chain, or query its records (docs/audit.md)"),
     "keys": ("corral.cli.keys", "create, list, revoke or rotate the gateway's API keys (docs/gateway.md)"),
     "plan": ("corral.cli.plan", "memory, latency, replicas and cost of serving a model on given hardware (docs/planner.md)"),
-    "deploy": ("corral.cli.deploy", "Kubernetes manifests (KEDA autoscaling) for a gateway config (docs/kubernetes.md)"),
+    "deploy": ("corral.cli.deploy", "a gateway config's groups on Kubernetes (manifests) or Ray Serve (docs/kubernetes.md, docs/ray.md)"),
 }
 
 

@@ -86,17 +86,15 @@ def served_name(model: str | None) -> str:
     return name
 
 
-def run(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
-
+def build_server(args: argparse.Namespace):
+    """The FastAPI app, the AsyncEngine behind it and its metrics, from parsed ``corral serve`` arguments (the
+    engine loads on its own thread). Shared by ``run`` and by a Ray Serve replica (corral/deploy/ray_replica.py),
+    so a replica serves exactly what ``corral serve`` does."""
     from corral.runtime import EngineArgs, build_engine
-    from corral.server.app import UVICORN_OPTIONS, build_app
+    from corral.server.app import build_app
     from corral.server.async_engine import AsyncEngine
     from corral.server.metrics import EngineMetrics
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     engine_args = EngineArgs(
         model=args.model, dtype=args.dtype, quantization=args.quantization, max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
@@ -112,6 +110,18 @@ def run(args: argparse.Namespace) -> int:
     limits = RequestLimits(args.max_request_bytes, args.max_prompts_per_request, args.max_sequences_per_request,
                            args.max_stop_strings)
     app = build_app(engine, name, args.api_key, args.max_tokens_cap, metrics, args.max_waiting, limits)
+    return app, engine, metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from corral.server.app import UVICORN_OPTIONS
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app, engine, _ = build_server(args)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **UVICORN_OPTIONS)
     finally:
