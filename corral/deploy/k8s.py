@@ -12,9 +12,9 @@ import yaml
 
 from corral.deploy.k8s_common import K8sOptions, object_name
 from corral.deploy.k8s_gateway import gateway_objects, in_cluster_config, secret_notes
-from corral.deploy.k8s_replicas import local_args, num_local_backends, replica_objects
+from corral.deploy.k8s_replicas import replica_objects
 from corral.deploy.keda import scaled_object
-from corral.deploy.source import DeployError, DeploySource
+from corral.deploy.source import DeployError, DeploySource, local_groups, num_local_backends
 
 
 @dataclass
@@ -35,14 +35,7 @@ def render(source: DeploySource, options: K8sOptions) -> Manifests:
     config = source.config
     _check_names(list(config.groups))
     deployed: set[str] = set()
-    for group_name, group in config.groups.items():
-        settings = source.autoscaling.get(group_name)
-        args = local_args(group_name, group)
-        if args is None:
-            if settings is not None:
-                raise DeployError(f"groups.{group_name}.autoscaling: the group has no `local` backend to scale "
-                                  "(its url backends are not deployed here)")
-            continue
+    for group_name, group, settings, args in local_groups(source):
         replicas = num_local_backends(group) if settings is None else settings.start_replicas
         objects = replica_objects(group_name, group, args, replicas, options)
         if settings is not None:

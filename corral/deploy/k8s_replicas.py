@@ -19,28 +19,9 @@ from corral.deploy.k8s_common import (
     scrape_annotations,
     service,
 )
-from corral.deploy.source import DeployError
 from corral.gateway.config import GroupConfig
 
 _STARTUP_PERIOD_S = 10
-
-
-def local_args(group_name: str, group: GroupConfig) -> list[str] | None:
-    """The ``corral serve`` arguments of the group's local backends (one Deployment runs one set of them), or
-    None when the group has none."""
-    locals_ = [(index, backend.local) for index, backend in enumerate(group.backends) if backend.local is not None]
-    if not locals_:
-        return None
-    first_index, first = locals_[0]
-    for index, args in locals_[1:]:
-        if args != first:
-            raise DeployError(f"groups.{group_name}.backends.{index}.local: differs from backends.{first_index}.local;"
-                              " one Deployment runs one set of `corral serve` arguments (split the group)")
-    return list(first)
-
-
-def num_local_backends(group: GroupConfig) -> int:
-    return sum(backend.local is not None for backend in group.backends)
 
 
 def replica_objects(group_name: str, group: GroupConfig, args: list[str], replicas: int,

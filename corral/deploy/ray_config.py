@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.deploy.k8s_replicas import local_args, num_local_backends
-from corral.deploy.source import DeployError, DeploySource
+from corral.deploy.source import DeployError, DeploySource, local_groups, num_local_backends
 from corral.gateway.autoscale.config import AutoscalingConfig
 from corral.gateway.config import GroupConfig
 
@@ -61,14 +60,7 @@ def plan(source: DeploySource) -> RayPlan:
     """The deployments for a gateway config; DeployError (one line, naming the key) for what cannot run on Ray."""
     groups: list[RayGroup] = []
     notes: list[str] = []
-    for name, group in source.config.groups.items():
-        settings = source.autoscaling.get(name)
-        args = local_args(name, group)
-        if args is None:
-            if settings is not None:
-                raise DeployError(f"groups.{name}.autoscaling: the group has no `local` backend to scale "
-                                  "(its url backends are not deployed here)")
-            continue
+    for name, group, settings, args in local_groups(source):
         _check_name(name)  # the gateway's config refuses --host, --port and --served-model-name in `local:`
         options = deployment_options(name, group, settings, args)
         if settings is None:

@@ -6,6 +6,7 @@ key, else read here from the raw YAML), and may be given or overridden per group
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from corral.errors import CorralError
 from corral.gateway.autoscale.config import AutoscalingConfig
-from corral.gateway.config import GatewayConfig, parse_config, read_yaml
+from corral.gateway.config import GatewayConfig, GroupConfig, parse_config, read_yaml
 from corral.gateway.config_errors import describe
 
 
@@ -28,6 +29,40 @@ class DeploySource:
 
     config: GatewayConfig
     autoscaling: dict[str, AutoscalingConfig]
+
+
+def local_groups(source: DeploySource) -> Iterator[tuple[str, GroupConfig, AutoscalingConfig | None, list[str]]]:
+    """The groups that run corral's own replicas: name, config, autoscaling settings (None: a fixed number) and
+    the ``corral serve`` arguments. A group of url backends is skipped (its servers run elsewhere), unless it
+    asks to autoscale: DeployError."""
+    for name, group in source.config.groups.items():
+        settings = source.autoscaling.get(name)
+        args = local_args(name, group)
+        if args is None:
+            if settings is not None:
+                raise DeployError(f"groups.{name}.autoscaling: the group has no `local` backend to scale "
+                                  "(its url backends are not deployed here)")
+            continue
+        yield name, group, settings, args
+
+
+def local_args(group_name: str, group: GroupConfig) -> list[str] | None:
+    """The ``corral serve`` arguments of the group's local backends (one Deployment runs one set of them), or
+    None when the group has none."""
+    locals_ = [(index, backend.local) for index, backend in enumerate(group.backends) if backend.local is not None]
+    if not locals_:
+        return None
+    first_index, first = locals_[0]
+    for index, args in locals_[1:]:
+        if args != first:
+            raise DeployError(f"groups.{group_name}.backends.{index}.local: differs from backends.{first_index}.local;"
+                              " one Deployment runs one set of `corral serve` arguments (split the group)")
+    return list(first)
+
+
+def num_local_backends(group: GroupConfig) -> int:
+    return sum(backend.local is not None for backend in group.backends)
+
 
 
 def load_source(config_path: str | Path, autoscaling_path: str | Path | None = None) -> DeploySource:
