@@ -7,7 +7,7 @@ import os
 import re
 
 from corral.cli import add_model_arguments
-from corral.server.limits import RequestLimits
+from corral.server.limits_config import RequestLimits
 
 # A GGUF file's trailing quantisation tag ("Model.Q4_1.gguf", "model-f16.gguf") is not part of its name.
 _QUANT_SUFFIX = re.compile(r"[.-](I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)

@@ -4,26 +4,14 @@ that names the limit before any tokenizing or engine work."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.server.api_error import APIError, error_body
+from corral.server.limits_config import RequestLimits
 
-
-@dataclass(frozen=True)
-class RequestLimits:
-    max_body_bytes: int = 8 * 1024**2
-    max_prompts: int = 256  # prompts in one completions request
-    max_sequences: int = 256  # prompts x n: the sequences one request adds to the engine
-    max_stop_strings: int = 64
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+__all__ = ["BodySizeLimit", "RequestLimits", "check_request"]
 
 
 def check_request(num_prompts: int, n: int, num_stop_strings: int, num_bad_words: int, limits: RequestLimits) -> None:
