@@ -45,7 +45,9 @@ class LimitsConfig(BaseModel):
     def _known_scheme(cls, value: str) -> str:
         scheme, sep, _ = value.partition("://")
         if not sep or scheme not in _SCHEMES:
-            raise ValueError(f"must be memory:// or a redis:// or rediss:// URL, got {value!r}")
+            # Its scheme only: the rest of a URL may hold a password, and this message reaches logs and the audit.
+            raise ValueError(f"must be memory:// or a redis:// or rediss:// URL, got scheme {scheme!r}"
+                             if sep else "must be memory:// or a redis:// or rediss:// URL")
         return value
 
     @property

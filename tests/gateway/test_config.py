@@ -107,8 +107,8 @@ def test_tenant_limits_their_store_and_the_audit_log_are_validated_at_start(tmp_
     assert acme.limits.tokens_per_day == 1000 and acme.limits.max_concurrent == 2 and acme.record_texts
     assert config.limits.uses_redis and config.audit.enabled and config.audit.fsync == "interval"
     for text, error in [
-        (f"auth: {{enabled: true, {tenants}}}\nlimits: {{storage: 'memcached://x'}}",
-         "limits.storage: must be memory:// or a redis:// or rediss:// URL, got 'memcached://x'"),
+        (f"auth: {{enabled: true, {tenants}}}\nlimits: {{storage: 'memcached://:secret@x'}}",  # no password echoed
+         "limits.storage: must be memory:// or a redis:// or rediss:// URL, got scheme 'memcached'"),
         (f"auth: {{enabled: true, {tenants}}}\nlimits: {{stroage: 'redis://x'}}", "limits.stroage: unknown key"),
         ("auth: {enabled: true, tenants: {acme: {limits: {requests_per_minute: 0}}}}",
          "auth.tenants.acme.limits.requests_per_minute: Input should be greater than or equal to 1"),
