@@ -24,6 +24,7 @@ STAT_RUNNING = "corral_num_running"
 STAT_WAITING = "corral_num_waiting"
 STAT_KV_USAGE = "corral_kv_cache_usage"
 STAT_CPU_UTILIZATION = "corral_cpu_utilization"
+STAT_GPU_UTILIZATION = "corral_gpu_utilization"  # reported only by a replica on a GPU that NVML sees
 STAT_TARGET_KV_USAGE = "corral_target_kv_cache_usage"
 STAT_TARGET_COMPUTE = "corral_target_compute_utilization"
 
@@ -65,8 +66,6 @@ def plan(source: DeploySource) -> RayPlan:
         options = deployment_options(name, group, settings, args)
         if settings is None:
             options["num_replicas"] = num_local_backends(group)
-        else:
-            notes.extend(autoscaling_notes(name, settings))
         notes.extend(unmapped_notes(name, group))
         groups.append(RayGroup(name, (*args, "--served-model-name", name), options, replica_targets(settings)))
     if not groups:
@@ -146,15 +145,6 @@ def replica_targets(settings: AutoscalingConfig | None) -> dict[str, float]:
     targets = {STAT_TARGET_KV_USAGE: settings.target_kv_cache_usage,
                STAT_TARGET_COMPUTE: settings.target_compute_utilization}
     return {key: value for key, value in targets.items() if value is not None}
-
-
-def autoscaling_notes(name: str, settings: AutoscalingConfig) -> list[str]:
-    """Where Ray Serve's behaviour around the policy differs from the local backend's (stated, not silent)."""
-    notes = []
-    if settings.target_compute_utilization is not None:
-        notes.append(f"groups.{name}.autoscaling.target_compute_utilization: a replica's utilization is its Ray "
-                     "worker's CPU time over its num_cpus (GPU utilization is not read on Ray)")
-    return notes
 
 
 # Settings of the gateway's own replica supervisor that Ray Serve does its own way.

@@ -16,6 +16,7 @@ from typing import Any
 
 from corral.deploy.ray_config import (
     STAT_CPU_UTILIZATION,
+    STAT_GPU_UTILIZATION,
     STAT_KV_USAGE,
     STAT_RUNNING,
     STAT_TARGET_COMPUTE,
@@ -72,12 +73,13 @@ def _replica_load(latest: dict[str, dict[Any, float]], replica: Any) -> ReplicaL
     def stat(name: str) -> float | None:
         return latest.get(name, {}).get(replica)
 
-    cpu = stat(STAT_CPU_UTILIZATION)
+    cpu, gpu = stat(STAT_CPU_UTILIZATION), stat(STAT_GPU_UTILIZATION)
     return ReplicaLoad(
         num_running=round(stat(STAT_RUNNING) or 0),
         num_waiting=round(stat(STAT_WAITING) or 0),
         kv_cache_usage=min(1.0, max(0.0, stat(STAT_KV_USAGE) or 0.0)),
         cpu_utilization=None if cpu is None else min(1.0, max(0.0, cpu)),
+        gpu_utilization=None if gpu is None else min(1.0, max(0.0, gpu)),
     )
 
 

@@ -10,11 +10,21 @@ for a Ray worker, not for the machine that writes manifests."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
-from corral.deploy.ray_config import STAT_CPU_UTILIZATION, STAT_KV_USAGE, STAT_RUNNING, STAT_WAITING
+from corral.deploy.ray_config import (
+    STAT_CPU_UTILIZATION,
+    STAT_GPU_UTILIZATION,
+    STAT_KV_USAGE,
+    STAT_RUNNING,
+    STAT_TARGET_COMPUTE,
+    STAT_WAITING,
+)
 from corral.deploy.source import DeployError
+from corral.gateway.autoscale.gpu import GpuUtilization
+from corral.gateway.autoscale.resources import process_tree
 
 # serve.ingress calls its app builder with no arguments, right after the replica's constructor, in the replica's
 # own process (one Ray actor per replica): the constructor leaves the app it built here for the builder.
@@ -52,6 +62,7 @@ class CorralReplica:
         app, self.engine, self.metrics = build_server(parse_serve_args(serve_args))
         _BUILT_APPS.append(app)
         self.targets = dict(targets)
+        self.gpu = GpuUtilization() if targets.get(STAT_TARGET_COMPUTE) is not None else None
         self.num_cpus = num_cpus
         self._cpu_mark = (time.monotonic(), time.process_time())
 
@@ -74,13 +85,18 @@ class AutoscaledReplica(CorralReplica):
         """Ray Serve calls this on each replica (every RAY_SERVE_REPLICA_AUTOSCALING_METRIC_RECORD_INTERVAL_S) and
         pushes the values to the controller, where the custom policy reads them."""
         registry = self.metrics.registry
-        return {
+        stats = {
             STAT_RUNNING: registry.get_sample_value("corral:num_requests_running") or 0.0,
             STAT_WAITING: float(self.engine.num_waiting),
             STAT_KV_USAGE: registry.get_sample_value("corral:kv_cache_usage_perc") or 0.0,
             STAT_CPU_UTILIZATION: self._cpu_utilization(),
             **self.targets,
         }
+        if self.gpu is not None:  # a compute target: the GPUs this worker runs on, where NVML sees any
+            gpu = self.gpu.read(process_tree(os.getpid()))
+            if gpu is not None:
+                stats[STAT_GPU_UTILIZATION] = gpu
+        return stats
 
     def _cpu_utilization(self) -> float:
         """This process's CPU time (every thread: the engine's and its OpenMP team) since the last call, over

@@ -9,8 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from corral.deploy.ray_config import (
+    STAT_CPU_UTILIZATION,
+    STAT_GPU_UTILIZATION,
     STAT_KV_USAGE,
     STAT_RUNNING,
+    STAT_TARGET_COMPUTE,
     STAT_TARGET_KV_USAGE,
     STAT_WAITING,
     autoscaling_config,
@@ -56,9 +59,9 @@ class Controller:
         self.state: dict = {}
 
     def run(self, seconds: float, running: float, waiting: float = 0, queued: float = 0, kv: float = 0.0,
-            kv_target: float | None = None, capacity: int = 4) -> int:
+            kv_target: float | None = None, capacity: int = 4, **more: float) -> int:
         for _ in range(round(seconds / 0.1)):
-            stats = {STAT_RUNNING: running, STAT_WAITING: waiting, STAT_KV_USAGE: kv}
+            stats = {STAT_RUNNING: running, STAT_WAITING: waiting, STAT_KV_USAGE: kv, **more}
             if kv_target is not None:
                 stats[STAT_TARGET_KV_USAGE] = kv_target
             raw = {name: {r: series(value) for r in self.running} for name, value in stats.items()}
@@ -89,6 +92,15 @@ def test_kv_cache_target_reported_by_the_replicas_is_a_signal():
     assert controller.run(1.5, running=1, kv=0.95, kv_target=0.5) == 2  # 0.95 / 0.5 -> 2 replicas
     assert "kv usage" in controller.state["corral_reason"]
     assert Controller().run(1.5, running=1, kv=0.95) == 1  # no target reported: ongoing requests only
+
+
+def test_a_compute_target_reads_a_replicas_gpu_where_it_reports_one_else_its_cpu():
+    busy_gpu = {STAT_TARGET_COMPUTE: 0.5, STAT_CPU_UTILIZATION: 0.1, STAT_GPU_UTILIZATION: 1.0}
+    controller = Controller()
+    assert controller.run(1.5, running=1, **busy_gpu) == 2  # the GPU at 1.0 over 0.5; the CPU would ask for 1
+    assert "compute utilization" in controller.state["corral_reason"]
+    cpu_only = {STAT_TARGET_COMPUTE: 0.5, STAT_CPU_UTILIZATION: 1.0}
+    assert Controller().run(1.5, running=1, **cpu_only) == 2
 
 
 def test_cold_start_at_zero_replicas_asks_for_one_at_once_and_an_idle_start_is_held():

@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 
 from corral.gateway.autoscale.config import AutoscalingConfig
+from corral.gateway.autoscale.gpu import GpuUtilization
 from corral.gateway.autoscale.load import MetricsSample, ReplicaLoad
 from corral.gateway.autoscale.policy import Autoscaler, AutoscalerState, ReplicaCap, ScalingDecision, decide
 from corral.gateway.autoscale.replicas import STATES, LocalReplica, ReplicaState, Spawn
-from corral.gateway.autoscale.resources import HostResources, read_host, replica_cap
+from corral.gateway.autoscale.resources import HostResources, process_tree, read_host, replica_cap
 from corral.gateway.backends import Backend, Group, Monitor
 from corral.gateway.config import BackendConfig
 from corral.gateway.errors import GatewayError
@@ -44,10 +45,13 @@ class LocalScaler:
     and the drains; ``host`` reads the host's memory and cores (both replaceable in tests)."""
 
     def __init__(self, group: Group, metrics: GatewayMetrics, spawn: Spawn, monitor: Monitor | None = None,
-                 host: Callable[[], HostResources] = read_host, clock: Callable[[], float] = time.monotonic):
+                 host: Callable[[], HostResources] = read_host, clock: Callable[[], float] = time.monotonic,
+                 gpu: GpuUtilization | None = None):
         assert group.config.autoscaling is not None and len(group.config.backends) == 1
         self.group, self.metrics, self.spawn, self.monitor = group, metrics, spawn, monitor
         self.config: AutoscalingConfig = group.config.autoscaling
+        # NVML is read only for a compute target; a replica on no GPU falls back to its CPU time.
+        self.gpu = (gpu or GpuUtilization()) if self.config.target_compute_utilization is not None else None
         self.template: BackendConfig = group.config.backends[0]
         self.host, self.clock = host, clock
         self.autoscaler = Autoscaler(self.config)
@@ -88,6 +92,8 @@ class LocalScaler:
             task.cancel()
         await asyncio.gather(*drains, return_exceptions=True)  # awaited: none is left running, no error lost
         await asyncio.gather(*(self._remove(replica) for replica in list(self.replicas)))
+        if self.gpu is not None:
+            self.gpu.close()
 
     async def _loop(self) -> None:
         interval_s = self.group.config.health.metrics_interval_s
@@ -134,6 +140,8 @@ class LocalScaler:
             replica.measure(cores)
             if replica.state != "ready":
                 continue
+            if self.gpu is not None and replica.backend.pid is not None:
+                replica.gpu_utilization = self.gpu.read(process_tree(replica.backend.pid))
             if replica.rss_bytes is not None:
                 self.replica_bytes = max(self.replica_bytes or 0, replica.rss_bytes)
             loads.append(_load(replica))
@@ -269,4 +277,5 @@ def _load(replica: LocalReplica) -> ReplicaLoad:
     ongoing = backend.in_flight + round(backend.others)
     waiting = min(ongoing, round(backend.waiting))
     return ReplicaLoad(num_running=ongoing - waiting, num_waiting=waiting,
-                       kv_cache_usage=min(1.0, max(0.0, backend.kv_usage)), cpu_utilization=replica.cpu_utilization)
+                       kv_cache_usage=min(1.0, max(0.0, backend.kv_usage)), cpu_utilization=replica.cpu_utilization,
+                       gpu_utilization=replica.gpu_utilization)

@@ -48,6 +48,7 @@ class LocalReplica:
     stopping: bool = False
     rss_bytes: int | None = None
     cpu_utilization: float | None = None
+    gpu_utilization: float | None = None  # of the GPUs it runs on (gpu.py); None: none, or no NVML
     _cpu_mark: tuple[int, float, float] | None = None  # (pid, wall clock, CPU seconds) at the last measure
 
     @property
