@@ -10,7 +10,7 @@ workload's first 3 prompts, each prompt run by every engine in turn; the speed-u
 in turn; the speed-up is the median of the repeats' on / off ratios. Rates are medians over ``--repeats``.
 
     .venv/bin/python bench/spec_decode.py [--repeats 5] [--max-tokens 192] [--num-speculative-tokens 8]
-        [--prompt-lookup-max 8] [--draft-num-layers 8]
+        [--prompt-lookup-max 8] [--draft-num-layers 8 | --draft-model DIR [--draft-quantization int4]]
         [--llama-python .bench/llamacpp/bin/python]
 """
 
@@ -146,6 +146,10 @@ def main() -> None:
     parser.add_argument("--prompt-lookup-max", type=int, default=8)
     parser.add_argument("--draft-num-layers", type=int, default=8,
                         help="also run the draft-model proposer: the target's first N layers (0: skip it)")
+    parser.add_argument("--draft-model", default=None, metavar="DIR",
+                        help="the draft-model proposer runs this draft (e.g. from corral distill --draft-for) "
+                             "instead of the target's first --draft-num-layers layers")
+    parser.add_argument("--draft-quantization", default="auto", help="the draft model's weights (speculative_config)")
     parser.add_argument("--llama-python", default=".bench/llamacpp/bin/python")
     parser.add_argument("--output", default="bench/results/spec_decode.json")
     parser.add_argument("--workloads", default="", help="comma-separated name prefixes to run (default: all)")
@@ -158,16 +162,17 @@ def main() -> None:
                                                    "num_speculative_tokens": args.num_speculative_tokens,
                                                    "prompt_lookup_max": args.prompt_lookup_max}),
     }
-    if args.draft_num_layers:
+    if args.draft_num_layers or args.draft_model:
+        draft = {"model": args.draft_model} if args.draft_model else {"draft_num_layers": args.draft_num_layers}
         engines["draft"] = LLM(**common, speculative_config={
             "method": "draft_model", "num_speculative_tokens": args.num_speculative_tokens,
-            "draft_num_layers": args.draft_num_layers})
+            "quantization": args.draft_quantization, **draft})
     work = workloads(engines["off"])
     if args.workloads:
         prefixes = tuple(p.strip() for p in args.workloads.split(","))
         work = {name: w for name, w in work.items() if name.startswith(prefixes)}
     results: dict[str, Any] = {"max_tokens": args.max_tokens, "num_speculative_tokens": args.num_speculative_tokens,
-                               "prompt_lookup_max": args.prompt_lookup_max,
+                               "prompt_lookup_max": args.prompt_lookup_max, "draft_model": args.draft_model,
                                "threads": os.cpu_count(), "corral": {}}
     for name, (prompts, params) in work.items():
         for llm in engines.values():  # warm-up

@@ -42,7 +42,7 @@ from corral.quantization.base import QuantMethod
 from corral.quantization.blockwise import BlockMethod, keep_dense_copies_, set_activation_bits_
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
-from corral.spec_decode.draft_model import DraftModelProposer
+from corral.spec_decode.draft_model import DraftModelProposer, relative_step_cost
 from corral.spec_decode.ngram import NgramProposer
 from corral.structured.llguidance_backend import llguidance_grammars
 from corral.text.tokenizer import Tokenizer
@@ -288,9 +288,11 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         model, model_config, quant_method, cache.block_size, args.batch_invariant,
         resolve_prefill_attention(args.prefill_attention, dtype, device, quant_method, args.batch_invariant),
     )
-    proposer = None
+    proposer, proposer_cost = None, 0.0
     if spec is not None:
-        proposer = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size)
+        proposer, proposer_cost = _build_proposer(
+            spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size
+        )
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
@@ -301,7 +303,9 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         structured_stats=None if grammars is None else grammars.stats,
     )
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-    policy = None if spec is None else SpeculationPolicy(spec.num_speculative_tokens, adaptive=spec.adaptive)
+    policy = None if spec is None else SpeculationPolicy(
+        spec.num_speculative_tokens, adaptive=spec.adaptive, proposer_cost=proposer_cost
+    )
     core = EngineCore(Scheduler(scheduler_config, kv_manager), runner, policy)
     return LLMEngine(
         core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos), grammars=grammars
@@ -381,9 +385,10 @@ def _build_proposer(
     device: torch.device,
     num_blocks: int,
     block_size: int,
-) -> Proposer:
+) -> tuple[Proposer, float]:
+    """The proposer, and what proposing one draft costs in target decode steps (for the speculation policy)."""
     if spec.method == "ngram":
-        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+        return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max), 0.0
     # A draft model: its own weights, KV pool (as many blocks as the target's, so it never runs out first)
     # and attention backend; it must share the target's vocabulary, token for token.
     path = spec.model or args.model
@@ -396,4 +401,5 @@ def _build_proposer(
     kv_cache_dtype = resolve_kv_cache_dtype(args.kv_cache_dtype, quant_method)
     kv_caches = allocate_kv_caches(num_blocks, block_size, config, dtype, device, kv_cache_dtype)
     backend = _attention_backend(model, config, quant_method, block_size, args.batch_invariant)
-    return DraftModelProposer(model, kv_caches, backend, block_size, num_blocks, config.vocab_size, device)
+    proposer = DraftModelProposer(model, kv_caches, backend, block_size, num_blocks, config.vocab_size, device)
+    return proposer, relative_step_cost(config, target_config)

@@ -1,6 +1,7 @@
 """``corral distill``: train a smaller student (an HF Llama directory, e.g. from ``corral prune``) toward a teacher's
 next-token distributions on local text and the teacher's own samples; write it as a new HF directory
-(docs/distillation.md). Heavy imports stay inside ``run``."""
+(docs/distillation.md). ``--draft-for T`` builds a draft model for speculative decoding from T instead: fewer
+layers and an LM head over T's most frequent tokens. Heavy imports stay inside ``run``."""
 
 from __future__ import annotations
 
@@ -16,14 +17,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--teacher", default=None, metavar="PATH",
                         help="GGUF file or HF directory (default: SmolLM2-135M-Instruct, dequantized to float32)")
-    models.add_argument("--student", required=True, metavar="DIR",
-                        help="HF Llama directory to train, with the teacher's tokenizer (e.g. from corral prune)")
+    models.add_argument("--student", default=None, metavar="DIR",
+                        help="HF Llama directory to train, with the teacher's tokenizer (e.g. from corral prune); "
+                             "required unless --draft-for and --layers cut it from the target")
     models.add_argument("--out", required=True, metavar="DIR", help="the directory to create (must not exist)")
     models.add_argument("--work-dir", default=None, metavar="DIR",
                         help="prepared data, teacher top-k cache and checkpoints (default: OUT.distill)")
     models.add_argument("--resume", action="store_true", help="continue the run in --work-dir from its checkpoint")
     models.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                         help="stop once this many optimizer steps are taken, leaving a checkpoint to --resume")
+
+    draft = parser.add_argument_group("draft model for speculative decoding")
+    draft.add_argument("--draft-for", nargs="?", const="", default=None, metavar="TARGET",
+                       help="build a draft of this model (GGUF file or HF directory, no value: the default "
+                            "model; it is the teacher): speculative_config={'method': 'draft_model', 'model': OUT}")
+    draft.add_argument("--layers", type=int, default=None, metavar="N",
+                       help="the draft keeps the target's N layers of highest block influence")
+    draft.add_argument("--draft-vocab", type=int, default=None, metavar="K",
+                       help="the draft's LM head scores only the K token ids most frequent in the training "
+                            "windows and the target's samples (default 8192)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", action="append", default=[], metavar="PATH",
@@ -68,7 +80,17 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from corral.compress.distill import DistillConfig, DistillInputs, distill
+    from corral.compress.distill.draft import DraftOptions
 
+    if args.draft_for is None and (args.layers is not None or args.draft_vocab is not None):
+        raise ConfigError("--layers and --draft-vocab build a draft model: give --draft-for TARGET")
+    if args.draft_for is not None and args.teacher is not None:
+        raise ConfigError("--draft-for names the teacher (the target): leave out --teacher")
+    if args.draft_for is None and args.student is None:
+        raise ConfigError("the following arguments are required: --student (or --draft-for TARGET --layers N)")
+    teacher = (args.draft_for or None) if args.draft_for is not None else args.teacher
+    draft = None if args.draft_for is None else DraftOptions(
+        args.draft_vocab if args.draft_vocab is not None else 8192, args.layers)
     sources = () if args.sources == "none" else tuple(s for s in args.sources.split(",") if s)
     unknown = set(sources) - set(_SOURCES)
     if unknown:
@@ -81,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed, dtype=args.dtype,
     )
     inputs = DistillInputs(
-        student=args.student, out=args.out, teacher=args.teacher, work_dir=args.work_dir,
+        student=args.student, out=args.out, teacher=teacher, work_dir=args.work_dir,
         data_paths=tuple(args.data), sources=sources, train_tokens=args.train_tokens,
         heldout_tokens=args.heldout_tokens, heldout_path=args.heldout_data, teacher_samples=args.teacher_samples,
-        resume=args.resume, stop_after=args.stop_after,
+        resume=args.resume, stop_after=args.stop_after, draft=draft,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -103,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(train_task, completed=report.step, stats=(
                 f"loss {report.loss:.4f}  lr {report.learning_rate:.2e}  {report.tokens_per_second:,.0f} tok/s"))
 
-        report = distill(inputs, config, _teacher_sampler(args.teacher), on_progress, on_step)
+        report = distill(inputs, config, _teacher_sampler(teacher), on_progress, on_step)
     _print_report(report)
     if args.output_json:
         with open(args.output_json, "w", encoding="utf-8") as f:
@@ -136,6 +158,10 @@ def _print_report(report) -> None:
           f"student {before.perplexity:.3f}" + (f" -> {after.perplexity:.3f}" if after else ""))
     print(f"greedy agreement with the teacher: {before.greedy_agreement:.3f}"
           + (f" -> {after.greedy_agreement:.3f}" if after else ""))
+    if report.draft_vocab_size is not None:
+        layers = "" if report.draft_layers is None else f"layers {report.draft_layers}, "
+        print(f"draft: {layers}LM head over {report.draft_vocab_size} ids covering {report.head_coverage:.1%} of "
+              "the training tokens (perplexity and agreement above are over those ids)")
     if report.out is None:
         print(f"stopped early: checkpoint in {report.work_dir}; continue with --resume")
     else:

@@ -113,6 +113,9 @@ def quantize_checkpoint(
         method, 8 if method == "int8" else 4, None if method == "int8" else group_size, activation_bits
     )
     config, weights = open_checkpoint(model, torch.float32)
+    if config.draft_vocab_size is not None:
+        raise QuantizationError(f"{model} is a draft with a reduced LM head, which corral quantize does not write: "
+                                "quantize it as it loads (speculative_config quantization int8 or int4)")
     _check_shapes(config, packed_format)
     tokenizer = load_tokenizer(model)
     if calibration_tokens is None:

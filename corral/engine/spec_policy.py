@@ -18,7 +18,9 @@ the request wary of the others before each has failed on its own.
 
 The policy asks for the ``k`` that maximises expected tokens ``1 + sum_j P(drafts 1..j accepted)`` per
 cost ``1 + draft_cost * k``. Before proposing (where a draft costs a draft-model pass) it bounds ``k`` by
-the request's most promising bucket; once the drafts are known it trims them to their own bucket's ``k``.
+the request's most promising bucket, each draft then also costing ``proposer_cost`` (a draft model's
+forward pass, as a fraction of the target's); once the drafts are known (that cost spent) it trims them to
+their own bucket's ``k``.
 When no ``k`` beats plain decoding it stops speculating for that request, except for a one-draft probe
 every ``probe_interval`` tokens, so text that turns repetitive later is still noticed.
 """
@@ -110,11 +112,13 @@ class SpeculationPolicy:
         adaptive: bool = True,
         fixed_cost_rows: float = FIXED_COST_ROWS,
         probe_interval: int = 16,
+        proposer_cost: float = 0.0,
     ):
         self.num_speculative_tokens = num_speculative_tokens
         self.adaptive = adaptive
         self.fixed_cost_rows = fixed_cost_rows
         self.probe_interval = probe_interval
+        self.proposer_cost = proposer_cost  # of proposing one draft, in target decode steps (0: n-gram lookup)
         self._engine_counts: dict[int, HazardCounts] = {}
         self._requests: dict[str, _RequestHistory] = {}
 
@@ -130,7 +134,7 @@ class SpeculationPolicy:
             buckets |= set(self._engine_counts)
         k = 0
         for bucket in sorted(buckets or {0}, reverse=True):  # long matches first: they usually keep the most
-            k = max(k, self._best(request, bucket, batch_size))
+            k = max(k, self._best(request, bucket, batch_size, self.proposer_cost))
             if k >= limit:
                 break
         if k == 0 and request.num_output_tokens % self.probe_interval == 0:
@@ -180,6 +184,6 @@ class SpeculationPolicy:
             rates.append(rate)
         return rates
 
-    def _best(self, request: Request, bucket: int, batch_size: int) -> int:
-        draft_cost = batch_size / (self.fixed_cost_rows + batch_size)
+    def _best(self, request: Request, bucket: int, batch_size: int, proposer_cost: float = 0.0) -> int:
+        draft_cost = batch_size / (self.fixed_cost_rows + batch_size) + proposer_cost
         return best_num_drafts(self.acceptance(request, bucket), self.num_speculative_tokens, draft_cost)

@@ -19,8 +19,11 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         "model.embed_tokens.weight": (config.vocab_size, hidden),
         "model.norm.weight": (hidden,),
     }
+    head_rows = config.vocab_size if config.draft_vocab_size is None else config.draft_vocab_size
     if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, hidden)
+        shapes["lm_head.weight"] = (head_rows, hidden)
+    if config.draft_vocab_size is not None:
+        shapes["lm_head.token_ids"] = (head_rows,)  # the target ids the reduced head scores, in its row order
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
         shapes.update(

@@ -28,6 +28,8 @@ _ARCHITECTURE_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM
 # HF's own defaults for keys a config.json may omit
 _DEFAULT_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768}
 _DEFAULT_RMS_NORM_EPS = 1e-6
+# corral's own key: the LM head scores only this many ids, listed by the tensor ``lm_head.token_ids``
+DRAFT_VOCAB_KEY = "corral_draft_vocab_size"
 # buffers some older checkpoints saved next to the weights; recomputed by the model
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
@@ -67,6 +69,7 @@ def parse_hf_config(raw: Mapping[str, Any]) -> ModelConfig:
             attention_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_eos_token_ids(raw.get("eos_token_id")),
+            draft_vocab_size=_draft_vocab_size(raw.get(DRAFT_VOCAB_KEY)),
         )
     except KeyError as e:
         raise ModelLoadError(f"config.json lacks {e.args[0]!r}") from e
@@ -206,6 +209,8 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         "torch_dtype": "float32",
         "use_cache": True,
     }
+    if config.draft_vocab_size is not None:
+        raw[DRAFT_VOCAB_KEY] = config.draft_vocab_size
     if config.architecture == "llama":
         raw.update(attention_bias=config.attention_bias, mlp_bias=False)
     else:
@@ -244,6 +249,12 @@ def _rope_scaling(rope: Mapping[str, Any]) -> RopeScaling | None:
 def _explicit_head_dim(head_dim: int | None, hidden_size: int, num_heads: int) -> int | None:
     # None when it is the derived default, so that equal models get equal configs from any loader
     return None if head_dim is None or head_dim == hidden_size // num_heads else int(head_dim)
+
+
+def _draft_vocab_size(value: Any) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ModelLoadError(f"config.json: {DRAFT_VOCAB_KEY} must be an integer, got {value!r}")
 
 
 def _eos_token_ids(value: int | list[int] | None) -> tuple[int, ...]:

@@ -122,10 +122,15 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
+        # A reduced head (a draft model's, ``config.draft_vocab_size``) scores only ``head_token_ids``; tied, it
+        # is built from those embedding rows once the embedding is loaded (``load_global_weights``).
+        self.head_token_ids: torch.Tensor | None  # a buffer: it moves with the model
+        self.register_buffer("head_token_ids", None if config.draft_vocab_size is None
+                             else torch.zeros(config.draft_vocab_size, dtype=torch.int64))
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size)
+            self.lm_head = Linear(config.hidden_size, config.draft_vocab_size or config.vocab_size)
         self.decode_layers: list[object] | None = None  # see fuse_decode_layers_
 
     def fuse_decode_layers_(self, block_size: int) -> bool:
@@ -158,6 +163,17 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [num_rows, vocab_size]
+        """Logits over the whole vocabulary; with a reduced head, -inf outside ``head_token_ids`` (the model
+        gives those tokens probability 0), so any caller may use a draft checkpoint as a model."""
+        logits = self.compute_head_logits(hidden)
+        if self.head_token_ids is None:
+            return logits
+        full = logits.new_full((logits.shape[0], self.config.vocab_size), float("-inf"))
+        return full.index_copy_(1, self.head_token_ids, logits)
+
+    def compute_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [num_rows, len(head_token_ids)]
+        """Logits of the head's own columns: column j scores ``head_token_ids[j]`` (every id, in order, when
+        the head is full)."""
         if self.lm_head is None:
             return torch.nn.functional.linear(hidden, self.model.embed_tokens.weight)
         return self.lm_head(hidden)
@@ -295,7 +311,26 @@ class LlamaForCausalLM(nn.Module):
 
     def load_global_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """The embedding, final norm and LM head: everything outside the decoder layers."""
-        self._load_part(weights, lambda name: not name.startswith("model.layers."))
+        self._load_part(weights, lambda name: not name.startswith("model.layers.") and name != _HEAD_IDS)
+        if self.head_token_ids is not None:
+            self._load_head_token_ids(weights)
+
+    @torch.no_grad()
+    def _load_head_token_ids(self, weights: Mapping[str, torch.Tensor]) -> None:
+        if _HEAD_IDS not in weights:
+            raise ModelLoadError(f"checkpoint is missing tensor {_HEAD_IDS!r} (its config has a reduced LM head)")
+        ids = weights[_HEAD_IDS]
+        if ids.shape != self.head_token_ids.shape or ids.is_floating_point():
+            raise ModelLoadError(f"tensor {_HEAD_IDS!r} must be {self.head_token_ids.numel()} integer token ids")
+        ids = ids.to(torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ModelLoadError(f"tensor {_HEAD_IDS!r} holds ids outside the vocabulary of {self.config.vocab_size}")
+        if ids.unique().numel() != ids.numel():
+            raise ModelLoadError(f"tensor {_HEAD_IDS!r} repeats a token id")
+        self.head_token_ids.copy_(ids)
+        if self.config.tie_word_embeddings:  # the tied head is the embedding's rows of the kept ids
+            rows = self.model.embed_tokens(self.head_token_ids.to(self.model.norm.weight.device))
+            self.lm_head = Linear.from_weight(rows.detach().clone())
 
     def load_layer_weights(self, index: int, weights: Mapping[str, torch.Tensor]) -> None:
         """Decoder layer ``index`` alone; of a lazy mapping, only its tensors are read."""
@@ -325,6 +360,9 @@ class LlamaForCausalLM(nn.Module):
             raise ModelLoadError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
         for name, blocks in packed.items():  # after the floats: a packed linear takes its bias along
             self.get_submodule(name.removesuffix(".weight")).load_blocks_(blocks)
+
+
+_HEAD_IDS = "lm_head.token_ids"
 
 
 def _layer_index(name: str) -> int:

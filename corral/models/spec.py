@@ -37,6 +37,9 @@ class ModelConfig:
     attention_bias: bool = False  # q/k/v biases (Qwen2)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # A draft model's reduced LM head: logits over only this many token ids (the checkpoint's
+    # ``lm_head.token_ids``, most frequent first); None: over the whole vocabulary.
+    draft_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ("llama", "qwen2"):
@@ -45,6 +48,10 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.draft_vocab_size is not None and not 1 <= self.draft_vocab_size <= self.vocab_size:
+            raise UnsupportedModelError(
+                f"draft_vocab_size must be in [1, vocab_size {self.vocab_size}], got {self.draft_vocab_size}"
             )
 
     @property

@@ -6,12 +6,19 @@ sequence's own (the real ones, then the drafts the target accepted) are kept, th
 one pass feeds the unfed known tokens and samples draft 1, then each further draft is one decode step.
 Drafts are sampled with the request's own sampling parameters, so their distribution ``q`` is what the
 rejection sampler divides by; greedy requests take the draft's argmax.
+
+A draft with a reduced LM head (``model.head_token_ids``, a ``corral distill --draft-for`` model) scores only
+the target ids it lists: the request's constraints (logit bias, banned tokens, penalties) are applied over the
+whole vocabulary with -inf elsewhere, then temperature, top-k/p and min-p run over the head's columns alone,
+which gives the same distribution as running them over the whole row (tokens at -inf have probability 0
+under each filter) at a sixth of the width. Sampled column ``j`` is target id ``head_token_ids[j]``, and
+``q`` handed to the rejection sampler is the full-vocabulary distribution, 0 outside the head.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -21,7 +28,8 @@ from corral.engine.input_builder import ModelInputs, build_decode_inputs, build_
 from corral.engine.proposer import Draft
 from corral.engine.request import Request
 from corral.layers.attention.backend import AttentionBackend
-from corral.sample.metadata import build_sampling_metadata
+from corral.models.spec import ModelConfig
+from corral.sample.metadata import SamplingMetadata, build_sampling_metadata
 from corral.sample.ops import random_sample
 from corral.sample.sampler import constrain_logits, sampling_probs
 
@@ -62,6 +70,8 @@ class DraftModelProposer:
         self.device = device
         self.pool = BlockPool(num_blocks)
         self._sequences: dict[str, _DraftSequence] = {}
+        # [head_size] target ids of the head's columns; None: the head scores the whole vocabulary in order
+        self.head_token_ids: torch.Tensor | None = getattr(model, "head_token_ids", None)
 
     @property
     def num_free_blocks(self) -> int:
@@ -145,7 +155,10 @@ class DraftModelProposer:
 
     def _logits(self, inputs: ModelInputs) -> torch.Tensor:
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.attn_metadata, self.backend)
-        return self.model.compute_logits(hidden[inputs.logits_indices]).float()  # [rows, vocab]
+        hidden = hidden[inputs.logits_indices]
+        if self.head_token_ids is not None:
+            return self.model.compute_head_logits(hidden).float()  # [rows, head_size]
+        return self.model.compute_logits(hidden).float()  # [rows, vocab]
 
     def _sample(self, proposals: list[_Proposal], logits: torch.Tensor) -> None:
         """Draw each proposal's next draft from its row, with its request's sampling parameters."""
@@ -162,6 +175,9 @@ class DraftModelProposer:
             vocab_size=self.vocab_size,
             device=self.device,
         )
+        if self.head_token_ids is not None:
+            self._sample_from_head(proposals, logits, metadata)
+            return
         constrained = constrain_logits(logits, metadata)
         if metadata.all_greedy:
             for p, token_id in zip(proposals, constrained.argmax(dim=-1).tolist(), strict=True):
@@ -175,6 +191,61 @@ class DraftModelProposer:
             p.token_ids.append(token_id)
             if not p.request.sampling_params.is_greedy:
                 p.probs.append(probs[row])
+
+    def _sample_from_head(
+        self, proposals: list[_Proposal], head_logits: torch.Tensor, metadata: SamplingMetadata
+    ) -> None:
+        """``_sample`` for a reduced head: ``head_logits`` ``[rows, head_size]``, column j scoring target id
+        ``head_token_ids[j]``; the rest of the vocabulary has probability 0."""
+        head_ids = self.head_token_ids
+        head_size = head_ids.shape[0]
+        constrained = head_logits
+        if not _unconstrained(metadata):  # bias, bans and penalties address target ids: apply them there
+            full = head_logits.new_full((head_logits.shape[0], self.vocab_size), float("-inf"))
+            constrained = constrain_logits(full.index_copy_(1, head_ids, head_logits), metadata)[:, head_ids]
+        # a row whose every head token is forbidden has no draft distribution: its proposal ends here
+        drafting = torch.isfinite(constrained).any(dim=-1).tolist()
+        greedy_columns = constrained.argmax(dim=-1)
+        probs = sampled = None
+        if not metadata.all_greedy:
+            head_metadata = metadata
+            if metadata.top_k is not None:  # "no top-k" is the vocabulary size; the head has fewer columns
+                head_metadata = replace(metadata, top_k=metadata.top_k.clamp(max=head_size),
+                                        max_top_k=min(metadata.max_top_k, head_size))
+            safe = torch.where(torch.tensor(drafting, device=constrained.device)[:, None], constrained, 0.0)
+            probs = sampling_probs(safe, head_metadata)  # [rows, head_size]
+            sampled = random_sample(probs, metadata.generators)
+            if not metadata.all_random:
+                sampled = torch.where(metadata.temperature == 0, greedy_columns, sampled)
+        columns = greedy_columns if sampled is None else sampled
+        for row, (p, token_id) in enumerate(zip(proposals, head_ids[columns].tolist(), strict=True)):
+            if not drafting[row]:
+                p.num_tokens = len(p.token_ids)
+                continue
+            p.token_ids.append(token_id)
+            if probs is not None and not p.request.sampling_params.is_greedy:
+                p.probs.append(probs.new_zeros(self.vocab_size).index_copy_(0, head_ids, probs[row]))
+
+
+def relative_step_cost(draft: ModelConfig, target: ModelConfig) -> float:
+    """A draft decode step's cost as a fraction of the target's, estimated by the weights each reads (its decoder
+    layers and LM head rows; the input embedding is a lookup): a decode step streams its weights once. It takes
+    the two stored alike; the default GGUF's Q8_0 head costs the target a little more."""
+    return _weights_per_step(draft) / _weights_per_step(target)
+
+
+def _weights_per_step(config: ModelConfig) -> int:
+    q_size, kv_size = config.num_attention_heads * config.head_size, config.num_key_value_heads * config.head_size
+    hidden = config.hidden_size
+    per_layer = hidden * (2 * q_size + 2 * kv_size) + 3 * hidden * config.intermediate_size
+    head_rows = config.draft_vocab_size if config.draft_vocab_size is not None else config.vocab_size
+    return config.num_hidden_layers * per_layer + head_rows * hidden
+
+
+def _unconstrained(metadata: SamplingMetadata) -> bool:
+    """Whether ``constrain_logits`` would leave every row as it is."""
+    return (metadata.logit_bias is None and metadata.banned_token_coords is None
+            and metadata.allowed_token_bitmask is None and metadata.no_penalties)
 
 
 def _as_draft(proposal: _Proposal) -> Draft:

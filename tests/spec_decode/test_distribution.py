@@ -1,5 +1,5 @@
 """Lossless sampling through the whole engine: a random target model with an 8-token vocabulary, drafts from
-a different random model (and from n-gram lookup), thousands of sampled continuations. The empirical
+a different random model (one with a reduced head over 5 of the 8 ids too, and n-gram lookup), thousands of sampled continuations. The empirical
 distribution of the first two tokens (jointly) and of the third must match the target's exact one, computed
 by enumerating every prefix, with the same sampling parameters (chi-square at a fixed seed)."""
 
@@ -34,6 +34,7 @@ CPU = torch.device("cpu")
 VOCAB = 8
 PROMPT = [1, 2, 3, 1, 2]  # n-gram lookup finds "3 1 2 ..." to propose
 NUM_SAMPLES = 10000
+WAVE = 1000  # requests in flight at once
 BLOCK_SIZE = 4
 NUM_BLOCKS = 4096
 CONFIG = ModelConfig(
@@ -41,18 +42,26 @@ CONFIG = ModelConfig(
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
     rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=0, eos_token_ids=(0,),
 )
+HEAD_TOKEN_IDS = [3, 1, 6, 0, 4]  # a reduced draft head: ids 2, 5 and 7 have draft probability 0
 PARAMS = SamplingParams(temperature=0.9, top_k=6, frequency_penalty=1.0, max_tokens=3, ignore_eos=True)
 
 
 def random_model(config: ModelConfig, seed: int) -> LlamaForCausalLM:
+    model = LlamaForCausalLM(config)
+    model.load_weights(random_weights(config, seed))
+    return model.eval()
+
+
+def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """HF-named random weights; a reduced head scores the first ``draft_vocab_size`` of HEAD_TOKEN_IDS."""
     generator = torch.Generator().manual_seed(seed)
     weights = {}
     for name, shape in expected_shapes(config).items():
         scale = 0.0 if "norm" in name else 2.0 * shape[-1] ** -0.5  # norms 1 + 0 = identity
         weights[name] = (1.0 if "norm" in name else 0.0) + scale * torch.randn(shape, generator=generator)
-    model = LlamaForCausalLM(config)
-    model.load_weights(weights)
-    return model.eval()
+    if config.draft_vocab_size is not None:
+        weights["lm_head.token_ids"] = torch.tensor(HEAD_TOKEN_IDS[: config.draft_vocab_size])
+    return weights
 
 
 def allocate(config: ModelConfig) -> tuple[list[torch.Tensor], TorchPagedAttention]:
@@ -65,8 +74,9 @@ def allocate(config: ModelConfig) -> tuple[list[torch.Tensor], TorchPagedAttenti
 
 def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int, ...]]:
     target = random_model(CONFIG, seed=0)
-    if proposer_kind == "draft_model":
-        draft_config = replace(CONFIG, num_hidden_layers=1)
+    if proposer_kind.startswith("draft_model"):
+        head_size = len(HEAD_TOKEN_IDS) if proposer_kind == "draft_model_reduced_head" else None
+        draft_config = replace(CONFIG, num_hidden_layers=1, draft_vocab_size=head_size)
         draft_caches, draft_backend = allocate(draft_config)
         proposer = DraftModelProposer(
             random_model(draft_config, seed=1), draft_caches, draft_backend, BLOCK_SIZE, NUM_BLOCKS, VOCAB, CPU
@@ -81,15 +91,16 @@ def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int,
     )
     core = EngineCore(scheduler, runner, SpeculationPolicy(num_drafts, adaptive=False))
     torch.manual_seed(0)
-    for i in range(NUM_SAMPLES):
-        core.add_request(Request(str(i), PROMPT, PARAMS, max_model_len=64))
     tokens: dict[str, list[int]] = {str(i): [] for i in range(NUM_SAMPLES)}
-    for _ in range(10 * NUM_SAMPLES):
-        if not core.has_unfinished_requests():
-            break
-        for output in core.step():
-            tokens[output.request_id].extend(output.new_token_ids)
-    assert not core.has_unfinished_requests()
+    for wave in range(0, NUM_SAMPLES, WAVE):  # the waiting queue is sorted on insertion: keep it short
+        for i in range(wave, min(wave + WAVE, NUM_SAMPLES)):
+            core.add_request(Request(str(i), PROMPT, PARAMS, max_model_len=64))
+        for _ in range(10 * WAVE):
+            if not core.has_unfinished_requests():
+                break
+            for output in core.step():
+                tokens[output.request_id].extend(output.new_token_ids)
+        assert not core.has_unfinished_requests()
     assert core.kv_manager.num_free_blocks == NUM_BLOCKS
     stats = scheduler.spec_decode_stats
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
@@ -115,7 +126,8 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor((int(keep.sum()) - 1) / 2, dtype=torch.float64), statistic / 2))
 
 
-@pytest.mark.parametrize("proposer_kind, num_drafts", [("draft_model", 2), ("ngram", 3)])
+@pytest.mark.parametrize("proposer_kind, num_drafts",
+                         [("draft_model", 2), ("draft_model_reduced_head", 2), ("ngram", 3)])
 def test_sampled_tokens_follow_the_target_distribution(proposer_kind, num_drafts):
     samples = sample_continuations(proposer_kind, num_drafts)
     assert all(len(s) == 3 for s in samples)
