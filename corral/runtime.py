@@ -290,9 +290,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     )
     proposer, proposer_cost = None, 0.0
     if spec is not None:
-        proposer, proposer_cost = _build_proposer(
-            spec, args, model_config, tokenizer, dtype, device, num_blocks, cache.block_size
-        )
+        proposer, proposer_cost = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks,
+                                                  cache.block_size)
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
@@ -303,9 +302,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         structured_stats=None if grammars is None else grammars.stats,
     )
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-    policy = None if spec is None else SpeculationPolicy(
-        spec.num_speculative_tokens, adaptive=spec.adaptive, proposer_cost=proposer_cost
-    )
+    policy = None if spec is None else SpeculationPolicy(spec.num_speculative_tokens, adaptive=spec.adaptive,
+                                                         proposer_cost=proposer_cost)
     core = EngineCore(Scheduler(scheduler_config, kv_manager), runner, policy)
     return LLMEngine(
         core, tokenizer, model_config.vocab_size, scheduler_config.max_model_len, frozenset(eos), grammars=grammars
@@ -376,16 +374,9 @@ def _linears_are_row_independent(quant_method: QuantMethod | None) -> bool:
     return isinstance(quant_method, BlockMethod) and cpu_extension.load() is not None
 
 
-def _build_proposer(
-    spec: SpeculativeConfig,
-    args: EngineArgs,
-    target_config: ModelConfig,
-    tokenizer: Tokenizer,
-    dtype: torch.dtype,
-    device: torch.device,
-    num_blocks: int,
-    block_size: int,
-) -> tuple[Proposer, float]:
+def _build_proposer(spec: SpeculativeConfig, args: EngineArgs, target_config: ModelConfig, tokenizer: Tokenizer,
+                    dtype: torch.dtype, device: torch.device, num_blocks: int,
+                    block_size: int) -> tuple[Proposer, float]:
     """The proposer, and what proposing one draft costs in target decode steps (for the speculation policy)."""
     if spec.method == "ngram":
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max), 0.0

@@ -20,6 +20,7 @@ from corral.layers.embedding import Embedding
 from corral.layers.linear import Linear
 from corral.layers.norm import RMSNorm
 from corral.layers.rotary import RotaryEmbedding
+from corral.models.reduced_head import HEAD_IDS, checked_head_token_ids
 from corral.models.spec import ModelConfig
 from corral.quantization.base import QuantizedLinear, QuantMethod
 from corral.quantization.blockwise import BlockLinear, BlockQuantized
@@ -311,23 +312,13 @@ class LlamaForCausalLM(nn.Module):
 
     def load_global_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """The embedding, final norm and LM head: everything outside the decoder layers."""
-        self._load_part(weights, lambda name: not name.startswith("model.layers.") and name != _HEAD_IDS)
+        self._load_part(weights, lambda name: not name.startswith("model.layers.") and name != HEAD_IDS)
         if self.head_token_ids is not None:
             self._load_head_token_ids(weights)
 
     @torch.no_grad()
     def _load_head_token_ids(self, weights: Mapping[str, torch.Tensor]) -> None:
-        if _HEAD_IDS not in weights:
-            raise ModelLoadError(f"checkpoint is missing tensor {_HEAD_IDS!r} (its config has a reduced LM head)")
-        ids = weights[_HEAD_IDS]
-        if ids.shape != self.head_token_ids.shape or ids.is_floating_point():
-            raise ModelLoadError(f"tensor {_HEAD_IDS!r} must be {self.head_token_ids.numel()} integer token ids")
-        ids = ids.to(torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
-            raise ModelLoadError(f"tensor {_HEAD_IDS!r} holds ids outside the vocabulary of {self.config.vocab_size}")
-        if ids.unique().numel() != ids.numel():
-            raise ModelLoadError(f"tensor {_HEAD_IDS!r} repeats a token id")
-        self.head_token_ids.copy_(ids)
+        self.head_token_ids.copy_(checked_head_token_ids(weights, self.head_token_ids.numel(), self.config.vocab_size))
         if self.config.tie_word_embeddings:  # the tied head is the embedding's rows of the kept ids
             rows = self.model.embed_tokens(self.head_token_ids.to(self.model.norm.weight.device))
             self.lm_head = Linear.from_weight(rows.detach().clone())
@@ -360,9 +351,6 @@ class LlamaForCausalLM(nn.Module):
             raise ModelLoadError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
         for name, blocks in packed.items():  # after the floats: a packed linear takes its bias along
             self.get_submodule(name.removesuffix(".weight")).load_blocks_(blocks)
-
-
-_HEAD_IDS = "lm_head.token_ids"
 
 
 def _layer_index(name: str) -> int:
