@@ -194,8 +194,8 @@ def test_the_command_answers_health_within_a_second_without_torch(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    # 0.4 s on the idle 2-core development box, 2.1-2.3 s while a test suite shared its cores: the bound catches
-    # torch or the engine creeping into the start (several seconds), not the host's load.
+    # 0.4 s on the idle 2-core development box, 2.1-2.3 s while a test suite shared its cores. The probe below
+    # catches torch or the engine in the start; the bound, a start that grows by seconds.
     assert startup_s < 3.0, startup_s
     probe = "import sys, corral.gateway.app, corral.cli.gateway; print(sorted({'torch', 'corral.engine'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
