@@ -26,12 +26,14 @@ from typing import Any
 
 from corral.planner.calibration import Observation, fit, predict, relative_error, with_factors
 from corral.planner.calibration_job import calibrate, observations_to_json, read_observations
-from corral.planner.calibration_store import this_host
-from corral.planner.hardware import TERA, GiB, Hardware, hardware
+from corral.planner.calibration_store import HostIdentity, this_host
+from corral.planner.hardware import GIGA, HARDWARE, TERA, GiB, Hardware, hardware
 from corral.planner.models import ModelShape
 from corral.planner.plan import Plan, PlanRequest, build_plan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TRTLLM_URL = ("https://github.com/NVIDIA/TensorRT-LLM/blob/main/docs/source/performance/perf-overview.md "
+              "(commit 00f3768)")
 NIM_URL = "https://docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance.md"
 NIM_SOURCE = (f"NVIDIA NIM LLM benchmarking guide, Performance page ({NIM_URL}), Llama-3.3-70b-instruct, NIM "
               "1.8.0, 2 x H100 80G, fp8 TP2; read 2026-12-07 through this project's search index")
@@ -39,12 +41,26 @@ LLM_ANALYSIS_URL = "https://github.com/cli99/llm-analysis/blob/main/examples/fas
 LLM_ANALYSIS_SOURCE = (f"llm-analysis's FasterTransformer case ({LLM_ANALYSIS_URL}, commit b60b392), quoting "
                        "kipply's 'Transformer Inference Arithmetic' benchmarks: a 13B GPT on A100 40GB, fp16, "
                        "512-token context, batch 1; read 2026-12-07")
+_SEARCHED = ("searched 2026-12-07 in this project's index (docs and pages corpora, GitHub code): the HTML rendering "
+             "of the page keeps the tables but drops their headings, and the stored markdown rendering ends inside "
+             "the Llama 3.3 70B section; no other copy was found. Planning it would mean guessing the GPU count, "
+             "precision and lengths")
 UNUSED = [
     {"figure": "NIM Llama-3.1-8b-instruct, NIM 1.8.0, concurrency 1: TTFT 10.26 ms, ITL 4.63 ms", "source": NIM_URL,
-     "why_not_used": "the excerpt available here gives the table without its header (GPU count, precision, "
-                     "input/output lengths); planning it would mean guessing the configuration"},
+     "why_not_used": _SEARCHED},
     {"figure": "NIM Llama-3.1-70b-instruct, NIM 1.3.0, concurrency 1: TTFT 25.05 ms, ITL 13.21 ms", "source": NIM_URL,
-     "why_not_used": "as above: configuration not retrieved (Llama 3.3 70B's rows, same shapes, are used instead)"},
+     "why_not_used": f"as above ({_SEARCHED[:7]}...); Llama 3.3 70B's rows, the same shapes, are used instead"},
+    {"figure": "NIM Llama-3.3-70b-instruct 1.8.0, 5000 in / 500 out, TTFT at concurrency 5 / 25 / 50: 546.7 / "
+               "688.69 / 834.51 ms (predicted 411 / 413 / 415)", "source": NIM_URL,
+     "why_not_used": "a TTFT under concurrency includes waiting behind other prompts' prefills, which the planner "
+                     "does not model (its TTFT is one prompt's prefill beside B - 1 decodes; docs/planner.md, Limits)"},
+    {"figure": "NIM Llama-3.3-70b-instruct 1.8.0, 5000 in / 500 out, concurrency 100-250: ITL 92.9-93.2 ms",
+     "source": NIM_URL,
+     "why_not_used": "more sequences than the planned KV pool holds at 5,500 tokens (84): requests queue"},
+    {"figure": "TensorRT-LLM performance overview: Llama 3.1 8B FP8 on one H100 and Llama 3.3 70B FP8 on two, "
+               "total output tokens/s at maximum load for ten ISL/OSL pairs", "source": TRTLLM_URL,
+     "why_not_used": "offline maximum-throughput runs: the batch size is trtllm-bench's own choice and the KV-cache "
+                     "dtype and memory fraction (0.90 or 0.95) are not stated per row"},
 ]
 
 # llm-analysis's test-13b (GPT: a 2-matrix MLP of 4 x hidden); as a gated MLP of the same weights per layer
@@ -53,8 +69,9 @@ TEST_13B = ModelShape("test-13b (llm-analysis)", vocab_size=50272, hidden_size=5
                       num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
                       max_position_embeddings=2048, torch_dtype="fp16", source="llm-analysis model_configs/test-13b.json")
 A100_40GB = Hardware("a100-40gb", "gpu", 40 * GiB, 1.555 * TERA, {"fp32": 19.5 * TERA, "bf16": 312 * TERA},
-                     1.0, "bf16", "NVIDIA A100 40GB SXM4 datasheet: 1,555 GB/s, 312 TFLOP/s fp16 dense",
-                     "not priced", "NVIDIA A100 40GB")
+                     1.0, "bf16", "NVIDIA A100 40GB SXM4 datasheet: 1,555 GB/s, 312 TFLOP/s fp16 dense, NVLink "
+                     "600 GB/s (300 each way)", "not priced", "NVIDIA A100 40GB",
+                     interconnect_bytes_per_s=300 * GIGA)
 
 
 def anchors() -> list[dict[str, Any]]:
@@ -66,7 +83,9 @@ def anchors() -> list[dict[str, Any]]:
         {**nim, "name": "NIM 70B, 5000 in / 500 out, concurrency 1, TTFT", "obs": Observation("ttft_s", 0.40677, 5000)},
         {**nim, "name": "NIM 70B, 500 in / 2000 out, concurrency 1, ITL", "obs": Observation("decode_tok_s", 1 / 0.01891, 500, 2000)},
         {**nim, "name": "NIM 70B, 500 in / 2000 out, concurrency 1, TTFT", "obs": Observation("ttft_s", 0.04777, 500)},
+        {**nim, "name": "NIM 70B, 5000 in / 500 out, concurrency 5, ITL", "obs": Observation("tpot_s", 0.02183, 5000, 500, 5)},
         {**nim, "name": "NIM 70B, 5000 in / 500 out, concurrency 25, ITL", "obs": Observation("tpot_s", 0.03875, 5000, 500, 25)},
+        {**nim, "name": "NIM 70B, 5000 in / 500 out, concurrency 50, ITL", "obs": Observation("tpot_s", 0.05973, 5000, 500, 50)},
         {**ft, "name": "FasterTransformer 13B, TP1, 512-token prefill", "obs": Observation("ttft_s", 0.06317, 512)},
         {**ft, "name": "FasterTransformer 13B, TP1, decode per token", "obs": Observation("decode_tok_s", 1 / 0.0220, 512, 10)},
         {**ft, "tp": 2, "name": "FasterTransformer 13B, TP2, 512-token prefill", "obs": Observation("ttft_s", 0.04545, 512)},
@@ -105,8 +124,17 @@ def anchor_rows() -> tuple[list[dict[str, Any]], dict[str, float]]:
     return rows, asdict(fitted.factors)
 
 
-def host_rows(observations: list[Observation], source: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    cal = calibrate(observations, this_host(), source)
+def recorded_host(path: str) -> dict[str, Any] | None:
+    """The host an observations file written by this script was measured on (its CPU row decides the
+    default-factor predictions), or None."""
+    with open(path) as f:
+        host = json.load(f).get("host")
+    return host if isinstance(host, dict) and host.get("row") in HARDWARE else None
+
+
+def host_rows(observations: list[Observation], source: str,
+              host: HostIdentity) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    cal = calibrate(observations, host, source)
     return cal.validation, {"factors": asdict(cal.factors), "compute_dtype": cal.compute_dtype, "notes": cal.notes}
 
 
@@ -127,14 +155,20 @@ def main() -> None:
     parser.add_argument("--note", default="", help="how the measurement was taken, recorded with the results")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "planner_validation.json"))
     args = parser.parse_args()
+    host = this_host()
+    measured_on = {"row": host.row, "cpu_model": host.cpu_model, "flags": list(host.flags),
+                   "machine": platform.machine(), "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     if args.from_file:
         observations, source = read_observations(args.from_file)
+        if (recorded := recorded_host(args.from_file)) is not None:
+            measured_on = recorded
+            host = HostIdentity(recorded["row"], recorded.get("cpu_model", ""), tuple(recorded.get("flags", ())))
     else:
         from corral.bench.calibrate import MeasureSettings, measure
 
         observations = measure(settings=MeasureSettings(threads=args.threads, repeats=args.repeats))
         source = f"measured by bench/planner_validation.py, threads {args.threads or 'default'}"
-    here, fitted = host_rows(observations, source)
+    here, fitted = host_rows(observations, source, host)
     keys = ("label", "measured", "predicted_default", "error_default", "predicted_calibrated", "error_calibrated")
     print_table("This machine: measured, default factors (error), calibrated (error)", here, keys)
     print(f"fitted: {fitted['factors']} for {fitted['compute_dtype']} products")
@@ -143,11 +177,9 @@ def main() -> None:
     print_table("Published anchors (ms): published, default GPU factors (error), GPU factors fitted on NIM's "
                 "first row (error)", published, keys)
     print(f"GPU factors fitted on the NIM 70B 5000/500 row: {gpu_factors}")
-    host = this_host()
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "command": [sys.argv[0], *sys.argv[1:]],
-        "host": {"row": host.row, "cpu_model": host.cpu_model, "flags": list(host.flags), "machine": platform.machine(),
-                 "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "host": measured_on,  # where the observations were measured (with --from: as that file records)
         "busy_host": args.busy, "note": args.note, "observations": observations_to_json(observations), "source": source,
         "this_machine": {"rows": here, **fitted}, "anchors": {"rows": published, "gpu_factors_fitted": gpu_factors},
         "anchors_not_used": UNUSED,

@@ -2,10 +2,13 @@
 state of continuous batching with chunked prefill, and the largest batch that meets both SLOs.
 
 With ``B`` sequences of mean prompt ``P`` and output ``O`` running, each step decodes ``B`` tokens and, since
-``B / O`` sequences finish (and as many start) per step, prefills ``B x P / O`` prompt tokens on average.
-TPOT is that step's time. TTFT is the time to prefill one new prompt while ``B - 1`` others decode: the
-step's token budget goes to the decodes first (as corral's and vLLM's schedulers do), the rest to chunks
-of the prompt. Queueing before admission is not included (the replica count's headroom covers it).
+``B / O`` sequences finish (and as many start) per step, ``B x P / O`` prompt tokens are prefilled per step
+on average. A chunked-prefill scheduler (corral's, vLLM's, TensorRT-LLM's) gives each step's token budget
+to the decodes first and the rest to chunks of waiting prompts: a prompt goes in as few chunks as the room
+allows, so when prompts arrive more slowly than the room, only some steps carry a chunk (a whole prompt if
+it fits) and the others only decode. TPOT is the mean step over that cycle, the steps with a chunk weighted
+by how often they come. TTFT is the time to prefill one new prompt in such chunks while ``B - 1`` others
+decode. Queueing before admission is not included (the replica count's headroom covers it).
 """
 
 from __future__ import annotations
@@ -35,8 +38,7 @@ def batch_point(steps: StepModel, traffic: TrafficProfile, batch: int, max_num_b
     mean_context = prompt + output / 2
     prefill_tokens = batch * prompt / output
     decode = decode_work(batch, mean_context)
-    steady = combine(decode, prompt_share(prefill_tokens, prompt))
-    step = steps.seconds(steady)
+    step, compute, memory = steady_step(steps, decode, prefill_tokens, prompt, max_num_batched_tokens - batch)
     ttft = time_to_first_token(steps, prompt, batch, mean_context, max_num_batched_tokens)
     return BatchPoint(
         batch=batch,
@@ -46,15 +48,38 @@ def batch_point(steps: StepModel, traffic: TrafficProfile, batch: int, max_num_b
         decode_only_step_s=steps.seconds(decode),
         output_tokens_per_s=batch / step,
         input_tokens_per_s=prefill_tokens / step,
-        bound="compute" if steps.compute_seconds(steady) >= steps.memory_seconds(steady) else "memory",
+        bound="compute" if compute >= memory else "memory",
         request_latency_s=ttft + step * max(0.0, output - 1),
     )
 
 
-def prompt_share(num_tokens: float, prompt: float) -> StepWork:
-    """``num_tokens`` prompt tokens drawn evenly from prompts of ``prompt`` tokens: token i attends to i + 1
-    keys, (prompt + 1) / 2 on average, about half of them read from the cache."""
-    return StepWork(num_tokens, 0, num_tokens * (prompt + 1) / 2, num_tokens * prompt / 2)
+def steady_step(steps: StepModel, decode: StepWork, prefill_tokens: float, prompt: float,
+                room: float) -> tuple[float, float, float]:
+    """Mean seconds of a steady-state step (and its mean compute and memory seconds): ``decode`` every step,
+    ``prefill_tokens`` prompt tokens per step on average, in chunks of ``prompt`` cut to fit ``room``.
+    A share ``prefill_tokens / chunk`` of the steps carries a chunk; when prompts come faster than that,
+    every step carries ``prefill_tokens / chunk`` chunks' worth."""
+    if prefill_tokens <= 0 or prompt <= 0:
+        return steps.seconds(decode), steps.compute_seconds(decode), steps.memory_seconds(decode)
+    num_chunks = max(1, math.ceil(prompt / room)) if room >= 1 else 1
+    chunk = prompt / num_chunks
+    share = min(1.0, prefill_tokens / chunk)  # of the steps that carry prompt tokens
+    per_step = max(1.0, prefill_tokens / chunk)  # chunks in such a step
+    work = prompt_chunk(prompt, num_chunks)
+    loaded = combine(decode, StepWork(*(per_step * getattr(work, f) for f in StepWork.__dataclass_fields__)))
+    mean = (1 - share) * steps.seconds(decode) + share * steps.seconds(loaded)
+    compute = (1 - share) * steps.compute_seconds(decode) + share * steps.compute_seconds(loaded)
+    memory = (1 - share) * steps.memory_seconds(decode) + share * steps.memory_seconds(loaded)
+    return mean, compute, memory
+
+
+def prompt_chunk(prompt: float, num_chunks: int) -> StepWork:
+    """One of the ``num_chunks`` equal chunks of a ``prompt``-token prompt, on average: its tokens attend to
+    (prompt + 1) / 2 keys each, the last chunk makes the logits, and each chunk reads the K/V its earlier
+    chunks cached once per layer (attention kernels stream the cached keys past the chunk's queries, not
+    once per query token): prompt x (num_chunks - 1) / 2 cached tokens over the whole prompt."""
+    chunk = prompt / num_chunks
+    return StepWork(chunk, 1 / num_chunks, chunk * (prompt + 1) / 2, prompt * (num_chunks - 1) / (2 * num_chunks))
 
 
 def time_to_first_token(steps: StepModel, prompt: float, batch: int, mean_context: float,
@@ -65,11 +90,9 @@ def time_to_first_token(steps: StepModel, prompt: float, batch: int, mean_contex
     if room < 1:
         return math.inf
     num_steps = max(1, math.ceil(prompt / room))
-    chunk = prompt / num_steps
-    # every step carries the running decodes; the chunks together attend to prompt^2 / 2 pairs
+    # every step carries the running decodes and one chunk
     decodes = decode_work(batch - 1, mean_context)
-    chunk_work = StepWork(chunk, 1 / num_steps, prompt * (prompt + 1) / 2 / num_steps, prompt / 2)
-    return num_steps * steps.seconds(combine(decodes, chunk_work))
+    return num_steps * steps.seconds(combine(decodes, prompt_chunk(prompt, num_steps)))
 
 
 def largest_batch_meeting_slos(steps: StepModel, traffic: TrafficProfile, max_batch: int,

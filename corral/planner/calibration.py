@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, replace
 
 from corral.errors import ConfigError
-from corral.planner.batching import batch_point, time_to_first_token
+from corral.planner.batching import batch_point, prompt_chunk, time_to_first_token
 from corral.planner.roofline import Efficiency, StepModel, StepWork, decode_work
 from corral.planner.traffic import LengthDistribution, TrafficProfile
 
@@ -85,10 +85,12 @@ def _fixed(tokens: float) -> LengthDistribution:
 def with_factors(steps: StepModel, factors: Factors, source: str = "calibrated") -> StepModel:
     """``steps`` with the fitted factors: a factor above 1 raises the row's peak instead (Efficiency <= 1)."""
     bandwidth = steps.bandwidth_bytes_per_s * max(1.0, factors.bandwidth)
+    links = steps.interconnect_bytes_per_s * max(1.0, factors.bandwidth)
     peak = steps.peak_flops * max(1.0, factors.compute)
     eff = Efficiency(min(1.0, factors.bandwidth), min(1.0, factors.compute), source, source,
                      factors.step_overhead_s, source)
-    return replace(steps, bandwidth_bytes_per_s=bandwidth, peak_flops=peak, efficiency=eff)
+    return replace(steps, bandwidth_bytes_per_s=bandwidth, interconnect_bytes_per_s=links, peak_flops=peak,
+                   efficiency=eff)
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,12 @@ def fit(observations: list[Observation], steps: StepModel, max_num_batched_token
     if decode_s <= 0 or prefill_s <= 0:
         raise ConfigError(f"a step overhead of {step_overhead_s * 1000:g} ms exceeds a measured step")
     decode_work_ = decode_work(1, decode.prompt_tokens + decode.output_tokens / 2)
-    prefill_work = StepWork(prefill.prompt_tokens, 1, prefill.prompt_tokens * (prefill.prompt_tokens + 1) / 2,
-                            prefill.prompt_tokens / 2)
-    bandwidth = steps.bytes_moved(decode_work_) / (steps.bandwidth_bytes_per_s * decode_s)
+    prefill_work = prompt_chunk(prefill.prompt_tokens, 1)
+    # a tensor-parallel step also all-reduces over links running at the bandwidth's share of their peak
+    bandwidth = _transfer_seconds_at_peak(steps, decode_work_) / decode_s
+    prefill_s -= _allreduce_seconds_at_peak(steps, prefill_work) / min(1.0, bandwidth)
+    if prefill_s <= 0:
+        raise ConfigError("the measured prefill is shorter than its all-reduces under the fitted bandwidth")
     compute = steps.flops(prefill_work) / (steps.peak_flops * prefill_s)
     factors = Factors(bandwidth, compute, step_overhead_s)
     fitted = with_factors(steps, factors)
@@ -136,6 +141,15 @@ def fit(observations: list[Observation], steps: StepModel, max_num_batched_token
         notes.append("the prefill fit point is memory-bound under the fitted factors: its compute fit is a bound")
     rest = [o for o in observations if o is not decode and o is not prefill]
     return FitResult(factors, [decode, prefill], rest, notes)
+
+
+def _allreduce_seconds_at_peak(steps: StepModel, work: StepWork) -> float:
+    sent = steps.allreduce_bytes(work)
+    return sent / steps.interconnect_bytes_per_s if sent else 0.0
+
+
+def _transfer_seconds_at_peak(steps: StepModel, work: StepWork) -> float:
+    return steps.bytes_moved(work) / steps.bandwidth_bytes_per_s + _allreduce_seconds_at_peak(steps, work)
 
 
 def relative_error(predicted: float, measured: float) -> float:

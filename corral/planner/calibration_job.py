@@ -67,9 +67,10 @@ def _bench_observations(corral: dict[str, Any], args: dict[str, Any]) -> list[Ob
     return sorted(out, key=lambda o: (o.kind != "decode_tok_s", -o.prompt_tokens if o.kind == "decode_tok_s" else 0))
 
 
-def default_plan(model: str | None, model_shape: ModelShape | None = None) -> Plan:
-    """The uncalibrated plan of ``model`` on this host's row, in corral serve's formats."""
-    return build_plan(PlanRequest(model=model), model_shape=model_shape)
+def default_plan(model: str | None, model_shape: ModelShape | None = None, row: str | None = None) -> Plan:
+    """The uncalibrated plan of ``model`` on the CPU row ``row`` (default: this host's), in corral serve's
+    formats."""
+    return build_plan(PlanRequest(model=model, hardware=row), model_shape=model_shape)
 
 
 def validation_rows(observations: list[Observation], plan: Plan, result: FitResult) -> list[dict[str, Any]]:
@@ -92,7 +93,7 @@ def validation_rows(observations: list[Observation], plan: Plan, result: FitResu
 def calibrate(observations: list[Observation], host: HostIdentity, source: str, model: str | None = None,
               step_overhead_s: float = 0.0, model_shape: ModelShape | None = None) -> StoredCalibration:
     """Fit this host's factors on ``observations`` of ``model`` (default: the default model)."""
-    plan = default_plan(model, model_shape)
+    plan = default_plan(model, model_shape, host.row)
     if plan.hardware.name != host.row:
         raise ConfigError(f"the host is {host.row} but the plan used {plan.hardware.name}")
     assert plan.steps is not None

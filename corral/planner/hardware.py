@@ -6,6 +6,8 @@ as GiB (what the board holds; the driver reserves a little, which ``overhead_byt
 2-vCPU machine kind this project runs on, as measured here (docs/performance.md, shared/MACHINE.md); their
 "peak" figures are the best measured kernel rates, not datasheet peaks. Prices are indicative list prices
 for one GPU (or one VM) on demand: they move monthly and differ by provider; pass ``--price-per-hour``.
+GPU-to-GPU bandwidth (tensor-parallel all-reduces) is the datasheet's total NVLink / Infinity Fabric / PCIe
+figure halved: those figures count both directions, and a ring all-reduce sends and receives at once.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Hardware:
     price_source: str
     description: str = ""
     aliases: tuple[str, ...] = field(default=(), repr=False)
+    # bytes per second one device sends to its peers (each direction), for tensor-parallel all-reduces
+    interconnect_bytes_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         assert self.kind in ("gpu", "cpu"), self.kind
@@ -55,39 +59,40 @@ class Hardware:
 
 
 def _gpu(name: str, memory_gib: float, tb_per_s: float, tflops: dict[str, float], price: float, spec: str,
-         price_source: str, description: str, aliases: tuple[str, ...] = ()) -> Hardware:
+         price_source: str, description: str, aliases: tuple[str, ...] = (), link_gb_per_s: float = 0.0) -> Hardware:
+    """``link_gb_per_s``: the datasheet's device-to-device bandwidth, both directions together."""
     return Hardware(name, "gpu", int(memory_gib * GiB), tb_per_s * TERA, {k: v * TERA for k, v in tflops.items()},
-                    price, "bf16", spec, price_source, description, aliases)
+                    price, "bf16", spec, price_source, description, aliases, link_gb_per_s / 2 * GIGA)
 
 
-_NV = "NVIDIA {} datasheet, dense Tensor Core figures (as published 2023-2024)"
+_NV = "NVIDIA {} datasheet, dense Tensor Core figures and interconnect (as published 2023-2024)"
 _MAY26 = "indicative on-demand, specialist clouds, as of 2026-05"
 
 GPUS = (
     _gpu("h100-sxm", 80, 3.35, {"fp32": 67, "bf16": 989, "fp8": 1979, "int8": 1979}, 2.99, _NV.format("H100 SXM5"),
-         f"{_MAY26}: Lambda $2.99/h (cliffcenter.com research note, 2026-05-18)", "NVIDIA H100 SXM5 80GB HBM3",
-         ("h100",)),
+         f"{_MAY26}: Lambda $2.99/h (cliffcenter.com research note, 2026-05-18)",
+         "NVIDIA H100 SXM5 80GB HBM3, NVLink 900 GB/s", ("h100",), 900),
     _gpu("h200", 141, 4.8, {"fp32": 67, "bf16": 989, "fp8": 1979, "int8": 1979}, 4.00, _NV.format("H200 SXM"),
          f"{_MAY26}: $3.50-4.50/h specialist range, midpoint (mercatus-ai.com cloud GPU pricing, 2026-05)",
-         "NVIDIA H200 SXM 141GB HBM3e", ("h200-sxm",)),
+         "NVIDIA H200 SXM 141GB HBM3e, NVLink 900 GB/s", ("h200-sxm",), 900),
     _gpu("a100-80gb", 80, 2.039, {"fp32": 19.5, "bf16": 312, "int8": 624}, 1.30, _NV.format("A100 80GB SXM4"),
          f"{_MAY26}: $1.10-1.50/h specialist range, midpoint (mercatus-ai.com cloud GPU pricing, 2026-05)",
-         "NVIDIA A100 SXM4 80GB HBM2e (no fp8)", ("a100",)),
+         "NVIDIA A100 SXM4 80GB HBM2e (no fp8), NVLink 600 GB/s", ("a100",), 600),
     _gpu("l40s", 48, 0.864, {"fp32": 91.6, "bf16": 362, "fp8": 733, "int8": 733}, 1.86, _NV.format("L40S"),
          "indicative: AWS g6e.xlarge (1 L40S) us-east-1 on-demand list price, 2025, not re-checked",
-         "NVIDIA L40S 48GB GDDR6"),
+         "NVIDIA L40S 48GB GDDR6, PCIe Gen4 x16 64 GB/s", link_gb_per_s=64),
     _gpu("l4", 24, 0.300, {"fp32": 30.3, "bf16": 121, "fp8": 242.5, "int8": 242.5}, 0.80, _NV.format("L4"),
          "indicative: AWS g6.xlarge (1 L4) us-east-1 on-demand list price ($0.805), 2025, not re-checked",
-         "NVIDIA L4 24GB GDDR6"),
+         "NVIDIA L4 24GB GDDR6, PCIe Gen4 x16 64 GB/s", link_gb_per_s=64),
     _gpu("a10g", 24, 0.600, {"fp32": 35, "bf16": 70, "int8": 140}, 1.01,
          "A10G is AWS's variant; NVIDIA publishes no sheet: figures from Baseten, 'NVIDIA A10 vs A10G for ML "
          "model inference' (2023)",
          "indicative: AWS g5.xlarge (1 A10G) us-east-1 on-demand list price ($1.006), 2025, not re-checked",
-         "NVIDIA A10G 24GB GDDR6 (AWS G5; no fp8)"),
+         "NVIDIA A10G 24GB GDDR6 (AWS G5; no fp8), PCIe Gen4 x16 64 GB/s", link_gb_per_s=64),
     _gpu("mi300x", 192, 5.3, {"fp32": 163.4, "bf16": 1307.4, "fp8": 2614.9, "int8": 2614.9}, 1.99,
-         "AMD Instinct MI300X datasheet, dense figures (2023)",
+         "AMD Instinct MI300X datasheet, dense figures; Infinity Fabric 7 x 128 GB/s to peers (2023)",
          f"{_MAY26}: median of MI300X on-demand offers (cliffcenter.com research note, 2026-05-18)",
-         "AMD Instinct MI300X 192GB HBM3"),
+         "AMD Instinct MI300X 192GB HBM3, Infinity Fabric 896 GB/s", link_gb_per_s=896),
 )
 
 _PERF = "measured on this project's machine, docs/performance.md and shared/MACHINE.md"

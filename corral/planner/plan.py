@@ -148,7 +148,7 @@ def build_plan(request: PlanRequest, hardware_row: Hardware | None = None, model
             hw, efficiency = _calibrated(hw, efficiency, entry, compute_dtype, request, notes)
     steps = StepModel(model, weights.per_device, weights.by_role.get("expert", 0) // parallel.num_devices,
                       memory.kv_bytes_per_token, hw.bandwidth_bytes_per_s, hw.flops_for(compute_dtype), efficiency,
-                      parallel.tensor_parallel_size)
+                      parallel.tensor_parallel_size, hw.interconnect_bytes_per_s, activation_bytes)
     max_batch = min(max_num_seqs, memory.max_seqs(traffic.max_seq_len))
     points = [batch_point(steps, traffic, b, max_num_batched_tokens) for b in sweep_batches(max_batch)] if max_batch else []
     best = largest_batch_meeting_slos(steps, traffic, max_batch, max_num_batched_tokens)
@@ -306,7 +306,8 @@ def _notes(model: ModelShape, kind: str, memory: MemoryPlan, repacked: int, requ
         notes.append("pipeline stages run one after another here: throughput with --pp > 1 is a lower bound "
                      "(engines keep several batches in flight across stages)")
     if parallel.tensor_parallel_size > 1:
-        notes.append("tensor-parallel all-reduces are not modelled: times with --tp > 1 are optimistic")
+        notes.append("tensor-parallel all-reduces are modelled by bandwidth only (no per-call latency): times "
+                     "with --tp > 1 are somewhat optimistic for small batches")
     if max_batch and best is None:
         notes.append("even one sequence misses the SLOs: loosen them, shorten prompts, or pick faster hardware")
     return notes

@@ -5,7 +5,9 @@ FLOPs of a step: 2 x (weights a token multiplies by) per token, 2 x vocab x hidd
 and 4 x heads x head_size per (query, key) pair per layer for attention (QK^T and PV). Bytes: every weight
 the step touches once (an MoE layer's experts as many as its tokens are expected to pick), the K/V of every
 attended token read once, and the new tokens' K/V written. Tensor-parallel ranks split FLOPs and bytes
-evenly; their all-reduces are not modelled.
+evenly, and after the attention and the MLP of every layer they all-reduce the step's activations (tokens x
+hidden); a ring all-reduce sends 2 (n - 1) / n of them from each rank over its links, at the same share of
+their peak as the memory reaches, after the layer's matrix work (engines do not overlap the two by default).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class StepModel:
     peak_flops: float
     efficiency: Efficiency
     tensor_parallel_size: int = 1
+    interconnect_bytes_per_s: float = 0.0  # what one device sends to its peers per second (one direction)
+    activation_bytes: int = 2  # bytes of one activation the all-reduces carry
 
     @functools.cached_property
     def _matmul_parameters_per_token(self) -> int:  # walks every tensor: once per model, not once per step
@@ -110,8 +114,26 @@ class StepModel:
     def memory_seconds(self, work: StepWork) -> float:
         return self.bytes_moved(work) / (self.bandwidth_bytes_per_s * self.efficiency.bandwidth)
 
+    def allreduce_bytes(self, work: StepWork) -> float:
+        """What each tensor-parallel rank sends in one step: two ring all-reduces a layer of the step's
+        activations (0 without tensor parallelism)."""
+        n = self.tensor_parallel_size
+        if n == 1:
+            return 0.0
+        per_allreduce = work.num_tokens * self.model.hidden_size * self.activation_bytes * 2 * (n - 1) / n
+        return 2 * self.model.num_hidden_layers * per_allreduce
+
+    def allreduce_seconds(self, work: StepWork) -> float:
+        sent = self.allreduce_bytes(work)
+        if sent == 0:
+            return 0.0
+        if self.interconnect_bytes_per_s <= 0:
+            raise ConfigError("tensor parallelism needs the hardware row's device-to-device bandwidth")
+        return sent / (self.interconnect_bytes_per_s * self.efficiency.bandwidth)
+
     def seconds(self, work: StepWork) -> float:
-        return max(self.compute_seconds(work), self.memory_seconds(work)) + self.efficiency.step_overhead_s
+        return (max(self.compute_seconds(work), self.memory_seconds(work)) + self.allreduce_seconds(work)
+                + self.efficiency.step_overhead_s)
 
 
 def decode_work(num_seqs: float, mean_context: float) -> StepWork:

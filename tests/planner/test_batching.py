@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from corral.planner.batching import (
     batch_point,
     largest_batch_meeting_slos,
+    prompt_chunk,
     sweep_batches,
     time_to_first_token,
 )
@@ -43,9 +44,29 @@ def test_steady_state_steps_carry_the_prompts_share():
     assert math.isclose(point.request_latency_s, point.ttft_s + 127 * point.tpot_s)
 
 
+def test_steps_with_a_prompt_chunk_come_as_often_as_prompts_arrive():
+    # 4 sequences of 100 + 100 tokens: one prompt starts every 25 steps and fits the room (508 of 512) whole,
+    # so 1 step in 25 carries it and the others only decode (a memory-bound step here); smearing the prompt
+    # over every step would hide that the chunk's step is compute-bound
+    point = batch_point(STEPS, traffic(prompt=100, output=100), 4, 512)
+    decode = decode_work(4, 150)
+    with_prompt = combine(decode, StepWork(100, 1, 100 * 101 / 2, 0))
+    assert STEPS.seconds(decode) == STEPS.memory_seconds(decode)
+    assert STEPS.seconds(with_prompt) == STEPS.compute_seconds(with_prompt)
+    assert math.isclose(point.tpot_s, 0.96 * STEPS.seconds(decode) + 0.04 * STEPS.seconds(with_prompt))
+    smeared = STEPS.seconds(combine(decode, StepWork(4, 0.04, 4 * 101 / 2, 0)))
+    assert point.tpot_s > 1.1 * smeared
+
+
+def test_a_chunk_reads_what_earlier_chunks_cached_once():
+    assert prompt_chunk(500, 1) == StepWork(500, 1, 500 * 501 / 2, 0)
+    # the second of two chunks reads the first's 250 tokens once: 125 a chunk on average, not 250 a token
+    assert prompt_chunk(500, 2) == StepWork(250, 0.5, 250 * 501 / 2, 125)
+
+
 def test_ttft_chunks_the_prompt_in_what_the_decodes_leave():
     # 20 sequences leave 493 of 512 tokens: the prompt takes 2 steps of 250, each beside 19 decodes
-    chunk = StepWork(250, 0.5, 500 * 501 / 2 / 2, 250)
+    chunk = StepWork(250, 0.5, 500 * 501 / 2 / 2, 125)
     expected = 2 * STEPS.seconds(combine(decode_work(19, 600), chunk))
     assert math.isclose(time_to_first_token(STEPS, 500, 20, 600, 512), expected)
     weight_bound = replace(STEPS, weight_bytes_per_device=10**12)  # every step costs the same weight read

@@ -13,6 +13,7 @@ from corral.planner.calibration import Factors, Observation, fit, predict, with_
 from corral.planner.calibration_job import calibrate, read_observations
 from corral.planner.calibration_store import this_host
 from corral.planner.plan import PlanRequest, build_plan
+from corral.planner.roofline import StepWork
 
 BENCH_JSON = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results", "bench.json")
 
@@ -44,6 +45,18 @@ def test_the_fit_recovers_known_factors_and_predicts_the_held_out_points(default
     fitted = with_factors(steps, result.factors)
     for o in result.validate_on:
         assert math.isclose(predict(o, fitted, budget), o.value, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("factors", [Factors(0.45, 0.35), Factors(0.9, 0.7)])
+def test_the_fit_counts_the_all_reduces_of_a_tensor_parallel_plan(factors):
+    plan = build_plan(PlanRequest(model="llama-3.1-70b", hardware="h100", format="fp8", kv_dtype="fp8",
+                                  tensor_parallel_size=2))
+    steps, budget = plan.steps, plan.max_num_batched_tokens
+    prefill = StepWork(512, 1, 0, 0)
+    assert steps.allreduce_seconds(prefill) > 0.01 * steps.seconds(prefill)  # the all-reduces count here
+    result = fit(synthetic(steps, budget, factors), steps, budget)
+    assert math.isclose(result.factors.bandwidth, factors.bandwidth, rel_tol=1e-9)
+    assert math.isclose(result.factors.compute, factors.compute, rel_tol=1e-9)
 
 
 def test_factors_above_one_raise_the_rows_peaks_not_the_efficiency(default_plan):

@@ -46,3 +46,14 @@ def test_the_docs_table_lists_every_row():
     for name, row in HARDWARE.items():
         assert f"| `{name}` |" in doc, name
         assert f"| {row.price_per_hour:g} |" in doc.split(f"| `{name}` |")[1].split("\n")[0], name
+
+
+def test_gpu_rows_carry_their_device_to_device_bandwidth():
+    # the datasheets' totals count both directions: one direction is half
+    assert hardware("h100-sxm").interconnect_bytes_per_s == 450e9
+    assert hardware("a100-80gb").interconnect_bytes_per_s == 300e9
+    assert hardware("l4").interconnect_bytes_per_s == 32e9
+    for row in HARDWARE.values():
+        assert (row.interconnect_bytes_per_s > 0) == (row.kind == "gpu"), row.name
+        if row.kind == "gpu":
+            assert f"{2 * row.interconnect_bytes_per_s / 1e9:g} GB/s" in row.description, row.name

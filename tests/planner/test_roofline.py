@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from corral.errors import ConfigError
 from corral.planner.models import BUILTIN_MODELS, ModelShape
 from corral.planner.roofline import DEFAULT_EFFICIENCY, Efficiency, StepModel, StepWork, combine, decode_work
 
@@ -64,3 +65,17 @@ def test_default_efficiencies_name_their_sources():
         assert eff.bandwidth_source and eff.compute_source
     with pytest.raises(ValueError, match="efficiency"):
         Efficiency(1.5, 0.5, "", "")
+
+
+def test_tensor_parallel_steps_add_their_all_reduces():
+    # two ring all-reduces a layer of tokens x hidden activations; each rank sends 2 (n - 1) / n of them
+    s = StepModel(SHAPE, 1000, 0, kv_bytes_per_token=10, bandwidth_bytes_per_s=100.0, peak_flops=1000.0,
+                  efficiency=EFF, tensor_parallel_size=4, interconnect_bytes_per_s=40.0, activation_bytes=2)
+    work = StepWork(num_tokens=3, num_logit_rows=1, attention_pairs=5, kv_tokens_read=7)
+    sent = 2 * 2 * (3 * 8 * 2) * 2 * 3 / 4  # layers x all-reduces x activations x ring share
+    assert s.allreduce_bytes(work) == sent
+    assert s.allreduce_seconds(work) == sent / (40.0 * 0.5)
+    assert s.seconds(work) == max(s.compute_seconds(work), s.memory_seconds(work)) + sent / 20.0
+    assert steps().allreduce_seconds(work) == 0.0  # one device: nothing to reduce
+    with pytest.raises(ConfigError, match="device-to-device bandwidth"):
+        steps(tp=2).seconds(work)
