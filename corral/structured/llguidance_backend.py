@@ -14,7 +14,6 @@ import logging
 from functools import cached_property
 
 import llguidance
-import llguidance.torch
 import torch
 
 from corral.errors import GrammarError
@@ -28,6 +27,15 @@ logger = logging.getLogger(__name__)
 _JSON_OPTIONS = {"whitespace_flexible": False, "json_allow_general_unicode_escapes": True, "coerce_one_of": True}
 
 
+def _fill_row(matcher: llguidance.LLMatcher, bitmask: torch.Tensor, row: int) -> None:
+    """Write ``matcher``'s allowed tokens into row ``row`` of an int32 host bitmask. ``llguidance.torch`` does
+    the same, but importing it compiles a kernel with ``torch.compile`` and so imports torch._dynamo: about 4 s
+    added to every process that imports corral."""
+    words = bitmask[row]
+    assert bitmask.dtype == torch.int32 and bitmask.device.type == "cpu" and words.is_contiguous()
+    matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * words.element_size())
+
+
 class LLGuidanceMatcher:
     closed_by_budget = False  # a grammar in general has no known fastest end; JSON ones are wrapped to close
 
@@ -37,11 +45,11 @@ class LLGuidanceMatcher:
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int, tokens_left: int | None = None) -> None:
         if bitmask.shape[1] == self._num_words:
-            llguidance.torch.fill_next_token_bitmask(self._matcher, bitmask, row)
+            _fill_row(self._matcher, bitmask, row)
             return
         # Widths differ: tokens past the narrower one are never allowed.
         words = torch.empty(1, self._num_words, dtype=torch.int32)
-        llguidance.torch.fill_next_token_bitmask(self._matcher, words, 0)
+        _fill_row(self._matcher, words, 0)
         width = min(self._num_words, bitmask.shape[1])
         bitmask[row] = 0
         bitmask[row, :width] = words[0, :width]
