@@ -6,7 +6,8 @@ On this machine: corral's offline engine measures single-stream decode, 32 strea
 the default factors and with the calibrated ones.
 
 Published anchors (GPU rows, whose factors no measurement here calibrates): each with its source. Predicted
-with the default GPU factors, and with GPU factors fitted on the first NIM row and checked on the rest.
+with the default GPU factors and latencies (kernels, all-reduce calls; roofline.DEFAULT_EFFICIENCY, sourced
+there), and with GPU factors fitted on the first NIM row under the same latencies and checked on the rest.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/planner_validation.py [--from OBSERVATIONS.json] [--threads 2]
 
@@ -30,6 +31,7 @@ from corral.planner.calibration_store import HostIdentity, this_host
 from corral.planner.hardware import GIGA, HARDWARE, TERA, GiB, Hardware, hardware
 from corral.planner.models import ModelShape
 from corral.planner.plan import Plan, PlanRequest, build_plan
+from corral.planner.roofline import DEFAULT_EFFICIENCY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRTLLM_URL = ("https://github.com/NVIDIA/TensorRT-LLM/blob/main/docs/source/performance/perf-overview.md "
@@ -177,11 +179,15 @@ def main() -> None:
     print_table("Published anchors (ms): published, default GPU factors (error), GPU factors fitted on NIM's "
                 "first row (error)", published, keys)
     print(f"GPU factors fitted on the NIM 70B 5000/500 row: {gpu_factors}")
+    gpu = DEFAULT_EFFICIENCY["gpu"]
+    print(f"GPU latencies (default and fit): {gpu.kernels_per_layer} kernels a layer x {gpu.kernel_latency_s * 1e6:g} us, "
+          f"{gpu.allreduce_latency_s * 1e6:g} us an all-reduce call, links at {gpu.link}")
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "command": [sys.argv[0], *sys.argv[1:]],
         "host": measured_on,  # where the observations were measured (with --from: as that file records)
         "busy_host": args.busy, "note": args.note, "observations": observations_to_json(observations), "source": source,
-        "this_machine": {"rows": here, **fitted}, "anchors": {"rows": published, "gpu_factors_fitted": gpu_factors},
+        "this_machine": {"rows": here, **fitted}, "anchors": {"rows": published, "gpu_factors_fitted": gpu_factors,
+                    "gpu_default_efficiency": asdict(DEFAULT_EFFICIENCY["gpu"])},
         "anchors_not_used": UNUSED,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

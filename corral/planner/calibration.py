@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from corral.errors import ConfigError
 from corral.planner.batching import batch_point, prompt_chunk, time_to_first_token
-from corral.planner.roofline import Efficiency, StepModel, StepWork, decode_work
+from corral.planner.roofline import StepModel, StepWork, decode_work
 from corral.planner.traffic import LengthDistribution, TrafficProfile
 
 OBSERVATION_KINDS = ("decode_tok_s", "batch_output_tok_s", "ttft_s", "tpot_s")
@@ -87,8 +87,9 @@ def with_factors(steps: StepModel, factors: Factors, source: str = "calibrated")
     bandwidth = steps.bandwidth_bytes_per_s * max(1.0, factors.bandwidth)
     links = steps.interconnect_bytes_per_s * max(1.0, factors.bandwidth)
     peak = steps.peak_flops * max(1.0, factors.compute)
-    eff = Efficiency(min(1.0, factors.bandwidth), min(1.0, factors.compute), source, source,
-                     factors.step_overhead_s, source)
+    eff = replace(steps.efficiency, bandwidth=min(1.0, factors.bandwidth), compute=min(1.0, factors.compute),
+                  bandwidth_source=source, compute_source=source, step_overhead_s=factors.step_overhead_s,
+                  overhead_source=source)  # the GPU latencies stay as they were
     return replace(steps, bandwidth_bytes_per_s=bandwidth, interconnect_bytes_per_s=links, peak_flops=peak,
                    efficiency=eff)
 
@@ -121,15 +122,25 @@ def fit(observations: list[Observation], steps: StepModel, max_num_batched_token
     roofline under the fitted factors, and a note says when it does not."""
     decode, prefill = split_observations(observations, max_num_batched_tokens)
     notes: list[str] = []
-    decode_s = 1 / decode.value - step_overhead_s
-    prefill_s = prefill.value - step_overhead_s
+    # the fixed latencies of a step (GPU kernels and all-reduce calls, 0 on a CPU row) with the given overhead
+    fixed = steps.latency_seconds() - steps.efficiency.step_overhead_s + step_overhead_s
+    decode_s = 1 / decode.value - fixed
+    prefill_s = prefill.value - fixed
     if decode_s <= 0 or prefill_s <= 0:
-        raise ConfigError(f"a step overhead of {step_overhead_s * 1000:g} ms exceeds a measured step")
+        raise ConfigError(f"the fixed time of a step ({fixed * 1000:g} ms: overhead and latencies) exceeds a "
+                          "measured step")
     decode_work_ = decode_work(1, decode.prompt_tokens + decode.output_tokens / 2)
     prefill_work = prompt_chunk(prefill.prompt_tokens, 1)
-    # a tensor-parallel step also all-reduces over links running at the bandwidth's share of their peak
-    bandwidth = _transfer_seconds_at_peak(steps, decode_work_) / decode_s
-    prefill_s -= _allreduce_seconds_at_peak(steps, prefill_work) / min(1.0, bandwidth)
+    if steps.efficiency.link is None:
+        # a tensor-parallel step also all-reduces over links running at the bandwidth's share of their peak
+        bandwidth = _transfer_seconds_at_peak(steps, decode_work_) / decode_s
+        prefill_s -= _allreduce_seconds_at_peak(steps, prefill_work) / min(1.0, bandwidth)
+    else:  # the links keep their own share
+        decode_s -= steps.link_seconds(decode_work_)
+        if decode_s <= 0:
+            raise ConfigError("the measured decode is shorter than its all-reduces")
+        bandwidth = steps.bytes_moved(decode_work_) / steps.bandwidth_bytes_per_s / decode_s
+        prefill_s -= steps.link_seconds(prefill_work)
     if prefill_s <= 0:
         raise ConfigError("the measured prefill is shorter than its all-reduces under the fitted bandwidth")
     compute = steps.flops(prefill_work) / (steps.peak_flops * prefill_s)

@@ -249,11 +249,12 @@ def _context_len(given: int | None, model: ModelShape) -> int:
 
 
 def _efficiency(hw: Hardware, bandwidth: float | None, compute: float | None) -> Efficiency:
-    default = DEFAULT_EFFICIENCY[hw.kind]
-    return Efficiency(
-        default.bandwidth if bandwidth is None else bandwidth, default.compute if compute is None else compute,
-        default.bandwidth_source if bandwidth is None else "given with --bandwidth-efficiency",
-        default.compute_source if compute is None else "given with --compute-efficiency",
+    default = DEFAULT_EFFICIENCY[hw.kind]  # its GPU latencies stay whichever factor is given
+    return replace(
+        default, bandwidth=default.bandwidth if bandwidth is None else bandwidth,
+        compute=default.compute if compute is None else compute,
+        bandwidth_source=default.bandwidth_source if bandwidth is None else "given with --bandwidth-efficiency",
+        compute_source=default.compute_source if compute is None else "given with --compute-efficiency",
     )
 
 
@@ -274,7 +275,8 @@ def _calibrated(hw: Hardware, efficiency: Efficiency, entry: StoredCalibration, 
     elif request.compute_efficiency is None:
         notes.append(f"the calibration fitted compute efficiency for {entry.compute_dtype} products, not "
                      f"{compute_dtype}: the default compute efficiency applies")
-    return hw, Efficiency(bandwidth, compute, bandwidth_source, compute_source, f.step_overhead_s, source)
+    return hw, replace(efficiency, bandwidth=bandwidth, compute=compute, bandwidth_source=bandwidth_source,
+                       compute_source=compute_source, step_overhead_s=f.step_overhead_s, overhead_source=source)
 
 
 def _notes(model: ModelShape, kind: str, memory: MemoryPlan, repacked: int, request: PlanRequest,
@@ -306,8 +308,8 @@ def _notes(model: ModelShape, kind: str, memory: MemoryPlan, repacked: int, requ
         notes.append("pipeline stages run one after another here: throughput with --pp > 1 is a lower bound "
                      "(engines keep several batches in flight across stages)")
     if parallel.tensor_parallel_size > 1:
-        notes.append("tensor-parallel all-reduces are modelled by bandwidth only (no per-call latency): times "
-                     "with --tp > 1 are somewhat optimistic for small batches")
+        notes.append("tensor-parallel all-reduces are modelled as bytes over the links plus a typical per-call "
+                     "latency (NCCL's); engines with one-shot or NVLink SHARP all-reduces are faster at small batches")
     if max_batch and best is None:
         notes.append("even one sequence misses the SLOs: loosen them, shorten prompts, or pick faster hardware")
     return notes

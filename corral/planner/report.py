@@ -71,6 +71,9 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(f"[dim]compute efficiency {eff.compute:.3g}: {eff.compute_source}[/]")
     if eff.step_overhead_s:
         console.print(f"[dim]step overhead {eff.step_overhead_s * 1000:g} ms: {eff.overhead_source}[/]")
+    if eff.kernels_per_layer or eff.allreduce_latency_s:
+        console.print(f"[dim]fixed latencies: {eff.kernels_per_layer} kernels a layer x {eff.kernel_latency_s * 1e6:g} us, "
+                      f"{eff.allreduce_latency_s * 1e6:g} us an all-reduce call: {eff.latency_source}[/]")
     if plan.calibration:
         console.print(f"[dim]calibration: {plan.calibration}[/]")
     console.print(f"[dim]{plan.hardware.name}: {plan.hardware.spec_source}; price {plan.hardware.price_source}[/]")

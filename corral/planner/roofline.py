@@ -6,8 +6,14 @@ and 4 x heads x head_size per (query, key) pair per layer for attention (QK^T an
 the step touches once (an MoE layer's experts as many as its tokens are expected to pick), the K/V of every
 attended token read once, and the new tokens' K/V written. Tensor-parallel ranks split FLOPs and bytes
 evenly, and after the attention and the MLP of every layer they all-reduce the step's activations (tokens x
-hidden); a ring all-reduce sends 2 (n - 1) / n of them from each rank over its links, at the same share of
-their peak as the memory reaches, after the layer's matrix work (engines do not overlap the two by default).
+hidden); a ring all-reduce sends 2 (n - 1) / n of them from each rank over its links, at a share of their peak
+(the memory's share unless the efficiency names one), after the layer's matrix work (engines do not overlap
+the two by default).
+
+On a GPU a step also pays fixed latencies that no roofline sees (what dominates a batch-1 decode of a small
+model): each of a decoder layer's kernels costs a few microseconds beyond its traffic, and each all-reduce
+call a small-message latency. The GPU defaults give both with their sources; the CPU rows have none (a
+calibration may fit a per-step overhead there).
 """
 
 from __future__ import annotations
@@ -31,12 +37,22 @@ class Efficiency:
     # CPU host, 0 otherwise
     step_overhead_s: float = 0.0
     overhead_source: str = "not modelled"
+    # GPU fixed latencies: seconds per kernel beyond its traffic, kernels per decoder layer, seconds per
+    # tensor-parallel all-reduce call; and the share of the links' peak the all-reduces reach (None: the
+    # bandwidth share)
+    kernel_latency_s: float = 0.0
+    kernels_per_layer: int = 0
+    allreduce_latency_s: float = 0.0
+    link: float | None = None
+    latency_source: str = "not modelled"
 
     def __post_init__(self) -> None:
         if not 0 < self.bandwidth <= 1 or not 0 < self.compute <= 1:
             raise ConfigError("--bandwidth-efficiency and --compute-efficiency must be in (0, 1]")
-        if self.step_overhead_s < 0:
-            raise ConfigError("a step overhead must not be negative")
+        if self.link is not None and not 0 < self.link <= 1:
+            raise ConfigError("a link efficiency must be in (0, 1]")
+        if min(self.step_overhead_s, self.kernel_latency_s, self.kernels_per_layer, self.allreduce_latency_s) < 0:
+            raise ConfigError("a step overhead or latency must not be negative")
 
 
 DEFAULT_EFFICIENCY = {
@@ -48,11 +64,20 @@ DEFAULT_EFFICIENCY = {
         "GFLOP/s int8 kernel rate (docs/performance.md, 2026-12-06)",
     ),
     "gpu": Efficiency(
-        0.6, 0.5,
-        "a compiled, CUDA-graphed decode step of a Llama-3.2-1B shape reached 57% of an H100's HBM bandwidth "
-        "at batch 1 (shared/MACHINE.md)",
+        0.88, 0.5,
+        "streaming weights at what HBM microbenchmarks reach: a read kernel on an A100 80GB SXM made 1.80 of "
+        "2.04 TB/s, 88% by Nsight Compute (NVIDIA developer forum, 'Trouble to Reach Peak Bandwidth of A100', "
+        "forums.developer.nvidia.com/t/339083); a device-to-device copy on this project's H100 made about 3.0 "
+        "of 3.35 TB/s (shared/MACHINE.md)",
         "assumption: a bf16 8192^3 matmul reached about 800 of 989 TFLOP/s on an H100 (shared/MACHINE.md); "
         "a whole prefill (attention, norms, small GEMMs) runs well below that. Calibrate (issue 28, part 3)",
+        kernel_latency_s=5e-6, kernels_per_layer=9, allreduce_latency_s=10e-6, link=0.67,
+        latency_source="9 kernels a decoder layer (FasterTransformer's GPT decode layer: layer norm, QKV GEMM, "
+        "fused attention, output GEMM, bias + residual + layer norm, two FFN GEMMs, bias + GeLU, bias + residual; "
+        "ParallelGptDecoder.cc) at 5 us each (a kernel launch takes about 4-6 us: susun-blog.com, 'pegainfer "
+        "(3): From Launch Overhead to CUDA Graph'); 10 us an all-reduce call (nccl-tests on two NVLink A100s: "
+        "9.85 us at 8 bytes, NVIDIA/nccl-tests#331; about 6 us on two H100s with NVLink SHARP, NVIDIA/nccl#1259); "
+        "links at 0.67 of their peak (nccl-tests busbw about 200 of 300 GB/s on 8 A100s, NVIDIA/nccl-tests#149)",
     ),
 }
 
@@ -123,17 +148,31 @@ class StepModel:
         per_allreduce = work.num_tokens * self.model.hidden_size * self.activation_bytes * 2 * (n - 1) / n
         return 2 * self.model.num_hidden_layers * per_allreduce
 
-    def allreduce_seconds(self, work: StepWork) -> float:
+    def link_seconds(self, work: StepWork) -> float:
+        """The all-reduces' bytes over the links at their share of the peak."""
         sent = self.allreduce_bytes(work)
         if sent == 0:
             return 0.0
         if self.interconnect_bytes_per_s <= 0:
             raise ConfigError("tensor parallelism needs the hardware row's device-to-device bandwidth")
-        return sent / (self.interconnect_bytes_per_s * self.efficiency.bandwidth)
+        link = self.efficiency.bandwidth if self.efficiency.link is None else self.efficiency.link
+        return sent / (self.interconnect_bytes_per_s * link)
+
+    def allreduce_seconds(self, work: StepWork) -> float:
+        """The all-reduces' bytes over the links plus each call's latency."""
+        calls = 2 * self.model.num_hidden_layers if self.tensor_parallel_size > 1 else 0
+        return self.link_seconds(work) + calls * self.efficiency.allreduce_latency_s
+
+    def latency_seconds(self) -> float:
+        """What a step pays whatever its work: kernels, all-reduce calls and the step overhead."""
+        eff, layers = self.efficiency, self.model.num_hidden_layers
+        calls = 2 * layers if self.tensor_parallel_size > 1 else 0
+        return (layers * eff.kernels_per_layer * eff.kernel_latency_s + calls * eff.allreduce_latency_s
+                + eff.step_overhead_s)
 
     def seconds(self, work: StepWork) -> float:
-        return (max(self.compute_seconds(work), self.memory_seconds(work)) + self.allreduce_seconds(work)
-                + self.efficiency.step_overhead_s)
+        return (max(self.compute_seconds(work), self.memory_seconds(work)) + self.link_seconds(work)
+                + self.latency_seconds())
 
 
 def decode_work(num_seqs: float, mean_context: float) -> StepWork:

@@ -54,6 +54,7 @@ def test_the_fit_counts_the_all_reduces_of_a_tensor_parallel_plan(factors):
     steps, budget = plan.steps, plan.max_num_batched_tokens
     prefill = StepWork(512, 1, 0, 0)
     assert steps.allreduce_seconds(prefill) > 0.01 * steps.seconds(prefill)  # the all-reduces count here
+    assert steps.latency_seconds() > 0  # and the GPU's kernel and all-reduce latencies, which the fit subtracts
     result = fit(synthetic(steps, budget, factors), steps, budget)
     assert math.isclose(result.factors.bandwidth, factors.bandwidth, rel_tol=1e-9)
     assert math.isclose(result.factors.compute, factors.compute, rel_tol=1e-9)
@@ -64,6 +65,12 @@ def test_factors_above_one_raise_the_rows_peaks_not_the_efficiency(default_plan)
     assert steps.efficiency.bandwidth == 1.0 and steps.efficiency.compute == 0.5
     assert steps.bandwidth_bytes_per_s == default_plan.steps.bandwidth_bytes_per_s * 1.5
     assert steps.efficiency.step_overhead_s == 0.001
+
+
+def test_a_given_factor_keeps_the_gpu_latencies():
+    plan = build_plan(PlanRequest(model="llama-3.1-8b", hardware="h100", bandwidth_efficiency=0.7))
+    assert plan.efficiency.bandwidth == 0.7 and plan.efficiency.kernels_per_layer > 0
+    assert with_factors(plan.steps, Factors(0.5, 0.5)).latency_seconds() == plan.steps.latency_seconds()
 
 
 def test_an_overhead_larger_than_a_measured_step_is_refused(default_plan):

@@ -20,6 +20,7 @@ from corral.planner.calibration_store import (
     write_calibration,
 )
 from corral.planner.plan import PlanRequest, build_plan
+from corral.planner.roofline import DEFAULT_EFFICIENCY
 
 BENCH_JSON = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results", "bench.json")
 
@@ -54,7 +55,7 @@ def test_it_never_applies_to_another_hardware_row_nor_over_a_flag(tmp_path):
     write_calibration(path, stored(this_host()))
     found = calibration_for(path, this_host())
     gpu = build_plan(PlanRequest(model="llama-3.1-8b", hardware="h100"), calibration=found)
-    assert gpu.efficiency.bandwidth == 0.6 and gpu.calibration is None
+    assert gpu.efficiency == DEFAULT_EFFICIENCY["gpu"] and gpu.calibration is None
     flagged = build_plan(PlanRequest(bandwidth_efficiency=0.5), calibration=found)
     assert flagged.efficiency.bandwidth == 0.5 and flagged.efficiency.compute == 0.27
 

@@ -60,7 +60,7 @@ def test_memory_rejects_what_does_not_fit():
                  slo_ttft_ms=100_000), "tpot_slo", "bandwidth"),
     # long prompts in 2,048-token chunks: past 49 sequences a prompt takes 5 chunks, not 4, and TTFT binds
     (PlanRequest(model="llama-3.1-8b", hardware="h100", format="fp8", kv_dtype="fp8", prompt_len="8000",
-                 output_len="2000", max_num_batched_tokens=2048, slo_ttft_ms=150, slo_tpot_ms=1000), "ttft_slo", None),
+                 output_len="2000", max_num_batched_tokens=2048, slo_ttft_ms=140, slo_tpot_ms=1000), "ttft_slo", None),
 ])
 def test_the_binding_constraint_in_constructed_cases(request_, binding, roofline):
     recs = recommend(request_, None, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from corral.errors import ConfigError
@@ -79,3 +81,46 @@ def test_tensor_parallel_steps_add_their_all_reduces():
     assert steps().allreduce_seconds(work) == 0.0  # one device: nothing to reduce
     with pytest.raises(ConfigError, match="device-to-device bandwidth"):
         steps(tp=2).seconds(work)
+
+
+GPU_EFF = Efficiency(0.5, 0.25, "test", "test", kernel_latency_s=5e-6, kernels_per_layer=9, allreduce_latency_s=1e-5,
+                     link=0.8)
+
+
+def test_gpu_steps_pay_each_kernel_and_each_all_reduce_call():
+    # 2 layers x 9 kernels x 5 us; with --tp 2 also 2 all-reduce calls a layer x 10 us, and the bytes over the
+    # links at their own share (0.8), not the memory's (0.5)
+    one = StepModel(SHAPE, 1000, 0, 10, 100.0, 1000.0, GPU_EFF)
+    two = replace(one, tensor_parallel_size=2, interconnect_bytes_per_s=40.0)
+    work = decode_work(1, 1)
+    roof = max(one.compute_seconds(work), one.memory_seconds(work))
+    assert one.latency_seconds() == pytest.approx(2 * 9 * 5e-6)
+    assert one.seconds(work) == pytest.approx(roof + 2 * 9 * 5e-6)
+    assert two.link_seconds(work) == pytest.approx(two.allreduce_bytes(work) / (40.0 * 0.8))
+    assert two.allreduce_seconds(work) == pytest.approx(two.link_seconds(work) + 2 * 2 * 1e-5)
+    roof2 = max(two.compute_seconds(work), two.memory_seconds(work))
+    assert two.seconds(work) == pytest.approx(roof2 + two.link_seconds(work) + 2 * 9 * 5e-6 + 2 * 2 * 1e-5)
+
+
+def test_only_the_gpu_defaults_carry_latencies():
+    cpu, gpu = DEFAULT_EFFICIENCY["cpu"], DEFAULT_EFFICIENCY["gpu"]
+    assert (cpu.kernel_latency_s, cpu.kernels_per_layer, cpu.allreduce_latency_s, cpu.link) == (0, 0, 0, None)
+    work = decode_work(1, 1)
+    assert steps().seconds(work) == max(steps().compute_seconds(work), steps().memory_seconds(work))
+    assert gpu.kernel_latency_s > 0 and gpu.kernels_per_layer > 0 and gpu.allreduce_latency_s > 0 and gpu.link
+    assert "nccl" in gpu.latency_source.lower() and "FasterTransformer" in gpu.latency_source
+    with pytest.raises(ConfigError, match="latency"):
+        Efficiency(0.5, 0.5, "", "", kernel_latency_s=-1e-6)
+    with pytest.raises(ConfigError, match="link"):
+        Efficiency(0.5, 0.5, "", "", link=1.5)
+
+
+def test_a_batch_one_gpu_decode_is_weights_at_the_streaming_share_plus_its_kernels():
+    # FasterTransformer's 13B GPT on one A100 40GB decodes in 22.0 ms a token (llm-analysis's example, quoting
+    # kipply's measurements; bench/planner_validation.py); 26 GB of fp16 weights at 88% of 1,555 GB/s and 40
+    # layers of 9 kernels at 5 us: within 10% (the bandwidth share alone, 0.6, made it +30%)
+    shape = ModelShape("13b", vocab_size=50272, hidden_size=5120, intermediate_size=13653, num_hidden_layers=40,
+                       num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=2048)
+    weights = 2 * (shape.matmul_parameters_per_token() + 2 * 50272 * 5120)
+    s = StepModel(shape, weights, 0, 2 * 40 * 5120 * 2, 1.555e12, 312e12, DEFAULT_EFFICIENCY["gpu"])
+    assert s.seconds(decode_work(1, 517)) == pytest.approx(0.0220, rel=0.10)
