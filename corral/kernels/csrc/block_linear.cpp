@@ -29,7 +29,7 @@
 
 #pragma GCC optimize("fp-contract=off")
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>
@@ -523,13 +523,13 @@ void set_block_linear_isa(const std::string& name) {
   active_isa() = isa;
 }
 
-torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
-                           const torch::Tensor& values,  // [ceil(N / 8), K / 32 * bytes of 8 row-blocks]
-                           const torch::Tensor& scales,  // [ceil(N / 8), K / group_size, 8] float16
-                           const c10::optional<torch::Tensor>& mins,  // int4: like scales
-                           const c10::optional<torch::Tensor>& bias,  // [N] float32
-                           int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits) {
-  TORCH_CHECK(input.dim() == 2 && input.dtype() == torch::kFloat32, "block_linear: 2-D float32 input");
+at::Tensor block_linear(const at::Tensor& input,   // [M, K] float32
+                        const at::Tensor& values,  // [ceil(N / 8), K / 32 * bytes of 8 row-blocks]
+                        const at::Tensor& scales,  // [ceil(N / 8), K / group_size, 8] float16
+                        const c10::optional<at::Tensor>& mins,  // int4: like scales
+                        const c10::optional<at::Tensor>& bias,  // [N] float32
+                        int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits) {
+  TORCH_CHECK(input.dim() == 2 && input.dtype() == at::kFloat, "block_linear: 2-D float32 input");
   TORCH_CHECK(bits == 4 || bits == 8, "block_linear: 4 or 8 bits");
   TORCH_CHECK(activation_bits == 8 || activation_bits == 16, "block_linear: 8- or 16-bit activations");
   TORCH_CHECK(group_size % kBlock == 0 && group_size > 0, "block_linear: group size a multiple of 32");
@@ -539,23 +539,23 @@ torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
   TORCH_CHECK(G == (N + kLanes - 1) / kLanes, "block_linear: ", G, " groups of 8 rows for ", N, " outputs");
   TORCH_CHECK(values.is_contiguous() && values.dim() == 2 && values.size(1) == K * kLanes / (bits == 4 ? 2 : 1),
               "block_linear: values shape");
-  TORCH_CHECK(values.dtype() == (bits == 4 ? torch::kUInt8 : torch::kInt8), "block_linear: values dtype");
-  TORCH_CHECK(scales.is_contiguous() && scales.dtype() == torch::kFloat16 &&
-                  scales.sizes() == torch::IntArrayRef({G, K / group_size, kLanes}),
+  TORCH_CHECK(values.dtype() == (bits == 4 ? at::kByte : at::kChar), "block_linear: values dtype");
+  TORCH_CHECK(scales.is_contiguous() && scales.dtype() == at::kHalf &&
+                  scales.sizes() == at::IntArrayRef({G, K / group_size, kLanes}),
               "block_linear: scales [N / 8, K / group_size, 8] float16");
   if (bits == 4) {
-    TORCH_CHECK(mins.has_value() && mins->is_contiguous() && mins->dtype() == torch::kFloat16 &&
+    TORCH_CHECK(mins.has_value() && mins->is_contiguous() && mins->dtype() == at::kHalf &&
                     mins->sizes() == scales.sizes(), "block_linear: int4 needs mins like scales");
   }
   if (bias.has_value()) {
-    TORCH_CHECK(bias->numel() == N && bias->dtype() == torch::kFloat32, "block_linear: bias");
+    TORCH_CHECK(bias->numel() == N && bias->dtype() == at::kFloat, "block_linear: bias");
   }
 
   const int64_t blocks = K / kBlock;
   const int64_t planes = activation_bits / 8;
-  auto q = torch::empty({planes, M, K}, x.options().dtype(torch::kInt8));
-  auto x_scale = torch::empty({M, blocks}, x.options());
-  auto x_sum = torch::empty({M, blocks}, x.options());
+  auto q = at::empty({planes, M, K}, x.options().dtype(at::kChar));
+  auto x_scale = at::empty({M, blocks}, x.options());
+  auto x_sum = at::empty({M, blocks}, x.options());
   int8_t* residual = planes == 2 ? q.data_ptr<int8_t>() + M * K : nullptr;
   quantize_activations(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), residual, x_scale.data_ptr<float>(),
                        x_sum.data_ptr<float>());
@@ -566,7 +566,7 @@ torch::Tensor block_linear(const torch::Tensor& input,   // [M, K] float32
                        bits == 4 ? reinterpret_cast<const uint16_t*>(mins->data_ptr()) : nullptr,
                        blocks, K / group_size, group_size / kBlock, static_cast<int>(bits)};
 
-  auto y = torch::empty({M, G * kLanes}, x.options());
+  auto y = at::empty({M, G * kLanes}, x.options());
   float* y_ptr = y.data_ptr<float>();
   // Threads split the weight groups: each reads its share of the weights once per panel of rows.
   at::parallel_for(0, G, 1, [&](int64_t g_begin, int64_t g_end) {

@@ -4,27 +4,27 @@
 // Python between them: ~25 module and wrapper calls per layer, which cost more than the arithmetic for a
 // 135M model at one token per step.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "decoder_layer.h"
 
-torch::Tensor block_linear(const torch::Tensor& input, const torch::Tensor& values, const torch::Tensor& scales,
-                           const c10::optional<torch::Tensor>& mins, const c10::optional<torch::Tensor>& bias,
-                           int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits);
-torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
-torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin);
-void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows);
-torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& key_cache,
-                              const torch::Tensor& value_cache, const torch::Tensor& block_tables,
-                              const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
-                              int64_t block_size, double scale);
+at::Tensor block_linear(const at::Tensor& input, const at::Tensor& values, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& mins, const c10::optional<at::Tensor>& bias,
+                        int64_t bits, int64_t group_size, int64_t out_features, int64_t activation_bits);
+at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps);
+at::Tensor apply_rotary(const at::Tensor& input, const at::Tensor& cos, const at::Tensor& sin);
+void write_kv(at::Tensor cache, const at::Tensor& slot_mapping, const at::Tensor& rows);
+at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
+                           const at::Tensor& value_cache, const at::Tensor& block_tables,
+                           const at::Tensor& seq_of_query, const at::Tensor& context_lens,
+                           int64_t block_size, double scale);
 
 namespace {
 
 // quantization/blockwise.py's dense_linear: oneDNN's product on a weight it prepacked (an opaque tensor), through
 // the dispatcher as torch.ops.mkldnn._linear_pointwise, else a plain linear.
-torch::Tensor dense_linear(const torch::Tensor& x, const torch::Tensor& weight) {
+at::Tensor dense_linear(const at::Tensor& x, const at::Tensor& weight) {
   if (!weight.is_mkldnn()) return at::linear(x, weight);
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
   torch::jit::Stack stack{x, weight, c10::IValue(), std::string("none"), c10::List<std::optional<c10::Scalar>>(),
@@ -34,9 +34,9 @@ torch::Tensor dense_linear(const torch::Tensor& x, const torch::Tensor& weight) 
 }
 
 // The ops of BlockLinear.apply (quantization/blockwise.py), so both paths round alike.
-torch::Tensor linear(const BlockLinearWeights& w, const torch::Tensor& x) {
+at::Tensor linear(const BlockLinearWeights& w, const at::Tensor& x) {
   if (w.dense.has_value() && x.size(0) >= w.dense_min_rows) {
-    auto y = dense_linear(x.to(w.dense->scalar_type()), *w.dense).to(torch::kFloat32);
+    auto y = dense_linear(x.to(w.dense->scalar_type()), *w.dense).to(at::kFloat);
     return w.bias.has_value() ? y.add_(*w.bias) : y;
   }
   return block_linear(x, w.values, w.scales, w.mins, w.bias, w.bits, w.group_size, w.out_features, w.activation_bits);
@@ -44,12 +44,12 @@ torch::Tensor linear(const BlockLinearWeights& w, const torch::Tensor& x) {
 
 }  // namespace
 
-torch::Tensor decoder_layer(const DecoderLayerWeights& layer, const torch::Tensor& hidden,  // [tokens, hidden]
-                            const torch::Tensor& cos, const torch::Tensor& sin,              // [tokens, 1, head_size]
-                            const torch::Tensor& kv_cache,  // [2, num_slots, num_kv_heads, head_size (+ 4 if int8)]
-                            const torch::Tensor& slot_mapping,   // [tokens]
-                            const torch::Tensor& block_tables, const torch::Tensor& seq_of_token,
-                            const torch::Tensor& context_lens) {
+at::Tensor decoder_layer(const DecoderLayerWeights& layer, const at::Tensor& hidden,  // [tokens, hidden]
+                         const at::Tensor& cos, const at::Tensor& sin,              // [tokens, 1, head_size]
+                         const at::Tensor& kv_cache,  // [2, num_slots, num_kv_heads, head_size (+ 4 if int8)]
+                         const at::Tensor& slot_mapping,   // [tokens]
+                         const at::Tensor& block_tables, const at::Tensor& seq_of_token,
+                         const at::Tensor& context_lens) {
   const int64_t tokens = hidden.size(0), head_size = layer.head_size;
   const int64_t q_size = layer.num_heads * head_size, kv_size = layer.num_kv_heads * head_size;
 

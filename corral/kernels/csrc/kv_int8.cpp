@@ -2,7 +2,7 @@
 // (corral/kernels/kv_int8.py has the layout: head_size codes, then the row's float32 scale). Every loop rounds as
 // kv_int8.quantize_rows does, operation for operation, so all of them store the same bytes.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -45,7 +45,7 @@ void quantize_row_avx512(const float* v, int8_t* out, int64_t head_size) {
 }
 
 // Row (t, h) of x ([tokens, heads, head_size] float32, unit stride along head_size) into int8 row slots[t].
-void write_int8_rows(const torch::Tensor& x, const int64_t* slots, torch::Tensor& cache) {
+void write_int8_rows(const at::Tensor& x, const int64_t* slots, at::Tensor& cache) {
   const int64_t tokens = x.size(0), heads = x.size(1), head_size = x.size(2);
   const int64_t token_stride = x.stride(0), head_stride = x.stride(1), row = cache.size(2);
   const float* x_ptr = x.data_ptr<float>();
@@ -61,13 +61,13 @@ void write_int8_rows(const torch::Tensor& x, const int64_t* slots, torch::Tensor
 }  // namespace
 
 // K or V rows of a step ([tokens, num_kv_heads, head_size]) into their cache slots.
-void write_kv(torch::Tensor cache, const torch::Tensor& slot_mapping, const torch::Tensor& rows) {
-  TORCH_CHECK(slot_mapping.dtype() == torch::kInt64 && rows.dim() == 3 && cache.dim() == 3, "write_kv: shapes");
-  if (cache.dtype() != torch::kInt8) {
+void write_kv(at::Tensor cache, const at::Tensor& slot_mapping, const at::Tensor& rows) {
+  TORCH_CHECK(slot_mapping.dtype() == at::kLong && rows.dim() == 3 && cache.dim() == 3, "write_kv: shapes");
+  if (cache.dtype() != at::kChar) {
     cache.index_copy_(0, slot_mapping, rows);
     return;
   }
-  TORCH_CHECK(cache.is_contiguous() && rows.dtype() == torch::kFloat32 && cache.size(1) == rows.size(1) &&
+  TORCH_CHECK(cache.is_contiguous() && rows.dtype() == at::kFloat && cache.size(1) == rows.size(1) &&
                   cache.size(2) == rows.size(2) + 4, "write_kv: int8 rows of head_size codes and a float32 scale");
   TORCH_CHECK(slot_mapping.numel() == rows.size(0), "write_kv: one slot per row");
   const auto slots = slot_mapping.contiguous();
@@ -101,19 +101,19 @@ void dequantize_rows(const int8_t* cache, const int64_t* slots, int64_t n, int64
 // kv_int8.dequantize does (code * scale in float32), then rounded to dtype (float32 or bfloat16), laid out
 // [num_kv_heads, slots, head_size] as attention reads them: one pass instead of gather, dequantize, transpose
 // and cast.
-torch::Tensor gather_kv(const torch::Tensor& cache, const torch::Tensor& slot_mapping, at::ScalarType dtype) {
-  TORCH_CHECK(cache.dtype() == torch::kInt8 && cache.dim() == 3 && cache.is_contiguous() && cache.size(2) > 4,
+at::Tensor gather_kv(const at::Tensor& cache, const at::Tensor& slot_mapping, at::ScalarType dtype) {
+  TORCH_CHECK(cache.dtype() == at::kChar && cache.dim() == 3 && cache.is_contiguous() && cache.size(2) > 4,
               "gather_kv: a contiguous int8 cache");
-  TORCH_CHECK(slot_mapping.dtype() == torch::kInt64 && slot_mapping.dim() == 1, "gather_kv: int64 slots");
-  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16, "gather_kv: float32 or bfloat16 output");
+  TORCH_CHECK(slot_mapping.dtype() == at::kLong && slot_mapping.dim() == 1, "gather_kv: int64 slots");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "gather_kv: float32 or bfloat16 output");
   const auto slots = slot_mapping.contiguous();
   const int64_t n = slots.numel(), heads = cache.size(1), head_size = cache.size(2) - 4;
   const int64_t* slot_ptr = slots.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i)
     TORCH_CHECK(slot_ptr[i] >= 0 && slot_ptr[i] < cache.size(0), "gather_kv: slot out of range");
-  auto out = torch::empty({heads, n, head_size}, cache.options().dtype(dtype));
+  auto out = at::empty({heads, n, head_size}, cache.options().dtype(dtype));
   const int8_t* cache_ptr = cache.data_ptr<int8_t>();
-  if (dtype == torch::kFloat32)
+  if (dtype == at::kFloat)
     dequantize_rows(cache_ptr, slot_ptr, n, heads, head_size, out.data_ptr<float>());
   else
     dequantize_rows(cache_ptr, slot_ptr, n, heads, head_size, out.data_ptr<at::BFloat16>());

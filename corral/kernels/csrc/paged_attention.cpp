@@ -10,7 +10,7 @@
 // The hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at run time
 // (GCC target_clones), so one build runs on both the Zen 3 and the Zen 4 hosts.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -349,8 +349,8 @@ void attend_any(const HeadGroups& heads, const PagedKV<T>& kv, float scale, floa
 }
 
 template <typename T>
-void attend_all(const torch::Tensor& q, torch::Tensor& out, const torch::Tensor& key_cache,
-                const torch::Tensor& value_cache, const int64_t* table_ptr, int64_t max_blocks,
+void attend_all(const at::Tensor& q, at::Tensor& out, const at::Tensor& key_cache,
+                const at::Tensor& value_cache, const int64_t* table_ptr, int64_t max_blocks,
                 const int64_t* seq_ptr, const int64_t* lens_ptr, int64_t block_size, float scale) {
   const int64_t num_queries = q.size(0), num_heads = q.size(1), head_size = q.size(2);
   const int64_t num_kv_heads = key_cache.size(1), row = key_cache.size(2);
@@ -411,20 +411,20 @@ void set_paged_attention_isa(const std::string& name) {
 // One query token per row; row i belongs to sequence seq_of_query[i] (its block table) and attends to the
 // first context_lens[i] tokens of it. Decodes use one row per sequence; a prefill chunk in batch-invariant
 // mode one row per token, so every token is computed by the same loop whatever step, chunk or batch it is in.
-torch::Tensor paged_attention(
-    const torch::Tensor& query,         // [num_queries, num_heads, head_size]
-    const torch::Tensor& key_cache,     // [num_slots, num_kv_heads, head_size] float32, or int8 [.., head_size + 4]
-    const torch::Tensor& value_cache,   // like key_cache
-    const torch::Tensor& block_tables,  // [num_seqs, max_blocks] int64
-    const torch::Tensor& seq_of_query,  // [num_queries] int64, < num_seqs
-    const torch::Tensor& context_lens,  // [num_queries] int64, >= 1
+at::Tensor paged_attention(
+    const at::Tensor& query,         // [num_queries, num_heads, head_size]
+    const at::Tensor& key_cache,     // [num_slots, num_kv_heads, head_size] float32, or int8 [.., head_size + 4]
+    const at::Tensor& value_cache,   // like key_cache
+    const at::Tensor& block_tables,  // [num_seqs, max_blocks] int64
+    const at::Tensor& seq_of_query,  // [num_queries] int64, < num_seqs
+    const at::Tensor& context_lens,  // [num_queries] int64, >= 1
     int64_t block_size, double scale) {
-  const bool int8_cache = key_cache.dtype() == torch::kInt8;
-  TORCH_CHECK(query.dtype() == torch::kFloat32 && value_cache.dtype() == key_cache.dtype() &&
-                  (int8_cache || key_cache.dtype() == torch::kFloat32),
+  const bool int8_cache = key_cache.dtype() == at::kChar;
+  TORCH_CHECK(query.dtype() == at::kFloat && value_cache.dtype() == key_cache.dtype() &&
+                  (int8_cache || key_cache.dtype() == at::kFloat),
               "paged_attention: float32 queries, and a float32 or int8 cache");
-  TORCH_CHECK(block_tables.dtype() == torch::kInt64 && context_lens.dtype() == torch::kInt64 &&
-                  seq_of_query.dtype() == torch::kInt64,
+  TORCH_CHECK(block_tables.dtype() == at::kLong && context_lens.dtype() == at::kLong &&
+                  seq_of_query.dtype() == at::kLong,
               "paged_attention: int64 block tables, sequence indices and context lengths");
   TORCH_CHECK(query.dim() == 3 && key_cache.dim() == 3 && value_cache.dim() == 3, "bad ranks");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches must be contiguous");
@@ -446,7 +446,7 @@ torch::Tensor paged_attention(
     TORCH_CHECK(lens_ptr[i] >= 1 && lens_ptr[i] <= max_blocks * block_size, "context length out of range");
   }
 
-  auto out = torch::empty_like(q);
+  auto out = at::empty_like(q);
   const int64_t* table_ptr = tables.data_ptr<int64_t>();
   if (int8_cache) {
     attend_all<int8_t>(q, out, key_cache, value_cache, table_ptr, max_blocks, seq_ptr, lens_ptr, block_size,

@@ -4,19 +4,19 @@
 
 #pragma GCC optimize("fp-contract=off")
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
 
-torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps) {
-  TORCH_CHECK(input.dim() == 2 && input.dtype() == torch::kFloat32, "rms_norm: 2-D float32 input");
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(1) && weight.dtype() == torch::kFloat32,
+at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(input.dim() == 2 && input.dtype() == at::kFloat, "rms_norm: 2-D float32 input");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == input.size(1) && weight.dtype() == at::kFloat,
               "rms_norm: weight must be float32 [width]");
   const auto x = input.contiguous();
   const auto w = weight.contiguous();
   const int64_t rows = x.size(0), width = x.size(1);
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   const float* in = x.data_ptr<float>();
   const float* scale = w.data_ptr<float>();
   float* dst = out.data_ptr<float>();

@@ -4,18 +4,18 @@
 
 #pragma GCC optimize("fp-contract=off")
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-torch::Tensor apply_rotary(const torch::Tensor& input, const torch::Tensor& cos, const torch::Tensor& sin) {
-  TORCH_CHECK(input.dim() == 3 && input.dtype() == torch::kFloat32, "apply_rotary: [tokens, heads, head_size] float32");
+at::Tensor apply_rotary(const at::Tensor& input, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(input.dim() == 3 && input.dtype() == at::kFloat, "apply_rotary: [tokens, heads, head_size] float32");
   const int64_t tokens = input.size(0), heads = input.size(1), head_size = input.size(2);
   TORCH_CHECK(head_size % 2 == 0, "apply_rotary: even head size");
-  TORCH_CHECK(cos.dtype() == torch::kFloat32 && sin.dtype() == torch::kFloat32 && cos.numel() == tokens * head_size &&
+  TORCH_CHECK(cos.dtype() == at::kFloat && sin.dtype() == at::kFloat && cos.numel() == tokens * head_size &&
                   sin.numel() == tokens * head_size, "apply_rotary: cos/sin must be float32 [tokens, 1, head_size]");
   const auto c = cos.contiguous();
   const auto s = sin.contiguous();
-  auto out = torch::empty({tokens, heads, head_size}, input.options());
+  auto out = at::empty({tokens, heads, head_size}, input.options());
   // Rows of the input may be strided (q and k are a view into the fused qkv projection).
   const int64_t token_stride = input.stride(0), head_stride = input.stride(1);
   TORCH_CHECK(input.stride(2) == 1, "apply_rotary: head_size must be the contiguous dimension");

@@ -6,19 +6,19 @@
 
 #pragma GCC optimize("fp-contract=off")
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
 #include <tuple>
 
-std::tuple<torch::Tensor, torch::Tensor> unit_rows_with_pin(const torch::Tensor& input) {
-  TORCH_CHECK(input.dim() == 2 && input.dtype() == torch::kFloat32, "unit_rows_with_pin: 2-D float32 input");
+std::tuple<at::Tensor, at::Tensor> unit_rows_with_pin(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() == 2 && input.dtype() == at::kFloat, "unit_rows_with_pin: 2-D float32 input");
   TORCH_CHECK(input.size(1) >= 1, "unit_rows_with_pin: empty rows");
   const auto x = input.contiguous();
   const int64_t rows = x.size(0), width = x.size(1);
-  auto normalized = torch::empty({rows + 1, width}, x.options());
-  auto row_absmax = torch::empty({rows, 1}, x.options());
+  auto normalized = at::empty({rows + 1, width}, x.options());
+  auto row_absmax = at::empty({rows, 1}, x.options());
   const float* in = x.data_ptr<float>();
   float* out = normalized.data_ptr<float>();
   float* absmax = row_absmax.data_ptr<float>();
@@ -42,13 +42,13 @@ std::tuple<torch::Tensor, torch::Tensor> unit_rows_with_pin(const torch::Tensor&
 }
 
 // y: [rows + 1, n] (the pinning row's output last); returns y[:rows] scaled in place, plus bias.
-torch::Tensor rescale_rows(torch::Tensor y, const torch::Tensor& row_absmax, const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(y.dim() == 2 && y.dtype() == torch::kFloat32 && y.is_contiguous(), "rescale_rows: contiguous 2-D float32");
+at::Tensor rescale_rows(at::Tensor y, const at::Tensor& row_absmax, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(y.dim() == 2 && y.dtype() == at::kFloat && y.is_contiguous(), "rescale_rows: contiguous 2-D float32");
   const int64_t rows = y.size(0) - 1, n = y.size(1);
   TORCH_CHECK(row_absmax.numel() == rows && row_absmax.is_contiguous(), "rescale_rows: one scale per row");
   const float* b = nullptr;
   if (bias.has_value()) {
-    TORCH_CHECK(bias->numel() == n && bias->is_contiguous() && bias->dtype() == torch::kFloat32, "rescale_rows: bias");
+    TORCH_CHECK(bias->numel() == n && bias->is_contiguous() && bias->dtype() == at::kFloat, "rescale_rows: bias");
     b = bias->data_ptr<float>();
   }
   float* out = y.data_ptr<float>();
