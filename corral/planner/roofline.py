@@ -139,14 +139,17 @@ class StepModel:
     def memory_seconds(self, work: StepWork) -> float:
         return self.bytes_moved(work) / (self.bandwidth_bytes_per_s * self.efficiency.bandwidth)
 
+    @property
+    def allreduce_calls(self) -> int:
+        """Tensor-parallel all-reduces a step makes: two a layer (0 without tensor parallelism)."""
+        return 2 * self.model.num_hidden_layers if self.tensor_parallel_size > 1 else 0
+
     def allreduce_bytes(self, work: StepWork) -> float:
-        """What each tensor-parallel rank sends in one step: two ring all-reduces a layer of the step's
-        activations (0 without tensor parallelism)."""
+        """What each tensor-parallel rank sends in one step: a ring all-reduce of the step's activations per
+        call."""
         n = self.tensor_parallel_size
-        if n == 1:
-            return 0.0
         per_allreduce = work.num_tokens * self.model.hidden_size * self.activation_bytes * 2 * (n - 1) / n
-        return 2 * self.model.num_hidden_layers * per_allreduce
+        return self.allreduce_calls * per_allreduce
 
     def link_seconds(self, work: StepWork) -> float:
         """The all-reduces' bytes over the links at their share of the peak."""
@@ -158,17 +161,11 @@ class StepModel:
         link = self.efficiency.bandwidth if self.efficiency.link is None else self.efficiency.link
         return sent / (self.interconnect_bytes_per_s * link)
 
-    def allreduce_seconds(self, work: StepWork) -> float:
-        """The all-reduces' bytes over the links plus each call's latency."""
-        calls = 2 * self.model.num_hidden_layers if self.tensor_parallel_size > 1 else 0
-        return self.link_seconds(work) + calls * self.efficiency.allreduce_latency_s
-
     def latency_seconds(self) -> float:
         """What a step pays whatever its work: kernels, all-reduce calls and the step overhead."""
-        eff, layers = self.efficiency, self.model.num_hidden_layers
-        calls = 2 * layers if self.tensor_parallel_size > 1 else 0
-        return (layers * eff.kernels_per_layer * eff.kernel_latency_s + calls * eff.allreduce_latency_s
-                + eff.step_overhead_s)
+        eff = self.efficiency
+        return (self.model.num_hidden_layers * eff.kernels_per_layer * eff.kernel_latency_s
+                + self.allreduce_calls * eff.allreduce_latency_s + eff.step_overhead_s)
 
     def seconds(self, work: StepWork) -> float:
         return (max(self.compute_seconds(work), self.memory_seconds(work)) + self.link_seconds(work)

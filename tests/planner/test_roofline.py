@@ -76,9 +76,10 @@ def test_tensor_parallel_steps_add_their_all_reduces():
     work = StepWork(num_tokens=3, num_logit_rows=1, attention_pairs=5, kv_tokens_read=7)
     sent = 2 * 2 * (3 * 8 * 2) * 2 * 3 / 4  # layers x all-reduces x activations x ring share
     assert s.allreduce_bytes(work) == sent
-    assert s.allreduce_seconds(work) == sent / (40.0 * 0.5)
+    assert s.allreduce_calls == 2 * 2
+    assert s.link_seconds(work) == sent / (40.0 * 0.5)
     assert s.seconds(work) == max(s.compute_seconds(work), s.memory_seconds(work)) + sent / 20.0
-    assert steps().allreduce_seconds(work) == 0.0  # one device: nothing to reduce
+    assert (steps().allreduce_calls, steps().link_seconds(work)) == (0, 0.0)  # one device: nothing to reduce
     with pytest.raises(ConfigError, match="device-to-device bandwidth"):
         steps(tp=2).seconds(work)
 
@@ -97,7 +98,7 @@ def test_gpu_steps_pay_each_kernel_and_each_all_reduce_call():
     assert one.latency_seconds() == pytest.approx(2 * 9 * 5e-6)
     assert one.seconds(work) == pytest.approx(roof + 2 * 9 * 5e-6)
     assert two.link_seconds(work) == pytest.approx(two.allreduce_bytes(work) / (40.0 * 0.8))
-    assert two.allreduce_seconds(work) == pytest.approx(two.link_seconds(work) + 2 * 2 * 1e-5)
+    assert two.latency_seconds() == pytest.approx(2 * 9 * 5e-6 + 2 * 2 * 1e-5)
     roof2 = max(two.compute_seconds(work), two.memory_seconds(work))
     assert two.seconds(work) == pytest.approx(roof2 + two.link_seconds(work) + 2 * 9 * 5e-6 + 2 * 2 * 1e-5)
 
