@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--teacher-samples", type=int, default=32,
                       help="sequences the teacher samples (temperature 1) from prompts drawn from the text, "
                            "one window each, added to the training windows (0: none)")
+    data.add_argument("--teacher-prompts", default=None, metavar="FILE",
+                      help="draw the teacher's prompts from this file instead: one user message a line, rendered "
+                           "with the teacher's chat template; it answers each, up to a window in all")
 
     training = parser.add_argument_group("training")
     training.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one pass over the windows)")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         student=args.student, out=args.out, teacher=teacher, work_dir=args.work_dir,
         data_paths=tuple(args.data), sources=sources, train_tokens=args.train_tokens,
         heldout_tokens=args.heldout_tokens, heldout_path=args.heldout_data, teacher_samples=args.teacher_samples,
-        resume=args.resume, stop_after=args.stop_after, draft=draft,
+        teacher_prompts_path=args.teacher_prompts, resume=args.resume, stop_after=args.stop_after, draft=draft,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -136,14 +139,15 @@ def run(args: argparse.Namespace) -> int:
 def _teacher_sampler(teacher: str | None):
     """Samples through the offline engine (KV cache, batching), which ``compress`` may not import itself."""
 
-    def sample(prompts: list[list[int]], num_new_tokens: int, seed: int) -> list[list[int]]:
+    def sample(prompts: list[list[int]], max_new_tokens: list[int], seed: int) -> list[list[int]]:
         from corral.llm import LLM
         from corral.sample.params import SamplingParams
 
         # quantization none: the exact float32 teacher whose distributions are distilled
-        llm = LLM(teacher, quantization="none", dtype="float32", max_model_len=len(prompts[0]) + num_new_tokens)
-        params = [SamplingParams(temperature=1.0, max_tokens=num_new_tokens, seed=seed + index)
-                  for index in range(len(prompts))]
+        max_model_len = max(len(p) + n for p, n in zip(prompts, max_new_tokens, strict=True))
+        llm = LLM(teacher, quantization="none", dtype="float32", max_model_len=max_model_len)
+        params = [SamplingParams(temperature=1.0, max_tokens=n, seed=seed + index)
+                  for index, n in enumerate(max_new_tokens)]
         return [list(output.outputs[0].token_ids) for output in llm.generate(prompts, params, use_tqdm=False)]
 
     return sample

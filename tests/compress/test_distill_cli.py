@@ -78,3 +78,35 @@ def test_the_teacher_samples_through_the_engine(tiny_dirs, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     # 3 samples of 8 prompt + 24 sampled tokens (+ EOS where one ended early) pack into 2 or 3 windows of 32
     assert report["num_sampled_windows"] in (2, 3)
+
+
+def test_the_teacher_answers_chat_prompts_rendered_with_its_template(tiny_dirs, tmp_path, capsys):
+    import shutil
+
+    teacher = tmp_path / "chat-teacher"
+    shutil.copytree(tiny_dirs["teacher"], teacher)
+    (teacher / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("return x plus 1\n\nthe quick brown fox\n")
+    dirs = {**tiny_dirs, "teacher": teacher}
+    out = tmp_path / "out"
+    assert _distill(dirs, out, "--teacher-samples", "2", "--teacher-prompts", str(prompts)) == 0
+    prepared = torch.load(tmp_path / "out.distill" / "prepared.pt", weights_only=True)
+    tokenizer = load_tokenizer(str(teacher))
+    sampled = prepared["train_ids"][prepared["num_text_windows"]:].flatten().tolist()
+    rendered = {tuple(tokenizer.encode(f"<|endoftext|>user: {m}\nassistant:", add_special_tokens=False))
+                for m in ("return x plus 1", "the quick brown fox")}
+    first = next(r for r in rendered if tuple(sampled[: len(r)]) == r)  # the samples start with a rendered prompt
+    assert len(sampled) > len(first)
+
+    # refused with one line: no template to render them, no samples to draw them for, no such file
+    for extra, expected in ((["--teacher", str(tiny_dirs["teacher"])], "no chat template"),
+                            (["--teacher-samples", "0"], "give --teacher-samples > 0"),
+                            (["--teacher-prompts", str(tmp_path / "none.txt")], "no such file")):
+        capsys.readouterr()
+        args = ["--teacher-samples", "2", "--teacher-prompts", str(prompts), *extra]
+        assert _distill(dirs, tmp_path / "out2", *args) == 1
+        err = capsys.readouterr().err.strip()
+        assert expected in err and "\n" not in err, err

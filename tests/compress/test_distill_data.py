@@ -26,9 +26,9 @@ class CharTokenizer:
 def test_windows_are_consecutive_and_the_teacher_continues_prompts_from_the_text():
     calls = []
 
-    def sample(prompts: list[list[int]], num_new_tokens: int, seed: int) -> list[list[int]]:
-        calls.append((prompts, num_new_tokens, seed))
-        return [[99] * num_new_tokens for _ in prompts]
+    def sample(prompts: list[list[int]], max_new_tokens: list[int], seed: int) -> list[list[int]]:
+        calls.append((prompts, max_new_tokens, seed))
+        return [[99] * n for n in max_new_tokens]
 
     texts = ["a" * 30, "b" * 40]
     data = build_training_data(CharTokenizer(), texts, "c" * 50, sequence_length=16, max_train_tokens=1000,
@@ -36,12 +36,33 @@ def test_windows_are_consecutive_and_the_teacher_continues_prompts_from_the_text
     stream = CharTokenizer().encode("a" * 30) + [0] + CharTokenizer().encode("b" * 40) + [0]
     assert torch.equal(data.train_ids[: data.num_text_windows], token_windows(stream, 16))
     assert data.num_text_windows == 4 and data.heldout_ids.shape == (2, 16)
-    (prompts, num_new_tokens, seed), = calls
-    assert num_new_tokens == 12 and seed == 7 and len(prompts) == 3
+    (prompts, max_new_tokens, seed), = calls
+    assert max_new_tokens == [12, 12, 12] and seed == 7 and len(prompts) == 3
     text_prefixes = {tuple(w[:4].tolist()) for w in data.train_ids[: data.num_text_windows]}
     assert all(len(p) == 4 and tuple(p) in text_prefixes for p in prompts)
     assert data.num_sampled_windows == 3  # 3 x (4 + 12 + EOS) = 51 tokens -> 3 windows of 16
     assert torch.equal(data.train_ids[data.num_text_windows][4:16], torch.full((12,), 99))
+
+
+def test_chat_prompts_replace_text_prompts_and_each_fills_the_rest_of_a_window():
+    calls = []
+
+    def sample(prompts: list[list[int]], max_new_tokens: list[int], seed: int) -> list[list[int]]:
+        calls.append((prompts, max_new_tokens))
+        return [[99] * 3 + [0] for _ in prompts]  # each reply ends early, with EOS
+
+    chat = [[7] * 5, [8] * 9]
+    data = build_training_data(CharTokenizer(), ["a" * 40], "c" * 50, sequence_length=16, max_train_tokens=1000,
+                               max_heldout_tokens=16, num_teacher_samples=4, sample=sample, seed=1,
+                               chat_prompts=chat)
+    (prompts, max_new_tokens), = calls
+    # every chat prompt once before any repeats, none of the text's windows
+    assert sorted(prompts[:2]) == sorted(chat) and sorted(prompts[2:]) == sorted(chat)
+    assert max_new_tokens == [16 - len(p) for p in prompts]
+    stream = [t for p in prompts for t in p + [99, 99, 99, 0]]  # the EOS the reply ended with is not doubled
+    assert torch.equal(data.train_ids[data.num_text_windows:], token_windows(stream, 16))
+    with pytest.raises(DistillError, match="1 chat prompts are as long as a training window"):
+        build_training_data(CharTokenizer(), ["a" * 40], "c" * 50, 16, 1000, 16, 1, sample, chat_prompts=[[7] * 16])
 
 
 def test_too_little_text_is_an_error():

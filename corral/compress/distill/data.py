@@ -1,5 +1,6 @@
 """Token windows to train and evaluate on: documents tokenized, joined with end-of-sequence tokens and cut into
-fixed-length windows; prompts drawn from them for the teacher to continue; its samples packed the same way.
+fixed-length windows; prompts for the teacher to continue (starts of those windows, or chat prompts given as
+such); its samples packed the same way.
 
 A training window is a plain ``[sequence_length]`` row of token ids: no padding and no masks, so every position
 is a target. Documents follow one another inside a window, separated by EOS, as in pre-training.
@@ -15,8 +16,9 @@ import torch
 from corral.compress.distill.config import DistillError
 from corral.text.tokenizer import Tokenizer
 
-# ``sample(prompts, num_new_tokens, seed) -> completions``: token ids in, the teacher's sampled continuations out
-TeacherSampler = Callable[[list[list[int]], int, int], list[list[int]]]
+# ``sample(prompts, max_new_tokens, seed) -> completions``: token ids in (and each prompt's budget of new tokens),
+# the teacher's sampled continuations out
+TeacherSampler = Callable[[list[list[int]], list[int], int], list[list[int]]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ def document_stream(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int)
     return stream[:max_tokens]
 
 
+def draw(num_items: int, num_draws: int, seed: int) -> list[int]:
+    """``num_draws`` indices into ``num_items``, each pass over them a fresh permutation: without replacement
+    until they run out, then again."""
+    generator = torch.Generator().manual_seed(seed)
+    passes = [torch.randperm(num_items, generator=generator) for _ in range(-(-num_draws // num_items))]
+    return torch.cat(passes)[:num_draws].tolist()
+
+
 def sampling_prompts(text_windows: torch.Tensor, num_prompts: int, prompt_length: int, seed: int) -> list[list[int]]:
     """``num_prompts`` prompts of ``prompt_length`` tokens, each the start of a text window drawn without
     replacement (with replacement once the windows run out)."""
@@ -61,10 +71,7 @@ def sampling_prompts(text_windows: torch.Tensor, num_prompts: int, prompt_length
         return []
     if len(text_windows) == 0:
         raise DistillError("no text windows to draw teacher prompts from: give more text or shorter windows")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(len(text_windows), generator=generator)
-                       for _ in range(-(-num_prompts // len(text_windows)))])
-    return [text_windows[int(i), :prompt_length].tolist() for i in order[:num_prompts]]
+    return [text_windows[i, :prompt_length].tolist() for i in draw(len(text_windows), num_prompts, seed)]
 
 
 def build_training_data(
@@ -77,9 +84,11 @@ def build_training_data(
     num_teacher_samples: int = 0,
     sample: TeacherSampler | None = None,
     seed: int = 0,
+    chat_prompts: Sequence[list[int]] = (),
 ) -> TrainingData:
-    """Tokenize the texts into windows and append ``num_teacher_samples`` sequences the teacher generates from
-    prompts of a quarter window drawn from the text (sequence-level distillation on the teacher's own text)."""
+    """Tokenize the texts into windows and append ``num_teacher_samples`` sequences the teacher generates
+    (sequence-level distillation on the teacher's own text), each at most a window long: from prompts of a
+    quarter window drawn from the text, or from ``chat_prompts`` (rendered, tokenized) when there are any."""
     text_windows = token_windows(document_stream(tokenizer, train_texts, max_train_tokens), sequence_length)
     if len(text_windows) == 0:
         raise DistillError(f"the training text has fewer than {sequence_length} tokens")
@@ -91,12 +100,29 @@ def build_training_data(
     if num_teacher_samples > 0:
         if sample is None:
             raise DistillError("teacher samples were asked for, but no sampler was given")
-        prompt_length = max(1, sequence_length // 4)
-        prompts = sampling_prompts(text_windows, num_teacher_samples, prompt_length, seed)
-        completions = sample(prompts, sequence_length - prompt_length, seed)
+        if chat_prompts:
+            too_long = [len(p) for p in chat_prompts if len(p) >= sequence_length]
+            if too_long:
+                raise DistillError(f"{len(too_long)} chat prompts are as long as a training window "
+                                   f"({max(too_long)} >= {sequence_length} tokens): shorten them or raise "
+                                   "--sequence-length")
+            prompts = [list(chat_prompts[i]) for i in draw(len(chat_prompts), num_teacher_samples, seed)]
+        else:
+            prompts = sampling_prompts(text_windows, num_teacher_samples, max(1, sequence_length // 4), seed)
+        completions = sample(prompts, [sequence_length - len(p) for p in prompts], seed)
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         stream: list[int] = []
         for prompt, completion in zip(prompts, completions, strict=True):
             stream += prompt + completion + ([] if completion[-1:] == eos else eos)
         windows.append(token_windows(stream, sequence_length))
     return TrainingData(torch.cat(windows), heldout, len(text_windows))
+
+
+def render_chat_prompts(tokenizer: Tokenizer, user_messages: Sequence[str]) -> list[list[int]]:
+    """Each message as the user's turn of a chat, rendered with the tokenizer's chat template up to the start of
+    the assistant's reply, as token ids: what a chat client sends the model."""
+    if tokenizer.chat_template is None:
+        raise DistillError("--teacher-prompts: the teacher's tokenizer has no chat template to render them with")
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True)
+                for m in user_messages]
+    return tokenizer.encode_batch(rendered, add_special_tokens=False)

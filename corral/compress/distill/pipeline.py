@@ -25,7 +25,12 @@ import torch
 from corral.compress.distill.checkpoint import CHECKPOINT_FILE, tensor_digest
 from corral.compress.distill.config import DistillConfig, DistillError, training_dtype
 from corral.compress.distill.corpus import SYSTEM_SOURCES, gather_documents, heldout_text, read_text_file
-from corral.compress.distill.data import TeacherSampler, TrainingData, build_training_data
+from corral.compress.distill.data import (
+    TeacherSampler,
+    TrainingData,
+    build_training_data,
+    render_chat_prompts,
+)
 from corral.compress.distill.draft import (
     DraftOptions,
     choose_layers,
@@ -70,6 +75,7 @@ class DistillInputs:
     train_tokens: int = 262_144
     heldout_tokens: int = 8192
     teacher_samples: int = 32  # sequences the teacher generates (each one training window long)
+    teacher_prompts_path: str | None = None  # user messages, one a line: the teacher answers them as a chat
     heldout_path: str | None = None  # None: the held-out split of the standard library's docstrings
     resume: bool = False
     stop_after: int | None = None  # optimizer steps, in total: stop there with a checkpoint
@@ -84,6 +90,11 @@ class DistillInputs:
             raise DistillError("train and held-out tokens must be >= 1, teacher samples >= 0")
         if self.heldout_path is not None and not os.path.isfile(self.heldout_path):
             raise DistillError(f"--heldout-data {self.heldout_path}: no such file")
+        if self.teacher_prompts_path is not None:
+            if not os.path.isfile(self.teacher_prompts_path):
+                raise DistillError(f"--teacher-prompts {self.teacher_prompts_path}: no such file")
+            if self.teacher_samples == 0:
+                raise DistillError("--teacher-prompts are for the teacher's samples: give --teacher-samples > 0")
         if self.stop_after is not None and self.stop_after < 1:
             raise DistillError(f"stop_after must be >= 1, got {self.stop_after}")
         if self.student is None and (self.draft is None or self.draft.num_layers is None):
@@ -156,7 +167,7 @@ def distill(
         student = _student(inputs.draft, student, teacher, prepared)
     else:
         assert teacher is not None
-        prepared, student = _prepare(inputs, config, student, teacher, models.tokenizer, sample, dtype, on_progress)
+        prepared, student = _prepare(inputs, config, student, teacher, models, sample, dtype, on_progress)
         os.makedirs(work_dir, exist_ok=True)
         torch.save({"fingerprint": run_fingerprint, **_to_saved(prepared)}, prepared_path)
     data: TrainingData = prepared["data"]
@@ -192,6 +203,7 @@ def distill(
 class _Models:
     teacher_config: ModelConfig
     tokenizer: Tokenizer  # the student's (a draft's: the teacher's)
+    teacher_tokenizer: Tokenizer  # the same vocabulary; its chat template renders the teacher's chat prompts
     student: DenseModel | None  # None: a draft to be cut from the teacher
     student_config: ModelConfig  # what the student will be (a draft's config before it is cut)
 
@@ -211,7 +223,7 @@ def _open_models(inputs: DistillInputs, teacher_path: str) -> _Models:
         inputs.draft.check(teacher_config)
         student_config = replace(student_config, num_hidden_layers=inputs.draft.num_layers or
                                  student_config.num_hidden_layers, draft_vocab_size=inputs.draft.vocab_size)
-    return _Models(teacher_config, tokenizer, student, student_config)
+    return _Models(teacher_config, tokenizer, teacher_tokenizer, student, student_config)
 
 
 def _student(draft: DraftOptions | None, student: DenseModel | None, teacher: DenseModel | None,
@@ -237,7 +249,7 @@ def _prepare(
     config: DistillConfig,
     student: DenseModel | None,
     teacher: DenseModel,
-    tokenizer: Tokenizer,
+    models: _Models,
     sample: TeacherSampler | None,
     dtype: torch.dtype,
     on_progress: ProgressFn | None,
@@ -246,14 +258,21 @@ def _prepare(
         if on_progress is not None:
             on_progress(phase, done, total)
 
+    tokenizer = models.tokenizer
     progress("gather text")
     documents = gather_documents(inputs.data_paths, inputs.sources, inputs.train_tokens * _CHARS_PER_TOKEN)
     if inputs.teacher_samples:
         progress(f"teacher samples {inputs.teacher_samples} sequences")
     heldout = heldout_text() if inputs.heldout_path is None else read_text_file(inputs.heldout_path)
+    chat_prompts: list[list[int]] = []
+    if inputs.teacher_prompts_path is not None:
+        messages = [line.strip() for line in read_text_file(inputs.teacher_prompts_path).splitlines()]
+        chat_prompts = render_chat_prompts(models.teacher_tokenizer, [m for m in messages if m])
+        if not chat_prompts:
+            raise DistillError(f"--teacher-prompts {inputs.teacher_prompts_path}: no prompts (one a line)")
     data = build_training_data(tokenizer, [d.text for d in documents], heldout, config.sequence_length,
                                inputs.train_tokens, inputs.heldout_tokens, inputs.teacher_samples, sample,
-                               config.seed)
+                               config.seed, chat_prompts)
     prepared: dict[str, Any] = {"data": data, "head_token_ids": None, "draft_layers": None, "cache": None}
     if inputs.draft is not None:
         progress("rank the draft's vocabulary")
