@@ -21,7 +21,7 @@ SOURCES = [
     _CSRC / name
     for name in (
         "module.cpp", "paged_attention.cpp", "kv_int8.cpp", "row_scaling.cpp", "rms_norm.cpp", "rotary.cpp",
-        "block_linear.cpp", "decoder_layer.cpp",
+        "block_linear.cpp", "decoder_layer.cpp", "prefill_attention.cpp",
     )
 ]
 HEADERS = [_CSRC / "decoder_layer.h", _CSRC / "isa.h"]

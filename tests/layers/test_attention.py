@@ -3,10 +3,14 @@
 import pytest
 import torch
 
+from corral.kernels import cpu_extension
 from corral.layers.attention.metadata import AttentionMetadata, PrefillChunk
 from corral.layers.attention.torch_paged import TorchPagedAttention
 
-NUM_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 8, 4, 40
+NUM_HEADS, NUM_KV_HEADS, BLOCK_SIZE, NUM_BLOCKS = 6, 2, 4, 40
+_EXTENSION = cpu_extension.load()
+# head size 64 takes the C++ prefill kernel where it runs (AVX-512), 8 always takes SDPA
+PREFILL_KERNEL_RUNS = _EXTENSION is not None and _EXTENSION.prefill_attention_supported(64)
 
 
 def dense_attention(q, k, v):
@@ -15,14 +19,16 @@ def dense_attention(q, k, v):
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     n, ctx = q.shape[0], k.shape[0]
-    scores = torch.einsum("qhd,khd->hqk", q, k) / HEAD_SIZE**0.5
+    scores = torch.einsum("qhd,khd->hqk", q, k) / q.shape[-1] ** 0.5
     q_pos = torch.arange(n)[:, None] + ctx - n
     scores = scores.masked_fill(torch.arange(ctx)[None, :] > q_pos, float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, -1)
 
 
+@pytest.mark.parametrize("head_size", [8, 64])
 @pytest.mark.parametrize("batch_invariant, prefill_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
-def test_mixed_decodes_and_chunks_match_dense_attention(batch_invariant, prefill_dtype):
+def test_mixed_decodes_and_chunks_match_dense_attention(batch_invariant, prefill_dtype, head_size):
+    HEAD_SIZE = head_size
     torch.manual_seed(0)
     # (tokens already cached, new tokens this step): two decodes, a fresh prompt, a chunk after a prefix.
     seqs = [(9, 1), (4, 1), (0, 7), (6, 5)]
@@ -64,6 +70,8 @@ def test_mixed_decodes_and_chunks_match_dense_attention(batch_invariant, prefill
     )
     new_k = torch.cat([k[c:] for (c, _), k in zip(seqs, full_k)])
     new_v = torch.cat([v[c:] for (c, _), v in zip(seqs, full_v)])
+    uses_kernel = backend._prefill_kernel(torch.device("cpu")) is not None
+    assert uses_kernel == (PREFILL_KERNEL_RUNS and head_size == 64 and prefill_dtype is None)
     out = backend.forward(torch.cat(queries), new_k, new_v, kv_cache, metadata)
 
     expected = torch.cat([dense_attention(q, k, v) for q, k, v in zip(queries, full_k, full_v)])

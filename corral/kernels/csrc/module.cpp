@@ -14,6 +14,9 @@ torch::Tensor paged_attention(const torch::Tensor& query, const torch::Tensor& k
                               const torch::Tensor& value_cache, const torch::Tensor& block_tables,
                               const torch::Tensor& seq_of_query, const torch::Tensor& context_lens,
                               int64_t block_size, double scale);
+bool prefill_attention_supported(int64_t head_size);
+torch::Tensor prefill_attention(const torch::Tensor& query, const torch::Tensor& keys, const torch::Tensor& values,
+                                double scale);
 std::tuple<torch::Tensor, torch::Tensor> unit_rows_with_pin(const torch::Tensor& input);
 torch::Tensor rescale_rows(torch::Tensor y, const torch::Tensor& row_absmax, const c10::optional<torch::Tensor>& bias);
 torch::Tensor rms_norm(const torch::Tensor& input, const torch::Tensor& weight, double eps);
@@ -38,6 +41,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention_isa", &paged_attention_isa, "the loops paged_attention uses for head sizes 64 and 128");
   m.def("supported_paged_attention_isas", &supported_paged_attention_isas, "the attention loops this CPU can run");
   m.def("set_paged_attention_isa", &set_paged_attention_isa, "use the given attention loops (for tests)");
+  m.def("prefill_attention", &prefill_attention, "causal attention of a prefill chunk over its gathered context",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("prefill_attention_supported", &prefill_attention_supported,
+        "whether prefill_attention runs here for this head size (AVX-512 loops on, head size 64 or 128)");
   m.def("write_kv", &write_kv, "K or V rows into their cache slots (quantized into an int8 cache)",
         py::call_guard<py::gil_scoped_release>());
   m.def("gather_kv", &gather_kv, "int8 cache rows at slots, dequantized, as [num_kv_heads, slots, head_size]",
