@@ -24,7 +24,7 @@ SOURCES = [
         "block_linear.cpp", "decoder_layer.cpp", "prefill_attention.cpp",
     )
 ]
-HEADERS = [_CSRC / "decoder_layer.h", _CSRC / "isa.h"]
+HEADERS = [_CSRC / "decoder_layer.h", _CSRC / "isa.h", _CSRC / "avx512_exp.h"]
 BUILD_DIR = Path(__file__).parent / "_build"
 HASH_FILE = BUILD_DIR / "sources.sha256"
 

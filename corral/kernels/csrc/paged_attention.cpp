@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "avx512_exp.h"
 #include "isa.h"
 
 namespace {
@@ -207,8 +208,6 @@ void attend(const HeadGroups& heads, const PagedKV<T>& kv, float scale, float* s
 // key costs 8), and its output stays in registers while it walks the chunk's values. Each row's arithmetic
 // is the same whatever other rows share the task, as in attend().
 
-#define CORRAL_AVX512_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"
-
 constexpr int64_t kChunk = 16;  // keys per tile
 
 // Lane k of the result = the sum of the 16 lanes of d[k].
@@ -228,21 +227,6 @@ inline __m512 sum_each(const __m512 (&d)[kChunk]) {
 
 // The first min(n, 16) lanes.
 inline __mmask16 tail_mask(int64_t n) { return n >= kChunk ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
-
-// exp_non_positive16 in AVX-512 intrinsics (the same steps, so the same results).
-__attribute__((target(CORRAL_AVX512_TARGET), always_inline))
-inline __m512 exp_non_positive_avx512(__m512 v) {
-  v = _mm512_max_ps(v, _mm512_set1_ps(-87.3f));
-  const __m512i k = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(0.5f)));
-  const __m512 kf = _mm512_cvtepi32_ps(k);
-  const __m512 r = _mm512_add_ps(_mm512_sub_ps(v, _mm512_mul_ps(kf, _mm512_set1_ps(0.693359375f))),
-                                 _mm512_mul_ps(kf, _mm512_set1_ps(2.12194440e-4f)));
-  __m512 p = _mm512_set1_ps(1.f / 5040.f);
-  for (const float c : {1.f / 720.f, 1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f, 1.f}) {
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
-  }
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23)));
-}
 
 // Cache rows t0 .. t0 + n - 1 (n <= 16) of one KV head as floats in tile[16][D], their scales in scales[16].
 template <int64_t D, typename T>

@@ -18,35 +18,14 @@
 #include <cmath>
 #include <limits>
 
+#include "avx512_exp.h"
 #include "isa.h"
 
 namespace {
 
-#define CORRAL_AVX512_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"
-
 constexpr int64_t kRows = 32;  // query rows per task
 constexpr int64_t kKeys = 64;  // keys per tile: 4 vectors of 16
 constexpr int64_t kScoreRows = 4;  // rows per register block of the scores (4 x 4 accumulators)
-
-// exp(v) for v <= 0 within 2 ulp (the steps of paged_attention.cpp's exp_non_positive16).
-__attribute__((target(CORRAL_AVX512_TARGET), always_inline))
-inline __m512 exp_non_positive(__m512 v) {
-  v = _mm512_max_ps(v, _mm512_set1_ps(-87.3f));
-  const __m512i k = _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(0.5f)));
-  const __m512 kf = _mm512_cvtepi32_ps(k);
-  const __m512 r = _mm512_add_ps(_mm512_sub_ps(v, _mm512_mul_ps(kf, _mm512_set1_ps(0.693359375f))),
-                                 _mm512_mul_ps(kf, _mm512_set1_ps(2.12194440e-4f)));
-  __m512 p = _mm512_set1_ps(1.f / 5040.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
-}
 
 struct Chunk {
   const float* query;   // [query_len, num_heads, HEAD]
@@ -121,7 +100,7 @@ void attend_rows(const Chunk& c, int64_t head, int64_t first_row, int64_t rows) 
       __m512 total = _mm512_setzero_ps();
       for (int64_t v = 0; v < 4; ++v) {
         const __m512 p = _mm512_maskz_mov_ps(
-            keep[v], exp_non_positive(_mm512_sub_ps(_mm512_load_ps(row + 16 * v), _mm512_set1_ps(new_max))));
+            keep[v], exp_non_positive_avx512(_mm512_sub_ps(_mm512_load_ps(row + 16 * v), _mm512_set1_ps(new_max))));
         _mm512_store_ps(row + 16 * v, p);
         total = _mm512_add_ps(total, p);
       }
