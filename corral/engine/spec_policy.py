@@ -22,7 +22,13 @@ the request's most promising bucket, each draft then also costing ``proposer_cos
 forward pass, as a fraction of the target's); once the drafts are known (that cost spent) it trims them to
 their own bucket's ``k``.
 When no ``k`` beats plain decoding it stops speculating for that request, except for a one-draft probe
-every ``probe_interval`` tokens, so text that turns repetitive later is still noticed.
+every ``probe_interval`` tokens, so text that turns repetitive later is still noticed. A probe of a draft
+model is not cheap (the draft's pass, which first feeds it every token since its last one, cost a third to
+a half of a target step on the default model), so with a costly proposer probes are spaced by steps in
+which the request did not speculate: the engine's steps for requests that share its counts (a short
+request's steps count toward the next probe as a long one's do, and a batch of ``B`` such requests makes
+one probe where one request would, not ``B``), the request's own for seeded random ones. Each failed probe
+doubles the spacing, up to ``MAX_PROBE_BACKOFF`` times ``probe_interval``, and a kept probe resets it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ ENGINE_DECAY = 0.98
 # A/B on the Xeon host (paired single-request speed-ups, edit paragraph / edit document / story): 2 gave
 # 1.67-1.75x / 1.73-1.81x / 0.96-1.02x, 4 gave 1.79x / 2.02x / 0.95-0.97x, 6 gave 1.89-1.93x / 1.91-2.14x / 0.95-0.98x.
 FIXED_COST_ROWS = 6.0
+# With a costly proposer, failed probes space the next ones out up to this many times ``probe_interval``.
+MAX_PROBE_BACKOFF = 8
 
 
 @dataclass
@@ -70,12 +78,31 @@ class HazardCounts:
 
 
 @dataclass
+class _ProbeSpacing:
+    """When a costly proposer's next probe is due: after ``interval`` steps that did not speculate."""
+
+    interval: int
+    steps: float = 0.0  # since the last probe
+
+    def due(self, share: float = 1.0) -> bool:
+        """One request's ``share`` of a step that did not speculate; True: the probe is due, and it is its."""
+        self.steps += share
+        if self.steps < self.interval - 1e-9:
+            return False
+        self.steps = 0.0
+        return True
+
+
+@dataclass
 class _RequestHistory:
     counts: dict[int, HazardCounts] = field(default_factory=dict)  # bucket -> the request's own checks
     # all of the request's checks, whatever their bucket: kept only for requests that cannot share the
     # engine's counts, which shrink toward it instead
     pooled: HazardCounts | None = None
     pending_bucket: int = 0  # the bucket of the drafts now being checked
+    probing: bool = False  # the drafts now asked for are a probe
+    # a costly proposer's probe spacing, for requests that keep their own (see the module's docstring)
+    own_spacing: _ProbeSpacing | None = None
 
 
 def _shares_engine_counts(request: Request) -> bool:
@@ -119,6 +146,7 @@ class SpeculationPolicy:
         self.fixed_cost_rows = fixed_cost_rows
         self.probe_interval = probe_interval
         self.proposer_cost = proposer_cost  # of proposing one draft, in target decode steps (0: n-gram lookup)
+        self._engine_spacing = _ProbeSpacing(probe_interval)  # a costly proposer's, for requests sharing counts
         self._engine_counts: dict[int, HazardCounts] = {}
         self._requests: dict[str, _RequestHistory] = {}
 
@@ -137,9 +165,31 @@ class SpeculationPolicy:
             k = max(k, self._best(request, bucket, batch_size, self.proposer_cost))
             if k >= limit:
                 break
-        if k == 0 and request.num_output_tokens % self.probe_interval == 0:
-            k = 1
-        return min(k, limit)
+        probing = k == 0 and self._probe_due(request, batch_size)
+        self._requests.setdefault(request.request_id, _RequestHistory()).probing = probing
+        return min(1 if probing else k, limit)
+
+    def probe_spacing(self, request: Request) -> _ProbeSpacing:
+        """A costly proposer's probe spacing for ``request``: the engine's, or the request's own."""
+        if _shares_engine_counts(request):
+            return self._engine_spacing
+        history = self._requests.setdefault(request.request_id, _RequestHistory())
+        if history.own_spacing is None:
+            history.own_spacing = _ProbeSpacing(self.probe_interval)
+        return history.own_spacing
+
+    def _probe_due(self, request: Request, batch_size: int) -> bool:
+        if self.proposer_cost == 0:  # an n-gram lookup: a probe costs one row, so probe on schedule
+            return request.num_output_tokens % self.probe_interval == 0
+        shared = _shares_engine_counts(request)
+        return self.probe_spacing(request).due(1 / max(batch_size, 1) if shared else 1.0)
+
+    def _after_probe(self, request: Request, kept: bool) -> None:
+        if self.proposer_cost == 0:
+            return
+        spacing = self.probe_spacing(request)
+        longest = self.probe_interval * MAX_PROBE_BACKOFF
+        spacing.interval = self.probe_interval if kept else min(2 * spacing.interval, longest)
 
     def trim(self, request: Request, num_proposed: int, bucket: int, batch_size: int = 1) -> int:
         """How many of a fresh proposal of ``num_proposed`` drafts in ``bucket`` to check."""
@@ -153,6 +203,9 @@ class SpeculationPolicy:
         if num_drafts == 0:
             return
         history = self._requests.setdefault(request.request_id, _RequestHistory())
+        if history.probing:
+            history.probing = False
+            self._after_probe(request, kept=num_accepted > 0)
         bucket = history.pending_bucket
         size = self.num_speculative_tokens
         history.counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted)

@@ -1,8 +1,11 @@
 """The adaptive speculation length: the expected-value rule, per-position acceptance by bucket, a request's
 history against the engine's, and the limits every policy keeps."""
 
+import itertools
+
 from corral.engine.request import Request
 from corral.engine.spec_policy import (
+    MAX_PROBE_BACKOFF,
     PRIOR_ACCEPTANCE,
     HazardCounts,
     SpeculationPolicy,
@@ -132,3 +135,74 @@ def test_a_seeded_random_request_learns_across_its_own_buckets():
     assert policy.acceptance(request, bucket=5)[0] < 0.3  # never checked there, yet no longer optimistic
     assert policy.trim(request, 6, bucket=5) == 0
     assert policy.num_spec_tokens(request) <= 1  # a probe at most
+
+
+def probes_in(policy: SpeculationPolicy, request: Request, num_steps: int, kept: bool = False) -> list[int]:
+    """The steps (of ``num_steps`` plain decode steps of ``request``) at which the policy asked for a probe,
+    each probe then checked with its one draft kept or not."""
+    asked = []
+    for step in range(num_steps):
+        request.append_token(5)
+        if policy.num_spec_tokens(request) == 1:
+            asked.append(step)
+            check(policy, request, bucket=0, num_drafts=1, num_accepted=int(kept))
+    return asked
+
+
+def long_request(request_id: str = "r") -> Request:
+    request = Request(request_id, [1, 2, 3], SamplingParams(max_tokens=2000), max_model_len=4096)
+    request.append_token(5)
+    return request
+
+
+def failing(policy: SpeculationPolicy, request: Request) -> Request:
+    for _ in range(12):
+        check(policy, request, bucket=0, num_drafts=3, num_accepted=0)
+    assert policy.num_spec_tokens(request) <= 1
+    return request
+
+
+def test_failed_probes_of_a_costly_proposer_space_out_and_a_kept_one_resets_them():
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
+    request = failing(policy, long_request())
+    gaps = [b - a for a, b in itertools.pairwise(probes_in(policy, request, 16 * (1 + 2 + 4 + 8 + 8 + 8)))]
+    assert gaps == [32, 64, 128, 128, 128]  # doubling after each failure, up to MAX_PROBE_BACKOFF * 16
+    assert 16 * MAX_PROBE_BACKOFF == 128
+    kept = probes_in(policy, request, 128 + 48, kept=True)
+    assert [b - a for a, b in itertools.pairwise(kept)] == [16, 16, 16]  # the first was kept: back to 16
+
+
+def test_short_requests_share_the_engines_probe_spacing():
+    """Requests shorter than the spacing still probe now and then: their steps count toward the next probe."""
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
+    failing(policy, long_request("warm-up"))
+    asked = [len(probes_in(policy, failing(policy, make_request(f"short{i}")), 20)) for i in range(40)]
+    assert 3 <= sum(asked) <= 10  # 800 steps: 16 + 32 + 64 + 128 + 128 ... apart, not one per request
+
+
+def test_cheap_proposer_probes_on_schedule_and_seeded_requests_keep_their_own_spacing():
+    ngram = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16)
+    request = failing(ngram, long_request())
+    assert [b - a for a, b in itertools.pairwise(probes_in(ngram, request, 16 * 6))] == [16] * 5
+    costly = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
+    seeded = Request("seeded", [1, 2, 3], SamplingParams(max_tokens=400, temperature=0.8, seed=7), max_model_len=512)
+    seeded.append_token(5)
+    failing(costly, seeded)
+    other = failing(costly, long_request("other"))
+    probes_in(costly, other, 300)  # another request's failed probes space out the engine's ...
+    assert costly.probe_spacing(other).interval == 16 * MAX_PROBE_BACKOFF
+    assert costly.probe_spacing(seeded).interval == 16  # ... not the seeded request's
+    assert len(probes_in(costly, seeded, 16)) == 1
+
+
+def test_a_batch_of_requests_probes_as_often_as_one_request_would():
+    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
+    batch = [failing(policy, long_request(f"r{i}")) for i in range(8)]
+    asked = 0
+    for _ in range(16 * 4):  # 64 steps of 8 requests
+        for request in batch:
+            request.append_token(5)
+            if policy.num_spec_tokens(request, batch_size=len(batch)) == 1:
+                asked += 1
+                check(policy, request, bucket=0, num_drafts=1, num_accepted=0)
+    assert asked == 2  # after 16 and then 32 more steps; 16 would be one per request every 16 steps

@@ -119,7 +119,7 @@ def test_a_draft_models_own_cost_shortens_its_drafts():
     request = Request("r", [1, 2, 3], SamplingParams(max_tokens=64), max_model_len=128)
     free, costly = SpeculationPolicy(8), SpeculationPolicy(8, proposer_cost=0.4)
     for policy in (free, costly):
-        for _ in range(20):  # half the first drafts kept, and then most of the rest
-            policy.record(request, 8, 0)
-            policy.record(request, 8, 6)
+        for kept in range(9):  # each draft kept with a chance of 0.8 when the ones before it were
+            for _ in range(round(100 * 0.8**kept * (0.2 if kept < 8 else 1))):
+                policy.record(request, 8, kept)
     assert 0 < costly.num_spec_tokens(request) < free.num_spec_tokens(request)
