@@ -24,7 +24,7 @@ from corral.engine.spec_policy import SpeculationPolicy
 class FixedProbes(SpeculationPolicy):
     """The policy as it was: a one-draft probe every ``probe_interval`` tokens, whatever a probe costs."""
 
-    def _probe_due(self, request: Request, batch_size: int) -> bool:
+    def _probe_due(self, request: Request, history: object) -> bool:
         return request.num_output_tokens % self.probe_interval == 0
 
 

@@ -50,6 +50,7 @@ class EngineCore:
         """Draft tokens for the next step's decodes; the scheduler schedules them after each last token."""
         requests = self.scheduler.decoding_requests()
         batch_size = len(self.scheduler.running)
+        self.spec_policy.begin_step()
         limits = [self.spec_policy.num_spec_tokens(r, batch_size) for r in requests]
         wanted = [(r, n) for r, n in zip(requests, limits, strict=True) if n > 0]
         if not wanted:

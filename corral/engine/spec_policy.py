@@ -24,15 +24,18 @@ their own bucket's ``k``.
 When no ``k`` beats plain decoding it stops speculating for that request, except for a one-draft probe
 every ``probe_interval`` tokens, so text that turns repetitive later is still noticed. A probe of a draft
 model is not cheap (the draft's pass, which first feeds it every token since its last one, cost a third to
-a half of a target step on the default model), so with a costly proposer probes are spaced by steps in
-which the request did not speculate: the engine's steps for requests that share its counts (a short
-request's steps count toward the next probe as a long one's do, and a batch of ``B`` such requests makes
-one probe where one request would, not ``B``), the request's own for seeded random ones. Each failed probe
-doubles the spacing, up to ``MAX_PROBE_BACKOFF`` times ``probe_interval``, and a kept probe resets it.
+a half of a target step on the default model), so with a costly proposer the requests that share the
+engine's counts share its probes: one is due every ``probe_interval`` engine steps (``begin_step``) and
+goes to the request that probed longest ago, so a batch of ``B`` makes one probe where one request would,
+not ``B``, and short requests still probe in turn. Each failed probe doubles the spacing, up to
+``MAX_PROBE_BACKOFF`` times ``probe_interval``; a kept probe resets it. A seeded random request spaces its
+own probes by its own tokens, and its cost model takes it as alone (batch size 1), so how many drafts it
+checks never depends on what runs beside it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -78,19 +81,29 @@ class HazardCounts:
 
 
 @dataclass
-class _ProbeSpacing:
-    """When a costly proposer's next probe is due: after ``interval`` steps that did not speculate."""
+class _SharedProbes:
+    """A costly proposer's probes for the requests that share the engine's counts: one due every
+    ``interval`` engine steps, handed to the request that probed longest ago."""
 
     interval: int
-    steps: float = 0.0  # since the last probe
+    step: int = 0  # engine steps so far
+    last_probe: int = 0  # the step of the last probe
+    oldest_last_step: float = math.inf  # the earliest ``probed_at`` among the last step's candidates
+    oldest_this_step: float = math.inf
 
-    def due(self, share: float = 1.0) -> bool:
-        """One request's ``share`` of a step that did not speculate; True: the probe is due, and it is its."""
-        self.steps += share
-        if self.steps < self.interval - 1e-9:
-            return False
-        self.steps = 0.0
-        return True
+    def begin_step(self) -> None:
+        self.step += 1
+        self.oldest_last_step, self.oldest_this_step = self.oldest_this_step, math.inf
+
+    def claim(self, history: _RequestHistory) -> bool:
+        """True: the probe is due and this candidate (a request not speculating this step) takes it."""
+        if history.probed_at is None:
+            history.probed_at = self.step  # first seen: in line behind those waiting longer
+        due = self.step - self.last_probe >= self.interval and history.probed_at <= self.oldest_last_step
+        if due:
+            self.last_probe = history.probed_at = self.step
+        self.oldest_this_step = min(self.oldest_this_step, history.probed_at)
+        return due
 
 
 @dataclass
@@ -101,8 +114,9 @@ class _RequestHistory:
     pooled: HazardCounts | None = None
     pending_bucket: int = 0  # the bucket of the drafts now being checked
     probing: bool = False  # the drafts now asked for are a probe
-    # a costly proposer's probe spacing, for requests that keep their own (see the module's docstring)
-    own_spacing: _ProbeSpacing | None = None
+    probed_at: int | None = None  # shared probes: the engine step of its last probe (or when first seen)
+    own_interval: int = 0  # seeded random requests' own probes: tokens between them, and the last one's
+    own_last_probe: int = 0
 
 
 def _shares_engine_counts(request: Request) -> bool:
@@ -146,13 +160,19 @@ class SpeculationPolicy:
         self.fixed_cost_rows = fixed_cost_rows
         self.probe_interval = probe_interval
         self.proposer_cost = proposer_cost  # of proposing one draft, in target decode steps (0: n-gram lookup)
-        self._engine_spacing = _ProbeSpacing(probe_interval)  # a costly proposer's, for requests sharing counts
+        self._shared_probes = _SharedProbes(probe_interval)
         self._engine_counts: dict[int, HazardCounts] = {}
         self._requests: dict[str, _RequestHistory] = {}
+
+    def begin_step(self) -> None:
+        """A new engine step: called before its ``num_spec_tokens`` calls (it paces the shared probes)."""
+        self._shared_probes.begin_step()
 
     def num_spec_tokens(self, request: Request, batch_size: int = 1) -> int:
         """Drafts to ask for ``request`` when ``batch_size`` requests are running: the most any bucket it has
         seen (or a fresh one) would keep."""
+        if not _shares_engine_counts(request):
+            batch_size = 1  # its draft counts must not depend on what runs beside it
         limit = request.max_num_spec_tokens(self.num_speculative_tokens)
         if not self.adaptive or limit == 0:
             return limit
@@ -165,34 +185,41 @@ class SpeculationPolicy:
             k = max(k, self._best(request, bucket, batch_size, self.proposer_cost))
             if k >= limit:
                 break
-        probing = k == 0 and self._probe_due(request, batch_size)
-        self._requests.setdefault(request.request_id, _RequestHistory()).probing = probing
-        return min(1 if probing else k, limit)
-
-    def probe_spacing(self, request: Request) -> _ProbeSpacing:
-        """A costly proposer's probe spacing for ``request``: the engine's, or the request's own."""
-        if _shares_engine_counts(request):
-            return self._engine_spacing
         history = self._requests.setdefault(request.request_id, _RequestHistory())
-        if history.own_spacing is None:
-            history.own_spacing = _ProbeSpacing(self.probe_interval)
-        return history.own_spacing
+        history.probing = k == 0 and self._probe_due(request, history)
+        return min(1 if history.probing else k, limit)
 
-    def _probe_due(self, request: Request, batch_size: int) -> bool:
+    def probe_interval_of(self, request: Request) -> int:
+        """A costly proposer's spacing of ``request``'s probes: the engine's steps, or its own tokens."""
+        if _shares_engine_counts(request):
+            return self._shared_probes.interval
+        history = self._requests.get(request.request_id)
+        return history.own_interval if history and history.own_interval else self.probe_interval
+
+    def _probe_due(self, request: Request, history: _RequestHistory) -> bool:
         if self.proposer_cost == 0:  # an n-gram lookup: a probe costs one row, so probe on schedule
             return request.num_output_tokens % self.probe_interval == 0
-        shared = _shares_engine_counts(request)
-        return self.probe_spacing(request).due(1 / max(batch_size, 1) if shared else 1.0)
+        if _shares_engine_counts(request):
+            return self._shared_probes.claim(history)
+        if request.num_output_tokens - history.own_last_probe < self.probe_interval_of(request):
+            return False
+        history.own_last_probe = request.num_output_tokens
+        return True
 
-    def _after_probe(self, request: Request, kept: bool) -> None:
+    def _after_probe(self, request: Request, history: _RequestHistory, kept: bool) -> None:
         if self.proposer_cost == 0:
             return
-        spacing = self.probe_spacing(request)
         longest = self.probe_interval * MAX_PROBE_BACKOFF
-        spacing.interval = self.probe_interval if kept else min(2 * spacing.interval, longest)
+        interval = self.probe_interval if kept else min(2 * self.probe_interval_of(request), longest)
+        if _shares_engine_counts(request):
+            self._shared_probes.interval = interval
+        else:
+            history.own_interval = interval
 
     def trim(self, request: Request, num_proposed: int, bucket: int, batch_size: int = 1) -> int:
         """How many of a fresh proposal of ``num_proposed`` drafts in ``bucket`` to check."""
+        if not _shares_engine_counts(request):
+            batch_size = 1  # as in num_spec_tokens
         self._requests.setdefault(request.request_id, _RequestHistory()).pending_bucket = bucket
         if not self.adaptive or num_proposed <= 1:
             return num_proposed  # a single draft is the probe, or was already judged by num_spec_tokens
@@ -205,7 +232,7 @@ class SpeculationPolicy:
         history = self._requests.setdefault(request.request_id, _RequestHistory())
         if history.probing:
             history.probing = False
-            self._after_probe(request, kept=num_accepted > 0)
+            self._after_probe(request, history, kept=num_accepted > 0)
         bucket = history.pending_bucket
         size = self.num_speculative_tokens
         history.counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted)

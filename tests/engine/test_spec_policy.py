@@ -138,19 +138,28 @@ def test_a_seeded_random_request_learns_across_its_own_buckets():
 
 
 def probes_in(policy: SpeculationPolicy, request: Request, num_steps: int, kept: bool = False) -> list[int]:
-    """The steps (of ``num_steps`` plain decode steps of ``request``) at which the policy asked for a probe,
-    each probe then checked with its one draft kept or not."""
-    asked = []
-    for step in range(num_steps):
-        request.append_token(5)
-        if policy.num_spec_tokens(request) == 1:
-            asked.append(step)
-            check(policy, request, bucket=0, num_drafts=1, num_accepted=int(kept))
-    return asked
+    """The steps (of ``num_steps`` engine steps in which ``request`` decodes alone) at which the policy asked
+    for a probe, each probe then checked with its one draft kept or not."""
+    return [step for step, probed in enumerate(batch_probes(policy, [request], num_steps, kept)) if probed]
 
 
-def long_request(request_id: str = "r") -> Request:
-    request = Request(request_id, [1, 2, 3], SamplingParams(max_tokens=2000), max_model_len=4096)
+def batch_probes(policy: SpeculationPolicy, batch: list[Request], num_steps: int, kept: bool = False) -> list[str]:
+    """``num_steps`` engine steps of ``batch`` decoding: per step, the id of the request probed ('' if none)."""
+    probed = []
+    for _ in range(num_steps):
+        policy.begin_step()
+        probed.append("")
+        for request in batch:
+            request.append_token(5)
+            if policy.num_spec_tokens(request, batch_size=len(batch)) == 1:
+                probed[-1] = request.request_id
+                check(policy, request, bucket=0, num_drafts=1, num_accepted=int(kept))
+    return probed
+
+
+def long_request(request_id: str = "r", seed: int | None = None) -> Request:
+    params = SamplingParams(max_tokens=2000) if seed is None else SamplingParams(max_tokens=2000, temperature=0.8, seed=seed)
+    request = Request(request_id, [1, 2, 3], params, max_model_len=4096)
     request.append_token(5)
     return request
 
@@ -158,12 +167,15 @@ def long_request(request_id: str = "r") -> Request:
 def failing(policy: SpeculationPolicy, request: Request) -> Request:
     for _ in range(12):
         check(policy, request, bucket=0, num_drafts=3, num_accepted=0)
-    assert policy.num_spec_tokens(request) <= 1
     return request
 
 
+def costly_policy() -> SpeculationPolicy:
+    return SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
+
+
 def test_failed_probes_of_a_costly_proposer_space_out_and_a_kept_one_resets_them():
-    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
+    policy = costly_policy()
     request = failing(policy, long_request())
     gaps = [b - a for a, b in itertools.pairwise(probes_in(policy, request, 16 * (1 + 2 + 4 + 8 + 8 + 8)))]
     assert gaps == [32, 64, 128, 128, 128]  # doubling after each failure, up to MAX_PROBE_BACKOFF * 16
@@ -172,37 +184,57 @@ def test_failed_probes_of_a_costly_proposer_space_out_and_a_kept_one_resets_them
     assert [b - a for a, b in itertools.pairwise(kept)] == [16, 16, 16]  # the first was kept: back to 16
 
 
-def test_short_requests_share_the_engines_probe_spacing():
-    """Requests shorter than the spacing still probe now and then: their steps count toward the next probe."""
-    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
-    failing(policy, long_request("warm-up"))
-    asked = [len(probes_in(policy, failing(policy, make_request(f"short{i}")), 20)) for i in range(40)]
+def test_short_requests_share_the_engines_probes():
+    """Requests shorter than the spacing still probe now and then: the engine's steps pace the probes."""
+    policy = costly_policy()
+    asked = [len(probes_in(policy, failing(policy, long_request(f"short{i}")), 20)) for i in range(40)]
     assert 3 <= sum(asked) <= 10  # 800 steps: 16 + 32 + 64 + 128 + 128 ... apart, not one per request
+
+
+def test_a_batch_probes_as_often_as_one_request_and_takes_turns():
+    policy = costly_policy()
+    batch = [failing(policy, long_request(f"r{i}")) for i in range(8)]
+    probed = [request_id for request_id in batch_probes(policy, batch, 16 * (1 + 2 + 4 + 8 * 8)) if request_id]
+    assert len(probed) == 1 + 1 + 1 + 8  # every 16, 32, 64, then 128 steps: as for one request alone
+    assert sorted(probed[3:]) == [f"r{i}" for i in range(8)]  # each request in turn, not always the same one
+    late = failing(policy, long_request("late"))  # joins a batch whose other requests probed long ago
+    assert "late" not in [r for r in batch_probes(policy, [*batch, late], 128 * 2) if r][:1]
+
+
+def test_a_lone_candidate_in_a_big_batch_still_probes_every_16_steps():
+    """Engine steps pace the probes, however few of a step's running requests are candidates (the others
+    prefilling or speculating)."""
+    policy = costly_policy()
+    idle = failing(policy, long_request("idle"))
+    probed = []
+    for step in range(64):
+        policy.begin_step()
+        idle.append_token(5)
+        if policy.num_spec_tokens(idle, batch_size=8) == 1:  # 8 running, only this one a candidate
+            probed.append(step)
+            check(policy, idle, bucket=0, num_drafts=1, num_accepted=1)
+    assert [b - a for a, b in itertools.pairwise(probed)] == [16, 16, 16]
 
 
 def test_cheap_proposer_probes_on_schedule_and_seeded_requests_keep_their_own_spacing():
     ngram = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16)
     request = failing(ngram, long_request())
     assert [b - a for a, b in itertools.pairwise(probes_in(ngram, request, 16 * 6))] == [16] * 5
-    costly = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
-    seeded = Request("seeded", [1, 2, 3], SamplingParams(max_tokens=400, temperature=0.8, seed=7), max_model_len=512)
-    seeded.append_token(5)
-    failing(costly, seeded)
+    costly = costly_policy()
+    seeded = failing(costly, long_request("seeded", seed=7))
     other = failing(costly, long_request("other"))
     probes_in(costly, other, 300)  # another request's failed probes space out the engine's ...
-    assert costly.probe_spacing(other).interval == 16 * MAX_PROBE_BACKOFF
-    assert costly.probe_spacing(seeded).interval == 16  # ... not the seeded request's
+    assert costly.probe_interval_of(other) == 16 * MAX_PROBE_BACKOFF
+    assert costly.probe_interval_of(seeded) == 16  # ... not the seeded request's
     assert len(probes_in(costly, seeded, 16)) == 1
 
 
-def test_a_batch_of_requests_probes_as_often_as_one_request_would():
-    policy = SpeculationPolicy(6, fixed_cost_rows=2.0, probe_interval=16, proposer_cost=0.3)
-    batch = [failing(policy, long_request(f"r{i}")) for i in range(8)]
-    asked = 0
-    for _ in range(16 * 4):  # 64 steps of 8 requests
-        for request in batch:
-            request.append_token(5)
-            if policy.num_spec_tokens(request, batch_size=len(batch)) == 1:
-                asked += 1
-                check(policy, request, bucket=0, num_drafts=1, num_accepted=0)
-    assert asked == 2  # after 16 and then 32 more steps; 16 would be one per request every 16 steps
+def test_a_seeded_random_requests_draft_count_ignores_the_batch():
+    policy = costly_policy()
+    seeded, unseeded = long_request("seeded", seed=7), long_request("unseeded")
+    for request in (seeded, unseeded):
+        for accepted in (0, 6, 3) * 4:
+            check(policy, request, bucket=0, num_drafts=6, num_accepted=accepted)
+    assert policy.num_spec_tokens(unseeded, batch_size=1) > policy.num_spec_tokens(unseeded, batch_size=64)
+    assert policy.num_spec_tokens(seeded, batch_size=1) == policy.num_spec_tokens(seeded, batch_size=64) > 0
+    assert policy.trim(seeded, 6, bucket=0, batch_size=1) == policy.trim(seeded, 6, bucket=0, batch_size=64)
