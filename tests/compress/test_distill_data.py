@@ -15,6 +15,7 @@ class CharTokenizer:
     """One id per character (ord % 50 + 1), EOS 0: enough of the Tokenizer interface for the data module."""
 
     eos_token_id = 0
+    eos_token_ids = (0, 50)  # 50: an end-of-turn id, as a chat model's <|im_end|>
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 50 + 1 for c in text]
@@ -49,7 +50,7 @@ def test_chat_prompts_replace_text_prompts_and_each_fills_the_rest_of_a_window()
 
     def sample(prompts: list[list[int]], max_new_tokens: list[int], seed: int) -> list[list[int]]:
         calls.append((prompts, max_new_tokens))
-        return [[99] * 3 + [0] for _ in prompts]  # each reply ends early, with EOS
+        return [[99] * 3 + [0] if i % 2 else [99] * 3 + [50] for i in range(len(prompts))]  # replies end early
 
     chat = [[7] * 5, [8] * 9]
     data = build_training_data(CharTokenizer(), ["a" * 40], "c" * 50, sequence_length=16, max_train_tokens=1000,
@@ -59,7 +60,8 @@ def test_chat_prompts_replace_text_prompts_and_each_fills_the_rest_of_a_window()
     # every chat prompt once before any repeats, none of the text's windows
     assert sorted(prompts[:2]) == sorted(chat) and sorted(prompts[2:]) == sorted(chat)
     assert max_new_tokens == [16 - len(p) for p in prompts]
-    stream = [t for p in prompts for t in p + [99, 99, 99, 0]]  # the EOS the reply ended with is not doubled
+    # a reply that ended with EOS or an end-of-turn id gets no EOS after it
+    stream = [t for i, p in enumerate(prompts) for t in p + [99, 99, 99, 0 if i % 2 else 50]]
     assert torch.equal(data.train_ids[data.num_text_windows:], token_windows(stream, 16))
     with pytest.raises(DistillError, match="1 chat prompts are as long as a training window"):
         build_training_data(CharTokenizer(), ["a" * 40], "c" * 50, 16, 1000, 16, 1, sample, chat_prompts=[[7] * 16])

@@ -111,9 +111,11 @@ def build_training_data(
             prompts = sampling_prompts(text_windows, num_teacher_samples, max(1, sequence_length // 4), seed)
         completions = sample(prompts, [sequence_length - len(p) for p in prompts], seed)
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        stops = {*eos, *tokenizer.eos_token_ids}  # a chat reply may end on an end-of-turn id instead
         stream: list[int] = []
         for prompt, completion in zip(prompts, completions, strict=True):
-            stream += prompt + completion + ([] if completion[-1:] == eos else eos)
+            ended = bool(completion) and completion[-1] in stops
+            stream += prompt + completion + ([] if ended else eos)
         windows.append(token_windows(stream, sequence_length))
     return TrainingData(torch.cat(windows), heldout, len(text_windows))
 
