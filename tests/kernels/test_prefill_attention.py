@@ -63,3 +63,7 @@ def test_bad_input_is_refused():
         EXTENSION.prefill_attention(torch.randn(5, 2, 64), torch.randn(1, 4, 64), torch.randn(1, 4, 64), 1.0)
     with pytest.raises(RuntimeError, match="float32"):
         EXTENSION.prefill_attention(torch.randn(4, 2, 64).bfloat16(), torch.randn(1, 4, 64), torch.randn(1, 4, 64), 1.0)
+    for num_kv_heads in (0, 3):  # no KV head (a division by zero, not an error, before); 2 heads over 3
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            EXTENSION.prefill_attention(torch.randn(4, 2, 64), torch.randn(num_kv_heads, 4, 64),
+                                        torch.randn(num_kv_heads, 4, 64), 1.0)

@@ -166,7 +166,8 @@ at::Tensor prefill_attention(const at::Tensor& query,   // [query_len, num_heads
   TORCH_CHECK(query.dim() == 3 && keys.dim() == 3 && values.sizes() == keys.sizes(), "prefill_attention: bad shapes");
   const int64_t query_len = query.size(0), num_heads = query.size(1), head_size = query.size(2);
   const int64_t num_kv_heads = keys.size(0), context_len = keys.size(1);
-  TORCH_CHECK(keys.size(2) == head_size && num_heads % num_kv_heads == 0, "prefill_attention: shape mismatch");
+  TORCH_CHECK(num_kv_heads >= 1 && keys.size(2) == head_size && num_heads % num_kv_heads == 0,
+              "prefill_attention: shape mismatch");
   TORCH_CHECK(query_len >= 1 && query_len <= context_len, "prefill_attention: the queries must end the context");
   TORCH_CHECK(prefill_attention_supported(head_size), "prefill_attention: needs AVX-512 and head size 64 or 128");
   const auto q = query.contiguous();
