@@ -8,7 +8,7 @@ import torch
 
 from corral.compress.distill.config import DistillError
 from corral.compress.distill.corpus import _roff_to_text, gather_documents
-from corral.compress.distill.data import build_training_data, token_windows
+from corral.compress.distill.data import build_training_data, prompt_lines, token_windows
 
 
 class CharTokenizer:
@@ -65,6 +65,11 @@ def test_chat_prompts_replace_text_prompts_and_each_fills_the_rest_of_a_window()
     assert torch.equal(data.train_ids[data.num_text_windows:], token_windows(stream, 16))
     with pytest.raises(DistillError, match="1 chat prompts are as long as a training window"):
         build_training_data(CharTokenizer(), ["a" * 40], "c" * 50, 16, 1000, 16, 1, sample, chat_prompts=[[7] * 16])
+
+
+def test_a_prompt_file_is_one_message_a_line():
+    text = "  first message \n\nsecond\u2028still second, page\x0cbreak\r\n\n"
+    assert prompt_lines(text) == ["first message", "second\u2028still second, page\x0cbreak"]
 
 
 def test_too_little_text_is_an_error():

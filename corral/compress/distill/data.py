@@ -120,6 +120,12 @@ def build_training_data(
     return TrainingData(torch.cat(windows), heldout, len(text_windows))
 
 
+def prompt_lines(text: str) -> list[str]:
+    """A ``--teacher-prompts`` file's user messages: one a line, stripped, blank lines skipped. Split at line
+    feeds only (``str.splitlines`` would also split a message at a form feed or a Unicode line separator)."""
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
 def render_chat_prompts(tokenizer: Tokenizer, user_messages: Sequence[str]) -> list[list[int]]:
     """Each message as the user's turn of a chat, rendered with the tokenizer's chat template up to the start of
     the assistant's reply, as token ids: what a chat client sends the model."""

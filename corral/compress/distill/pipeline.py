@@ -29,6 +29,7 @@ from corral.compress.distill.data import (
     TeacherSampler,
     TrainingData,
     build_training_data,
+    prompt_lines,
     render_chat_prompts,
 )
 from corral.compress.distill.draft import (
@@ -266,8 +267,8 @@ def _prepare(
     heldout = heldout_text() if inputs.heldout_path is None else read_text_file(inputs.heldout_path)
     chat_prompts: list[list[int]] = []
     if inputs.teacher_prompts_path is not None:
-        messages = [line.strip() for line in read_text_file(inputs.teacher_prompts_path).splitlines()]
-        chat_prompts = render_chat_prompts(models.teacher_tokenizer, [m for m in messages if m])
+        messages = prompt_lines(read_text_file(inputs.teacher_prompts_path))
+        chat_prompts = render_chat_prompts(models.teacher_tokenizer, messages)
         if not chat_prompts:
             raise DistillError(f"--teacher-prompts {inputs.teacher_prompts_path}: no prompts (one a line)")
     data = build_training_data(tokenizer, [d.text for d in documents], heldout, config.sequence_length,
