@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--num-speculative-tokens", type=int, default=8)
     parser.add_argument("--prompt-lookup-max", type=int, default=8)
     parser.add_argument("--draft-num-layers", type=int, default=8,
-                        help="also run the draft-model proposer: the target's first N layers (0: skip it)")
+                        help="also run the draft-model proposer, alone and behind the n-gram lookup "
+                             "(ngram_draft): the target's first N layers (0: skip both)")
     parser.add_argument("--draft-model", default=None, metavar="DIR",
                         help="the draft-model proposer runs this draft (e.g. from corral distill --draft-for) "
                              "instead of the target's first --draft-num-layers layers")
@@ -167,6 +168,9 @@ def main() -> None:
         engines["draft"] = LLM(**common, speculative_config={
             "method": "draft_model", "num_speculative_tokens": args.num_speculative_tokens,
             "quantization": args.draft_quantization, **draft})
+        engines["ngram_draft"] = LLM(**common, speculative_config={
+            "method": "ngram_draft", "num_speculative_tokens": args.num_speculative_tokens,
+            "prompt_lookup_max": args.prompt_lookup_max, "quantization": args.draft_quantization, **draft})
     work = workloads(engines["off"])
     if args.workloads:
         prefixes = tuple(p.strip() for p in args.workloads.split(","))

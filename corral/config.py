@@ -100,7 +100,7 @@ class SchedulerConfig:
             )
 
 
-SPECULATIVE_METHODS = ("ngram", "draft_model")
+SPECULATIVE_METHODS = ("ngram", "draft_model", "ngram_draft")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,9 @@ class SpeculativeConfig:
     all in one pass and keeps the longest prefix its own sampling agrees with, so the output distribution
     is the target's. ``ngram`` looks the last ``prompt_lookup_max`` .. ``prompt_lookup_min`` tokens up in
     the sequence itself; ``draft_model`` runs a smaller model with the same tokenizer (``model``; None:
-    the target's own checkpoint, cut to its first ``draft_num_layers`` layers when that is set).
+    the target's own checkpoint, cut to its first ``draft_num_layers`` layers when that is set);
+    ``ngram_draft`` (corral's own) looks up first and runs the draft model only for the sequences the lookup
+    finds nothing for, so text that copies its input drafts for free and the rest still gets a draft.
     """
 
     method: str = "ngram"
@@ -139,7 +141,7 @@ class SpeculativeConfig:
         if self.draft_num_layers is not None and self.draft_num_layers < 1:
             raise ConfigError(f"draft_num_layers must be >= 1, got {self.draft_num_layers}")
         if self.method == "ngram" and (self.model is not None or self.draft_num_layers is not None):
-            raise ConfigError("model and draft_num_layers apply to method draft_model, not ngram")
+            raise ConfigError("model and draft_num_layers apply to methods draft_model and ngram_draft, not ngram")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"unsupported draft quantization {self.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
 

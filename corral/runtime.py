@@ -288,10 +288,12 @@ def build_engine(args: EngineArgs) -> LLMEngine:
         model, model_config, quant_method, cache.block_size, args.batch_invariant,
         resolve_prefill_attention(args.prefill_attention, dtype, device, quant_method, args.batch_invariant),
     )
-    proposer, proposer_cost = None, 0.0
+    proposer, fallback, proposer_cost = None, None, 0.0
     if spec is not None:
         proposer, proposer_cost = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks,
                                                   cache.block_size)
+        if spec.method == "ngram_draft":  # the lookup first, the draft model for what it finds nothing for
+            proposer, fallback = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max), proposer
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
@@ -299,6 +301,7 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     runner = ModelRunner(
         model, kv_caches, backend, cache.block_size, model_config.vocab_size, device,
         proposer=proposer, num_speculative_tokens=0 if spec is None else spec.num_speculative_tokens,
+        fallback_proposer=fallback,
         structured_stats=None if grammars is None else grammars.stats,
     )
     kv_manager = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)

@@ -25,8 +25,7 @@ class EngineCore:
 
     def abort_request(self, request_id: str) -> None:
         self.scheduler.abort_request(request_id)
-        if self.runner.proposer is not None:
-            self.runner.proposer.remove_requests([request_id])
+        self.runner.remove_requests([request_id])
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
@@ -41,7 +40,7 @@ class EngineCore:
                 if scheduled.spec_token_ids and sampled is not None:
                     self.spec_policy.record(scheduled.request, len(scheduled.spec_token_ids), len(sampled) - 1)
             finished = self.scheduler.finished_request_ids
-            self.runner.proposer.remove_requests(finished)
+            self.runner.remove_requests(finished)
             self.spec_policy.remove_requests(finished)
             self._propose()
         return outputs
@@ -51,11 +50,25 @@ class EngineCore:
         requests = self.scheduler.decoding_requests()
         batch_size = len(self.scheduler.running)
         self.spec_policy.begin_step()
-        limits = [self.spec_policy.num_spec_tokens(r, batch_size) for r in requests]
+        fallback = self.runner.fallback_proposer is not None
+        source = "lookup" if fallback else "only"
+        limits = [self.spec_policy.num_spec_tokens(r, batch_size, source) for r in requests]
         wanted = [(r, n) for r, n in zip(requests, limits, strict=True) if n > 0]
+        drafted = self._draft(wanted, batch_size)
+        if fallback:  # a draft model for the requests the lookup found nothing for (or was not asked)
+            missed = [r for r in requests if r.request_id not in drafted]
+            limits = [self.spec_policy.num_spec_tokens(r, batch_size, "draft_model") for r in missed]
+            self._draft([(r, n) for r, n in zip(missed, limits, strict=True) if n > 0], batch_size, fallback=True)
+
+    def _draft(self, wanted: list[tuple[Request, int]], batch_size: int, fallback: bool = False) -> set[str]:
+        """Propose for each (request, limit) and keep what the policy trims to; the ids given any draft."""
         if not wanted:
-            return
-        drafts = self.runner.propose([r for r, _ in wanted], [n for _, n in wanted])
+            return set()
+        drafts = self.runner.propose([r for r, _ in wanted], [n for _, n in wanted], fallback)
+        drafted = set()
         for (request, _), draft in zip(wanted, drafts, strict=True):
             keep = self.spec_policy.trim(request, len(draft.token_ids), draft.bucket, batch_size)
             request.spec_token_ids = draft.token_ids[:keep]
+            if draft.token_ids:
+                drafted.add(request.request_id)
+        return drafted

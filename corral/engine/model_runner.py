@@ -24,7 +24,8 @@ from corral.structured.cache import StructuredOutputStats
 
 class ModelRunner:
     """Owns the model, its KV caches, the attention backend, the samplers, per-request RNGs and the
-    speculative proposer (if any) with the draft distributions it last proposed from."""
+    speculative proposer (if any) with the draft distributions it last proposed from. A ``fallback_proposer``
+    drafts for the requests the proposer had nothing for (a draft model behind an n-gram lookup)."""
 
     def __init__(
         self,
@@ -36,6 +37,7 @@ class ModelRunner:
         device: torch.device,
         proposer: Proposer | None = None,
         num_speculative_tokens: int = 0,
+        fallback_proposer: Proposer | None = None,
         structured_stats: StructuredOutputStats | None = None,
     ):
         self.model = model
@@ -47,18 +49,31 @@ class ModelRunner:
         self.sampler = Sampler()
         self.rejection_sampler = RejectionSampler()
         self.proposer = proposer
+        self.fallback_proposer = fallback_proposer
         self.num_speculative_tokens = num_speculative_tokens
         self._generators: dict[str, torch.Generator] = {}
         self._draft_probs: dict[str, torch.Tensor] = {}
         self.structured_stats = structured_stats  # where the per-step grammar mask times go
 
     @torch.inference_mode()
-    def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[Draft]:
-        """Drafts for each request (see ``Proposer``), remembering their distributions for the check."""
-        assert self.proposer is not None
-        drafts = self.proposer.propose(requests, max_num_tokens)
-        self._draft_probs = {r.request_id: d.probs for r, d in zip(requests, drafts, strict=True) if d.probs is not None}
+    def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int], fallback: bool = False) -> list[Draft]:
+        """Drafts for each request (see ``Proposer``), remembering their distributions for the check. With
+        ``fallback``, the fallback proposer's, for other requests of the same step."""
+        proposer = self.fallback_proposer if fallback else self.proposer
+        assert proposer is not None
+        drafts = proposer.propose(requests, max_num_tokens)
+        probs = {r.request_id: d.probs for r, d in zip(requests, drafts, strict=True) if d.probs is not None}
+        if fallback:
+            self._draft_probs.update(probs)
+        else:
+            self._draft_probs = probs
         return drafts
+
+    def remove_requests(self, request_ids: Sequence[str]) -> None:
+        """The proposers forget these requests (a draft model's KV blocks)."""
+        for proposer in (self.proposer, self.fallback_proposer):
+            if proposer is not None:
+                proposer.remove_requests(request_ids)
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
@@ -156,15 +171,18 @@ class ModelRunner:
         return output
 
     def _stacked_draft_probs(self, scheduled: list[ScheduledRequest]) -> torch.Tensor | None:
-        """[D, V] q of every scheduled draft, or None when the proposer's drafts are deterministic. Rows of
-        greedy requests (no q needed) are zeros."""
+        """[D, V] q of every scheduled draft, or None when every draft is deterministic. A deterministic
+        draft among sampled ones (an n-gram lookup's beside a draft model's) has q one-hot on its token."""
         if not self._draft_probs:
             return None
         parts = []
         for s in scheduled:
             k = len(s.spec_token_ids)
             probs = self._draft_probs.get(s.request.request_id)
-            parts.append(probs[:k] if probs is not None else torch.zeros(k, self.vocab_size, device=self.device))
+            if probs is None:
+                ids = torch.tensor(s.spec_token_ids, dtype=torch.long, device=self.device)[:, None]
+                probs = torch.zeros(k, self.vocab_size, device=self.device).scatter_(1, ids, 1.0)
+            parts.append(probs[:k])
         return torch.cat(parts)
 
     @staticmethod

@@ -31,6 +31,11 @@ not ``B``, and short requests still probe in turn. Each failed probe doubles the
 ``MAX_PROBE_BACKOFF`` times ``probe_interval``; a kept probe resets it. A seeded random request spaces its
 own probes by its own tokens, and its cost model takes it as alone (batch size 1), so how many drafts it
 checks never depends on what runs beside it.
+
+With a lookup in front of a draft model (method ``ngram_draft``) each request has two sources of drafts:
+the lookup's buckets (its match lengths, free to propose) and the draft model's (``DRAFT_MODEL_BUCKET``, at
+``proposer_cost`` a draft). ``num_spec_tokens(..., source=...)`` then judges one source at a time, each with its
+own cost and its own kind of probe.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ ENGINE_DECAY = 0.98
 FIXED_COST_ROWS = 6.0
 # With a costly proposer, failed probes space the next ones out up to this many times ``probe_interval``.
 MAX_PROBE_BACKOFF = 8
+# The bucket of a draft model's drafts. The n-gram proposer's are its match lengths, 1 and up, so the policy
+# can tell the two apart when a lookup runs in front of a draft model (method ngram_draft).
+DRAFT_MODEL_BUCKET = 0
 
 
 @dataclass
@@ -114,6 +122,7 @@ class _RequestHistory:
     pooled: HazardCounts | None = None
     pending_bucket: int = 0  # the bucket of the drafts now being checked
     probing: bool = False  # the drafts now asked for are a probe
+    costly_probe: bool = False  # ... of a draft model (failures space the next ones out)
     probed_at: int | None = None  # shared probes: the engine step of its last probe (or when first seen)
     own_interval: int = 0  # seeded random requests' own probes: tokens between them, and the last one's
     own_last_probe: int = 0
@@ -168,25 +177,33 @@ class SpeculationPolicy:
         """A new engine step: called before its ``num_spec_tokens`` calls (it paces the shared probes)."""
         self._shared_probes.begin_step()
 
-    def num_spec_tokens(self, request: Request, batch_size: int = 1) -> int:
+    def num_spec_tokens(self, request: Request, batch_size: int = 1, source: str = "only") -> int:
         """Drafts to ask for ``request`` when ``batch_size`` requests are running: the most any bucket it has
-        seen (or a fresh one) would keep."""
+        seen (or a fresh one) would keep. ``source``: ``"only"`` for the one proposer; with a lookup in front
+        of a draft model, ``"lookup"`` (its buckets, free) or ``"draft_model"`` (its bucket, at its cost)."""
         if not _shares_engine_counts(request):
             batch_size = 1  # its draft counts must not depend on what runs beside it
         limit = request.max_num_spec_tokens(self.num_speculative_tokens)
         if not self.adaptive or limit == 0:
             return limit
+        costly = source == "draft_model" or (source == "only" and self.proposer_cost > 0)
         history = self._requests.get(request.request_id)
-        buckets = set(history.counts) if history else set()
-        if _shares_engine_counts(request):
-            buckets |= set(self._engine_counts)
+        if source == "draft_model":
+            buckets = {DRAFT_MODEL_BUCKET}
+        else:
+            buckets = set(history.counts) if history else set()
+            if _shares_engine_counts(request):
+                buckets |= set(self._engine_counts)
+            if source == "lookup":
+                buckets = {b for b in buckets if b != DRAFT_MODEL_BUCKET} or {DRAFT_MODEL_BUCKET + 1}
         k = 0
         for bucket in sorted(buckets or {0}, reverse=True):  # long matches first: they usually keep the most
-            k = max(k, self._best(request, bucket, batch_size, self.proposer_cost))
+            k = max(k, self._best(request, bucket, batch_size, self.proposer_cost if costly else 0.0))
             if k >= limit:
                 break
         history = self._requests.setdefault(request.request_id, _RequestHistory())
-        history.probing = k == 0 and self._probe_due(request, history)
+        history.probing = k == 0 and self._probe_due(request, history, costly)
+        history.costly_probe = history.probing and costly
         return min(1 if history.probing else k, limit)
 
     def probe_interval_of(self, request: Request) -> int:
@@ -196,8 +213,8 @@ class SpeculationPolicy:
         history = self._requests.get(request.request_id)
         return history.own_interval if history and history.own_interval else self.probe_interval
 
-    def _probe_due(self, request: Request, history: _RequestHistory) -> bool:
-        if self.proposer_cost == 0:  # an n-gram lookup: a probe costs one row, so probe on schedule
+    def _probe_due(self, request: Request, history: _RequestHistory, costly: bool) -> bool:
+        if not costly:  # an n-gram lookup: a probe costs one row, so probe on schedule
             return request.num_output_tokens % self.probe_interval == 0
         if _shares_engine_counts(request):
             return self._shared_probes.claim(history)
@@ -207,7 +224,7 @@ class SpeculationPolicy:
         return True
 
     def _after_probe(self, request: Request, history: _RequestHistory, kept: bool) -> None:
-        if self.proposer_cost == 0:
+        if not history.costly_probe:
             return
         longest = self.probe_interval * MAX_PROBE_BACKOFF
         interval = self.probe_interval if kept else min(2 * self.probe_interval_of(request), longest)

@@ -27,6 +27,7 @@ from corral.engine.block_manager import BlockPool
 from corral.engine.input_builder import ModelInputs, build_decode_inputs, build_model_inputs
 from corral.engine.proposer import Draft
 from corral.engine.request import Request
+from corral.engine.spec_policy import DRAFT_MODEL_BUCKET
 from corral.layers.attention.backend import AttentionBackend
 from corral.models.spec import ModelConfig
 from corral.sample.metadata import SamplingMetadata, build_sampling_metadata
@@ -250,5 +251,5 @@ def _unconstrained(metadata: SamplingMetadata) -> bool:
 
 def _as_draft(proposal: _Proposal) -> Draft:
     probs = torch.stack(proposal.probs) if proposal.probs else None
-    return Draft(proposal.token_ids, probs)
+    return Draft(proposal.token_ids, probs, bucket=DRAFT_MODEL_BUCKET)
 

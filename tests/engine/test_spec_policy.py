@@ -238,3 +238,31 @@ def test_a_seeded_random_requests_draft_count_ignores_the_batch():
     assert policy.num_spec_tokens(unseeded, batch_size=1) > policy.num_spec_tokens(unseeded, batch_size=64)
     assert policy.num_spec_tokens(seeded, batch_size=1) == policy.num_spec_tokens(seeded, batch_size=64) > 0
     assert policy.trim(seeded, 6, bucket=0, batch_size=1) == policy.trim(seeded, 6, bucket=0, batch_size=64)
+
+
+def test_a_lookup_in_front_of_a_draft_model_judges_each_source_apart():
+    """Method ngram_draft: a failing draft model stops drafting (but for its spaced probes) while the lookup's
+    free drafts go on at full length, and the lookup's failed probes never space out the draft model's."""
+    policy = costly_policy()
+    request = failing(policy, long_request())  # bucket 0: the draft model's drafts, all rejected
+    for _ in range(12):
+        check(policy, request, bucket=3, num_drafts=6, num_accepted=6)  # a 3-token match: always right
+    policy.begin_step()
+    assert policy.num_spec_tokens(request, source="lookup") == 6
+    assert policy.num_spec_tokens(request, source="draft_model") == 0  # or a probe, below
+    policy = costly_policy()
+    other = failing(policy, long_request("other"))
+    for _ in range(12):
+        check(policy, other, bucket=2, num_drafts=3, num_accepted=0)  # its lookups fail too
+    lookup_probes, model_probes = [], []
+    for step in range(16 * 8):
+        policy.begin_step()
+        other.append_token(5)
+        if policy.num_spec_tokens(other, source="lookup") == 1:  # free: on schedule, never spaced out
+            lookup_probes.append(step)
+            check(policy, other, bucket=2, num_drafts=1, num_accepted=0)
+        if policy.num_spec_tokens(other, source="draft_model") == 1:
+            model_probes.append(step)
+            check(policy, other, bucket=0, num_drafts=1, num_accepted=0)
+    assert [b - a for a, b in itertools.pairwise(lookup_probes)] == [16] * 7
+    assert [b - a for a, b in itertools.pairwise(model_probes)] == [32, 64]

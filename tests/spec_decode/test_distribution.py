@@ -1,5 +1,7 @@
 """Lossless sampling through the whole engine: a random target model with an 8-token vocabulary, drafts from
-a different random model (one with a reduced head over 5 of the 8 ids too, and n-gram lookup), thousands of sampled continuations. The empirical
+a different random model (one with a reduced head over 5 of the 8 ids too, n-gram lookup, and n-gram lookup
+with the draft model for what it misses, so one batch checks deterministic and sampled drafts together),
+thousands of sampled continuations. The empirical
 distribution of the first two tokens (jointly) and of the third must match the target's exact one, computed
 by enumerating every prefix, with the same sampling parameters (chi-square at a fixed seed)."""
 
@@ -72,19 +74,40 @@ def allocate(config: ModelConfig) -> tuple[list[torch.Tensor], TorchPagedAttenti
     return caches, backend
 
 
+class Counted:
+    """A proposer that counts the requests it drafted for, and the drafts it proposed."""
+
+    def __init__(self, proposer, asked: dict[str, int]):
+        self.proposer, self.asked = proposer, asked
+
+    def propose(self, requests, max_num_tokens):
+        drafts = self.proposer.propose(requests, max_num_tokens)
+        for request, draft in zip(requests, drafts, strict=True):
+            self.asked[request.request_id] = len(draft.token_ids)
+        return drafts
+
+    def remove_requests(self, request_ids):
+        self.proposer.remove_requests(request_ids)
+
+
 def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int, ...]]:
     target = random_model(CONFIG, seed=0)
-    if proposer_kind.startswith("draft_model"):
+    proposer = fallback = None
+    if proposer_kind.startswith("draft_model") or proposer_kind == "ngram_draft":
         head_size = len(HEAD_TOKEN_IDS) if proposer_kind == "draft_model_reduced_head" else None
         draft_config = replace(CONFIG, num_hidden_layers=1, draft_vocab_size=head_size)
         draft_caches, draft_backend = allocate(draft_config)
         proposer = DraftModelProposer(
             random_model(draft_config, seed=1), draft_caches, draft_backend, BLOCK_SIZE, NUM_BLOCKS, VOCAB, CPU
         )
-    else:
+    if proposer_kind == "ngram_draft":  # each step: the lookup, then the draft model for the requests it missed
+        looked_up: dict[str, int] = {}
+        drafted: dict[str, int] = {}
+        proposer, fallback = Counted(NgramProposer(1, 3), looked_up), Counted(proposer, drafted)
+    elif proposer is None:
         proposer = NgramProposer(1, 3)
     caches, backend = allocate(CONFIG)
-    runner = ModelRunner(target, caches, backend, BLOCK_SIZE, VOCAB, CPU, proposer, num_drafts)
+    runner = ModelRunner(target, caches, backend, BLOCK_SIZE, VOCAB, CPU, proposer, num_drafts, fallback)
     scheduler = Scheduler(
         SchedulerConfig(max_num_seqs=1024, max_num_batched_tokens=8192, max_model_len=64),
         KVCacheManager(NUM_BLOCKS, BLOCK_SIZE),
@@ -92,18 +115,26 @@ def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int,
     core = EngineCore(scheduler, runner, SpeculationPolicy(num_drafts, adaptive=False))
     torch.manual_seed(0)
     tokens: dict[str, list[int]] = {str(i): [] for i in range(NUM_SAMPLES)}
+    mixed_steps = 0
     for wave in range(0, NUM_SAMPLES, WAVE):  # the waiting queue is sorted on insertion: keep it short
         for i in range(wave, min(wave + WAVE, NUM_SAMPLES)):
             core.add_request(Request(str(i), PROMPT, PARAMS, max_model_len=64))
         for _ in range(10 * WAVE):
             if not core.has_unfinished_requests():
                 break
+            if fallback is not None:
+                looked_up.clear()
+                drafted.clear()
             for output in core.step():
                 tokens[output.request_id].extend(output.new_token_ids)
+            if fallback is not None:  # the draft model ran only for the requests the lookup found nothing for
+                assert all(looked_up.get(r, 0) == 0 for r in drafted)
+                mixed_steps += any(looked_up.values()) and any(drafted.values())
         assert not core.has_unfinished_requests()
     assert core.kv_manager.num_free_blocks == NUM_BLOCKS
     stats = scheduler.spec_decode_stats
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+    assert fallback is None or mixed_steps > 0  # steps that checked lookups and draft-model drafts together
     return [tuple(t) for t in tokens.values()]
 
 
@@ -127,7 +158,7 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("proposer_kind, num_drafts",
-                         [("draft_model", 2), ("draft_model_reduced_head", 2), ("ngram", 3)])
+                         [("draft_model", 2), ("draft_model_reduced_head", 2), ("ngram", 3), ("ngram_draft", 2)])
 def test_sampled_tokens_follow_the_target_distribution(proposer_kind, num_drafts):
     samples = sample_continuations(proposer_kind, num_drafts)
     assert all(len(s) == 3 for s in samples)

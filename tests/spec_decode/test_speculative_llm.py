@@ -40,9 +40,9 @@ def assert_no_leaks(llm: LLM) -> None:
     core = llm.engine.core
     assert not core.has_unfinished_requests()
     assert core.kv_manager.num_free_blocks == core.kv_manager.num_blocks
-    proposer = core.runner.proposer
-    if hasattr(proposer, "pool"):
-        assert proposer.num_free_blocks == proposer.pool.num_blocks
+    for proposer in (core.runner.proposer, core.runner.fallback_proposer):
+        if hasattr(proposer, "pool"):
+            assert proposer.num_free_blocks == proposer.pool.num_blocks
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,9 @@ def assert_no_leaks(llm: LLM) -> None:
         {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3},
         {"method": "ngram", "num_speculative_tokens": 6, "adaptive": False},
         {"method": "draft_model", "num_speculative_tokens": 3, "draft_num_layers": 12, "adaptive": False},
+        {"method": "ngram_draft", "num_speculative_tokens": 3, "draft_num_layers": 12, "adaptive": False},
     ],
-    ids=["ngram-k1", "ngram-k3", "ngram-k6-fixed", "draft-k3"],
+    ids=["ngram-k1", "ngram-k3", "ngram-k6-fixed", "draft-k3", "ngram-then-draft-k3"],
 )
 def test_greedy_output_is_identical_with_speculation(speculative_config, plain_outputs):
     llm = LLM(**COMMON, speculative_config=speculative_config)
@@ -103,10 +104,10 @@ def test_logprobs_and_stop_conditions_match_plain_decoding():
     assert_no_leaks(spec)
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+@pytest.mark.parametrize("method", ["ngram", "draft_model", "ngram_draft"])
 def test_seeded_sampling_is_reproducible_with_speculation(method):
     config = {"method": method, "num_speculative_tokens": 3}
-    if method == "draft_model":
+    if method != "ngram":
         config["draft_num_layers"] = 8
     llm = LLM(**COMMON, speculative_config=config)
     params = SamplingParams(temperature=0.9, top_p=0.95, seed=7, max_tokens=32, presence_penalty=0.3)
@@ -125,7 +126,7 @@ def test_seeded_sampling_is_reproducible_with_speculation(method):
         ({"method": "ngram", "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "prompt_lookup_min"),
         ({"method": "ngram", "lookahead": 2}, "unknown speculative_config keys: lookahead"),
         ({"method": "draft_model", "draft_num_layers": 99}, "draft_num_layers must be in"),
-        ({"method": "ngram", "model": "x"}, "apply to method draft_model"),
+        ({"method": "ngram", "model": "x"}, "apply to methods draft_model and ngram_draft"),
     ],
 )
 def test_bad_speculative_config_is_refused(config, message):
