@@ -4,11 +4,15 @@ alternating rounds so that both sides see the same host drift; medians and the r
 
 Each round runs the offline engine in its own process (bench/corral_offline.py), then the same prompts as
 text through one `corral serve` (started once, warm) with the load generator (corral.bench.serve) in this
-process. Raw results: bench/results/served_overhead.json. A salt per round keeps the prefix cache from carrying one round's KV into the next. Per round it
+process. Raw results: bench/results/served_overhead.json (one stream: served_overhead_single.json). A salt per round keeps the prefix cache from carrying one round's KV into the next. Per round it
 also reads the CPU seconds of the load generator and of each server thread (/proc), since on 2 cores the
 load generator's and the event loop's CPU are taken from the engine's OpenMP team.
 
-    .venv/bin/python bench/served_overhead.py [--rounds 5] [--concurrency 32] [--threads 2]
+With ``--concurrency 1`` it measures the single-stream target instead: decode speed (tokens after the first
+over the time after the first) of ``--single-prompts`` of the prompts one at a time, offline and served,
+the medians per round.
+
+    .venv/bin/python bench/served_overhead.py [--rounds 5] [--concurrency 32] [--threads 2] [--single-prompts 6]
 """
 
 from __future__ import annotations
@@ -46,11 +50,14 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
 
 
 def offline_round(texts: list[str], tokenizer: Tokenizer, args: argparse.Namespace, workdir: str) -> float:
+    """Offline output tok/s of ``texts`` all at once, or with one stream the median decode tok/s of each alone."""
     prompts = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    warmup = [tokenizer.encode("Warm-up. Say something about the sea.")]
     job = {"max_tokens": args.max_tokens, "eos_token_ids": sorted(tokenizer.eos_token_ids),
-           "workloads": {"B": {"warmup": [tokenizer.encode("Warm-up. Say something about the sea.")],
-                               "runs": [prompts]}},
-           "single": {}}
+           "workloads": {"B": {"warmup": warmup, "runs": [prompts]}}, "single": {}}
+    if args.concurrency == 1:  # each prompt's prefill timed on a twin (first token changed: no cache hit)
+        job["workloads"] = {}
+        job["single"] = {"B": {"runs": [{"ttft": [p[0] + 1, *p[1:]], "decode": p} for p in prompts]}}
     job_path = os.path.join(workdir, "job.json")
     with open(job_path, "w") as f:
         json.dump(job, f)
@@ -60,6 +67,8 @@ def offline_round(texts: list[str], tokenizer: Tokenizer, args: argparse.Namespa
                          os.path.join(workdir, "offline.log"), args.timeout)
     if result is None:
         raise SystemExit("the offline run failed")
+    if args.concurrency == 1:
+        return statistics.median(r["decode_tok_s"] for r in result["single"]["B"])
     return result["workloads"]["B"][0]["tok_s"]
 
 
@@ -75,7 +84,8 @@ def served_round(server: Server, texts: list[str], args: argparse.Namespace) -> 
         raise SystemExit(f"served round: {report.num_failed} failed, {report.total_output_tokens} tokens")
     spent = sorted((threads_after[t] - threads_before.get(t, 0.0) for t in threads_after), reverse=True)
     return {
-        "tok_s": report.output_throughput,
+        # one stream: decode speed as offline measures it (report.tpot: time after the first token per token)
+        "tok_s": 1000 / report.tpot.median_ms if args.concurrency == 1 else report.output_throughput,
         "client_cpu_s": (usage_after.ru_utime + usage_after.ru_stime) - (usage_before.ru_utime + usage_before.ru_stime),
         "server_threads_cpu_s": [round(s, 2) for s in spent if s >= 0.01],
     }
@@ -89,10 +99,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--model", default=default_model_path())
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--single-prompts", type=int, default=6, help="with --concurrency 1: prompts a round")
     args = parser.parse_args()
 
     tokenizer = Tokenizer.from_gguf(args.model)
     chats = [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in workload_b(32)]
+    if args.concurrency == 1:
+        chats = chats[: args.single_prompts]
     host = provenance()["host"]
     print(f"host: {host['cpu']} ({', '.join(host['simd_flags'])}), {args.threads} threads", flush=True)
     rounds = []
@@ -117,7 +130,7 @@ def main() -> None:
     per_round = statistics.median(r["tok_s"] / r["offline_tok_s"] for r in rounds)
     summary = {"offline_tok_s": offline_median, "served_tok_s": served_median,
                "served_over_offline": served_median / offline_median, "median_round_ratio": per_round}
-    out = os.path.join(HERE, "results", "served_overhead.json")
+    out = os.path.join(HERE, "results", "served_overhead_single.json" if args.concurrency == 1 else "served_overhead.json")
     with open(out, "w") as f:
         json.dump({**provenance(), "concurrency": args.concurrency, "threads": args.threads, "rounds": rounds,
                    "median": summary}, f, indent=1)

@@ -151,4 +151,7 @@ class SpeculativeConfig:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"unknown speculative_config keys: {', '.join(unknown)}")
+        lookup = sorted({"prompt_lookup_min", "prompt_lookup_max"} & set(values))
+        if values.get("method") == "draft_model" and lookup:
+            raise ConfigError(f"{', '.join(lookup)} apply to methods ngram and ngram_draft, not draft_model")
         return cls(**values)

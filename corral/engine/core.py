@@ -50,18 +50,19 @@ class EngineCore:
         requests = self.scheduler.decoding_requests()
         batch_size = len(self.scheduler.running)
         self.spec_policy.begin_step()
+        self.runner.clear_drafts()
         fallback = self.runner.fallback_proposer is not None
         source = "lookup" if fallback else "only"
         limits = [self.spec_policy.num_spec_tokens(r, batch_size, source) for r in requests]
         wanted = [(r, n) for r, n in zip(requests, limits, strict=True) if n > 0]
         drafted = self._draft(wanted, batch_size)
-        if fallback:  # a draft model for the requests the lookup found nothing for (or was not asked)
+        if fallback:  # a draft model for the requests the lookup gave nothing worth checking (or was not asked)
             missed = [r for r in requests if r.request_id not in drafted]
             limits = [self.spec_policy.num_spec_tokens(r, batch_size, "draft_model") for r in missed]
             self._draft([(r, n) for r, n in zip(missed, limits, strict=True) if n > 0], batch_size, fallback=True)
 
     def _draft(self, wanted: list[tuple[Request, int]], batch_size: int, fallback: bool = False) -> set[str]:
-        """Propose for each (request, limit) and keep what the policy trims to; the ids given any draft."""
+        """Propose for each (request, limit) and keep what the policy trims to; the ids that kept a draft."""
         if not wanted:
             return set()
         drafts = self.runner.propose([r for r, _ in wanted], [n for _, n in wanted], fallback)
@@ -69,6 +70,6 @@ class EngineCore:
         for (request, _), draft in zip(wanted, drafts, strict=True):
             keep = self.spec_policy.trim(request, len(draft.token_ids), draft.bucket, batch_size)
             request.spec_token_ids = draft.token_ids[:keep]
-            if draft.token_ids:
+            if request.spec_token_ids:
                 drafted.add(request.request_id)
         return drafted

@@ -56,17 +56,19 @@ class ModelRunner:
         self.structured_stats = structured_stats  # where the per-step grammar mask times go
 
     @torch.inference_mode()
+    def clear_drafts(self) -> None:
+        """Forget the last step's draft distributions: a new step's proposals begin."""
+        self._draft_probs = {}
+
     def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int], fallback: bool = False) -> list[Draft]:
-        """Drafts for each request (see ``Proposer``), remembering their distributions for the check. With
-        ``fallback``, the fallback proposer's, for other requests of the same step."""
+        """Drafts for each request (see ``Proposer``; ``fallback``: the fallback proposer's), remembering their
+        distributions for the check beside the others of the step."""
         proposer = self.fallback_proposer if fallback else self.proposer
         assert proposer is not None
         drafts = proposer.propose(requests, max_num_tokens)
-        probs = {r.request_id: d.probs for r, d in zip(requests, drafts, strict=True) if d.probs is not None}
-        if fallback:
-            self._draft_probs.update(probs)
-        else:
-            self._draft_probs = probs
+        for request, draft in zip(requests, drafts, strict=True):
+            if draft.probs is not None:
+                self._draft_probs[request.request_id] = draft.probs
         return drafts
 
     def remove_requests(self, request_ids: Sequence[str]) -> None:

@@ -43,8 +43,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from corral.engine.request import Request
+
+# Whose drafts ``num_spec_tokens`` judges: the one proposer's, or with a lookup in front of a draft model
+# (method ngram_draft) the lookup's or the draft model's.
+DraftSource = Literal["only", "lookup", "draft_model"]
 
 # The prior for a draft's acceptance, worth PRIOR_WEIGHT observations: optimistic, so speculation starts
 # long and backs off on evidence.
@@ -117,9 +122,9 @@ class _SharedProbes:
 @dataclass
 class _RequestHistory:
     counts: dict[int, HazardCounts] = field(default_factory=dict)  # bucket -> the request's own checks
-    # all of the request's checks, whatever their bucket: kept only for requests that cannot share the
-    # engine's counts, which shrink toward it instead
-    pooled: HazardCounts | None = None
+    # all of the request's checks, whatever their bucket, per source (True: the draft model's): kept only for
+    # requests that cannot share the engine's counts, which shrink toward it instead
+    pooled: dict[bool, HazardCounts] = field(default_factory=dict)
     pending_bucket: int = 0  # the bucket of the drafts now being checked
     probing: bool = False  # the drafts now asked for are a probe
     costly_probe: bool = False  # ... of a draft model (failures space the next ones out)
@@ -177,7 +182,7 @@ class SpeculationPolicy:
         """A new engine step: called before its ``num_spec_tokens`` calls (it paces the shared probes)."""
         self._shared_probes.begin_step()
 
-    def num_spec_tokens(self, request: Request, batch_size: int = 1, source: str = "only") -> int:
+    def num_spec_tokens(self, request: Request, batch_size: int = 1, source: DraftSource = "only") -> int:
         """Drafts to ask for ``request`` when ``batch_size`` requests are running: the most any bucket it has
         seen (or a fresh one) would keep. ``source``: ``"only"`` for the one proposer; with a lookup in front
         of a draft model, ``"lookup"`` (its buckets, free) or ``"draft_model"`` (its bucket, at its cost)."""
@@ -254,9 +259,8 @@ class SpeculationPolicy:
         size = self.num_speculative_tokens
         history.counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted)
         if not _shares_engine_counts(request):
-            if history.pooled is None:
-                history.pooled = HazardCounts.empty(size)
-            history.pooled.record(num_drafts, num_accepted)
+            pool = history.pooled.setdefault(self._is_draft_model(bucket), HazardCounts.empty(size))
+            pool.record(num_drafts, num_accepted)
         self._engine_counts.setdefault(bucket, HazardCounts.empty(size)).record(num_drafts, num_accepted, ENGINE_DECAY)
 
     def remove_requests(self, request_ids: Sequence[str]) -> None:
@@ -269,7 +273,7 @@ class SpeculationPolicy:
         if _shares_engine_counts(request):
             broader = self._engine_counts.get(bucket)
         else:
-            broader = history.pooled if history else None
+            broader = history.pooled.get(self._is_draft_model(bucket)) if history else None
         own = history.counts.get(bucket) if history else None
         rates = []
         for j in range(self.num_speculative_tokens):
@@ -280,6 +284,10 @@ class SpeculationPolicy:
                 rate = (own.accepted[j] + REQUEST_WEIGHT * rate) / (own.reached[j] + REQUEST_WEIGHT)
             rates.append(rate)
         return rates
+
+    def _is_draft_model(self, bucket: int) -> bool:
+        """Whether drafts in ``bucket`` came from a draft model (the only proposer, or the one behind a lookup)."""
+        return self.proposer_cost > 0 and bucket == DRAFT_MODEL_BUCKET
 
     def _best(self, request: Request, bucket: int, batch_size: int, proposer_cost: float = 0.0) -> int:
         draft_cost = batch_size / (self.fixed_cost_rows + batch_size) + proposer_cost

@@ -266,3 +266,14 @@ def test_a_lookup_in_front_of_a_draft_model_judges_each_source_apart():
             check(policy, other, bucket=0, num_drafts=1, num_accepted=0)
     assert [b - a for a, b in itertools.pairwise(lookup_probes)] == [16] * 7
     assert [b - a for a, b in itertools.pairwise(model_probes)] == [32, 64]
+
+
+def test_a_seeded_request_judges_the_lookup_apart_from_its_failing_draft_model():
+    """A seeded random request shrinks each bucket toward its own checks of the same source only."""
+    policy = costly_policy()
+    seeded = long_request("seeded", seed=7)
+    for _ in range(10):
+        check(policy, seeded, bucket=0, num_drafts=3, num_accepted=0)  # the draft model keeps failing
+    assert policy.num_spec_tokens(seeded, source="draft_model") <= 1  # nothing, or a probe
+    fresh = best_num_drafts([PRIOR_ACCEPTANCE] * 6, 6, 1 / 3)  # batch 1: a draft costs 1 / (2 + 1)
+    assert policy.num_spec_tokens(seeded, source="lookup") == fresh > 0  # its lookups are still judged fresh
