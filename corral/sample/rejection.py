@@ -139,7 +139,7 @@ class RejectionSampler(torch.nn.Module):
             # p <= q everywhere only when p == q up to rounding; then p itself is the residual's limit
             residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, final_probs)
             final_probs = torch.where(rejected[:, None], residual, final_probs)
-        random_final = random_sample(final_probs, generators)  # the exponential race needs no normalising
+        random_final = random_sample(final_probs, generators)  # weights: no normalising needed
         if greedy_final is None:
             return random_final
         return torch.where(greedy_row[layout.starts], greedy_final, random_final)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from corral.sample import ops
-from corral.sample.ops import apply_min_p, apply_temperature, apply_top_k_top_p, random_sample
+from corral.sample.ops import apply_min_p, apply_temperature, apply_top_k_top_p, inverse_cdf, random_sample
 
 NEG_INF = float("-inf")
 
@@ -157,6 +157,25 @@ def test_random_sample_with_every_row_seeded_leaves_the_global_rng_alone() -> No
     # one unseeded row: the batch draws from the default generator
     random_sample(probs, {0: torch.Generator().manual_seed(1)})
     assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_inverse_cdf_splits_the_unit_interval_by_weight_and_never_picks_a_zero_weight() -> None:
+    weights = torch.tensor([[0.0, 1.0, 0.0, 3.0, 0.0]])  # unnormalised, as the rejection sampler's residuals
+
+    def at(u: float) -> int:
+        return int(inverse_cdf(weights, torch.tensor([[u]], dtype=torch.float64))[0])
+
+    assert [at(u) for u in (0.0, 0.2499, 0.25, 0.9999)] == [1, 1, 3, 3]
+    assert at(1.0) == 3  # u * total rounding up to the total: the last token of weight, not the zero after it
+    rows = torch.tensor([[0.5, 0.5], [0.0, 2.0]])
+    assert inverse_cdf(rows, torch.tensor([[0.75], [0.1]], dtype=torch.float64)).tolist() == [1, 1]
+
+
+def test_random_sample_frequencies_follow_the_weights() -> None:
+    weights = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).expand(20000, 4)
+    counts = torch.bincount(random_sample(weights, {}), minlength=4).double() / 20000
+    assert counts[1] == 0
+    assert torch.allclose(counts, torch.tensor([0.1, 0.0, 0.6, 0.3], dtype=torch.float64), atol=0.015)
 
 
 def test_greedy_ids_take_the_first_maximum_as_argmax_does():
