@@ -47,11 +47,12 @@ MODES = {"inverse cdf": inverse_cdf_sample, "exponential race": exponential_race
 
 
 def use(mode: str) -> None:
-    ops.random_sample = MODES[mode]  # the sampler, the rejection sampler and the draft model call it via ops
+    """Every caller imported the name itself: swap it in each module."""
     import corral.sample.rejection as rejection
     import corral.sample.sampler as sampler
+    import corral.spec_decode.draft_model as draft_model
 
-    sampler.random_sample = rejection.random_sample = MODES[mode]
+    ops.random_sample = sampler.random_sample = rejection.random_sample = draft_model.random_sample = MODES[mode]
 
 
 def main() -> None:

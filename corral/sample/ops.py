@@ -1,4 +1,4 @@
-"""Batched filtering and sampling ops: temperature, top-k, top-p, min-p, and the exponential race.
+"""Batched filtering and sampling ops: temperature, top-k, top-p, min-p, and the random draw (inverse CDF).
 
 All functions take and return [B, V] float tensors and never read a device value on the host, so
 they run without a device sync (except top-p's CPU path, where a sync costs nothing). Filtering writes -inf

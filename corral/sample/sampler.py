@@ -8,10 +8,10 @@ Order of operations (as in vLLM's v1 sampler):
    -inf, for greedy rows too;
 3. penalties: repetition, then frequency, then presence;
 4. greedy rows: argmax of the penalised logits (no randomness consumed);
-5. random rows: temperature, top-k, top-p, min-p, then the exponential race.
+5. random rows: temperature, top-k, top-p, min-p, then one uniform draw through the cumulative sum.
 
 Nothing here reads a device value on the host (no ``.item()`` / ``.tolist()``), so a step runs
-without a device sync; the only Python loop is over seeded rows, to draw each one's noise from its
+without a device sync; the only Python loop is over seeded rows, to draw each one's uniform from its
 own generator.
 """
 
