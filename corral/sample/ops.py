@@ -160,10 +160,11 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Per row, the first token whose cumulative weight passes ``u`` [B, 1] (in [0, 1]) of the row's total."""
     # in float64, so that rounding in the running sum cannot shift the boundaries between tokens measurably
     cdf = probs.to(torch.float64).cumsum(dim=-1)
-    total = cdf[:, -1:]
+    total = cdf[:, -1:].contiguous()  # [B, 1]
     ids = torch.searchsorted(cdf, u * total, right=True).squeeze(1)  # the first i with cdf_i > u * total
-    # u * total may round up to total itself: then the last token of positive weight, never one of weight 0
-    return torch.minimum(ids, (cdf < total).sum(dim=-1))
+    # u * total may round up to total itself (ids = V): then the last token of positive weight, the first
+    # whose cumulative weight reaches the total, never one of weight 0 after it
+    return torch.minimum(ids, torch.searchsorted(cdf, total).squeeze(1))
 
 
 __all__ = ["apply_min_p", "apply_temperature", "apply_top_k_top_p", "inverse_cdf", "random_sample"]
