@@ -55,11 +55,11 @@ class ModelRunner:
         self._draft_probs: dict[str, torch.Tensor] = {}
         self.structured_stats = structured_stats  # where the per-step grammar mask times go
 
-    @torch.inference_mode()
     def clear_drafts(self) -> None:
         """Forget the last step's draft distributions: a new step's proposals begin."""
         self._draft_probs = {}
 
+    @torch.inference_mode()
     def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int], fallback: bool = False) -> list[Draft]:
         """Drafts for each request (see ``Proposer``; ``fallback``: the fallback proposer's), remembering their
         distributions for the check beside the others of the step."""
