@@ -5,8 +5,8 @@ exponentials q_i a row (the previous code, patched in here), in one process.
 - ``random_sample`` alone on rows of the default model's 49,152-token vocabulary, every row seeded (ms).
 - Sampled decode (bench/spec_decode.py's story prompts: chat, temperature 0.8, top-p 0.95, seed 0, EOS
   ignored): one request at a time (decode tok/s from the first token to the last) and all 8 prompts at once
-  (output tok/s), both ways back to back (order flipped every repeat); speed-ups are medians of the
-  paired ratios.
+  (output tok/s), and the 8 four times over (32 at once), both ways back to back (order flipped every
+  repeat); speed-ups are medians of the paired ratios.
 
     .venv/bin/python bench/random_sample.py [--repeats 4] [--max-tokens 128] [--quick]
         [--output-json bench/results/random_sample.json]
@@ -81,6 +81,7 @@ def main() -> None:
         decode_run(llm, prompts[0], replace(params, max_tokens=8))
     single: dict[str, list[float]] = {mode: [] for mode in MODES}
     batch: dict[str, list[float]] = {mode: [] for mode in MODES}
+    batch32: dict[str, list[float]] = {mode: [] for mode in MODES}
     for repeat in range(repeats):
         order = list(MODES)[:: 1 if repeat % 2 == 0 else -1]
         for prompt in prompts[:3]:
@@ -91,6 +92,9 @@ def main() -> None:
         for mode in order:
             use(mode)
             batch[mode].append(batch_rate(llm, prompts, params, max_tokens))
+        for mode in order:
+            use(mode)
+            batch32[mode].append(batch_rate(llm, prompts * 4, params, max_tokens))  # each salted apart
     use("inverse cdf")
 
     def paired(rates: dict[str, list[float]]) -> list[float]:
@@ -102,6 +106,9 @@ def main() -> None:
         "batch8_tok_s": {mode: statistics.median(r) for mode, r in batch.items()},
         "single_speed_up": statistics.median(paired(single)),
         "batch8_speed_up": statistics.median(paired(batch)),
+        "batch32_tok_s": {mode: statistics.median(r) for mode, r in batch32.items()},
+        "batch32_speed_up": statistics.median(paired(batch32)),
+        "batch32_pairs": paired(batch32),
         "single_pairs": paired(single),
         "batch8_pairs": paired(batch),
         "workload": {"prompts": len(prompts), "max_tokens": max_tokens, "temperature": params.temperature,
@@ -110,7 +117,8 @@ def main() -> None:
     for num_rows, ms in micro.items():
         print(f"random_sample, {num_rows} seeded rows of {VOCAB_SIZE}: exponential race "
               f"{ms['exponential race']:.2f} ms, inverse cdf {ms['inverse cdf']:.2f} ms")
-    for name, rates, key in (("one request", single, "single_speed_up"), ("8 at once", batch, "batch8_speed_up")):
+    for name, rates, key in (("one request", single, "single_speed_up"), ("8 at once", batch, "batch8_speed_up"),
+                             ("32 at once", batch32, "batch32_speed_up")):
         print(f"sampled decode, {name}: {statistics.median(rates['exponential race']):.1f} -> "
               f"{statistics.median(rates['inverse cdf']):.1f} tok/s, paired speed-up {results[key]:.2f}x")
     args.output_json.parent.mkdir(parents=True, exist_ok=True)
