@@ -154,4 +154,7 @@ class SpeculativeConfig:
         lookup = sorted({"prompt_lookup_min", "prompt_lookup_max"} & set(values))
         if values.get("method") == "draft_model" and lookup:
             raise ConfigError(f"{', '.join(lookup)} apply to methods ngram and ngram_draft, not draft_model")
+        if values.get("method", "ngram") == "ngram" and "quantization" in values:
+            raise ConfigError("quantization (the draft model's weights) applies to methods draft_model and "
+                              "ngram_draft, not ngram")
         return cls(**values)
