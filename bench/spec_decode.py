@@ -151,6 +151,11 @@ def main() -> None:
                         help="the draft-model proposer runs this draft (e.g. from corral distill --draft-for) "
                              "instead of the target's first --draft-num-layers layers")
     parser.add_argument("--draft-quantization", default="auto", help="the draft model's weights (speculative_config)")
+    parser.add_argument("--draft-head", default=None, metavar="DIR",
+                        help="also run the draft-head proposer with this head (corral distill --draft-head-for)")
+    parser.add_argument("--head-speculative-tokens", type=int, default=3,
+                        help="num_speculative_tokens of the draft-head engine")
+    parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument("--llama-python", default=".bench/llamacpp/bin/python")
     parser.add_argument("--output", default="bench/results/spec_decode.json")
     parser.add_argument("--workloads", default="", help="comma-separated name prefixes to run (default: all)")
@@ -171,12 +176,17 @@ def main() -> None:
         engines["ngram_draft"] = LLM(**common, speculative_config={
             "method": "ngram_draft", "num_speculative_tokens": args.num_speculative_tokens,
             "prompt_lookup_max": args.prompt_lookup_max, "quantization": args.draft_quantization, **draft})
+    if args.draft_head:
+        engines["draft_head"] = LLM(**common, speculative_config={
+            "method": "draft_head", "model": args.draft_head, "num_speculative_tokens": args.head_speculative_tokens,
+            "quantization": args.draft_quantization})
     work = workloads(engines["off"])
     if args.workloads:
         prefixes = tuple(p.strip() for p in args.workloads.split(","))
         work = {name: w for name, w in work.items() if name.startswith(prefixes)}
     results: dict[str, Any] = {"max_tokens": args.max_tokens, "num_speculative_tokens": args.num_speculative_tokens,
                                "prompt_lookup_max": args.prompt_lookup_max, "draft_model": args.draft_model,
+                               "draft_head": args.draft_head, "head_speculative_tokens": args.head_speculative_tokens,
                                "threads": os.cpu_count(), "corral": {}}
     for name, (prompts, params) in work.items():
         for llm in engines.values():  # warm-up
@@ -218,7 +228,7 @@ def main() -> None:
                   f"{on['batch8_median']:.1f} tok/s ({on['batch8_ratio']:.2f}x), "
                   f"acceptance {rate:.0%} of {on['drafted']} drafts", flush=True)
 
-    if os.path.exists(args.llama_python):
+    if os.path.exists(args.llama_python) and not args.skip_llama_cpp:
         from corral.loader.default_model import default_model_path
 
         results["llama.cpp"] = {

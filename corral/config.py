@@ -100,7 +100,7 @@ class SchedulerConfig:
             )
 
 
-SPECULATIVE_METHODS = ("ngram", "draft_model", "ngram_draft")
+SPECULATIVE_METHODS = ("ngram", "draft_model", "ngram_draft", "draft_head")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,8 @@ class SpeculativeConfig:
     the target's own checkpoint, cut to its first ``draft_num_layers`` layers when that is set);
     ``ngram_draft`` (corral's own) looks up first and runs the draft model only for the sequences the lookup
     finds nothing for, so text that copies its input drafts for free and the rest still gets a draft.
+    ``draft_head`` (``model``: a ``corral distill --draft-head-for`` directory) drafts from the target's own
+    last hidden state with a small network, so it needs no KV cache and no model of its own.
     """
 
     method: str = "ngram"
@@ -122,7 +124,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1
     model: str | None = None
     draft_num_layers: int | None = None
-    quantization: str = "auto"  # the draft model's weights (one of QUANTIZATIONS)
+    quantization: str = "auto"  # the draft model's (or draft head's) weights (one of QUANTIZATIONS)
     # Lower a sequence's speculation when its drafts keep being rejected, down to none (see engine/spec_policy).
     adaptive: bool = True
 
@@ -141,7 +143,12 @@ class SpeculativeConfig:
         if self.draft_num_layers is not None and self.draft_num_layers < 1:
             raise ConfigError(f"draft_num_layers must be >= 1, got {self.draft_num_layers}")
         if self.method == "ngram" and (self.model is not None or self.draft_num_layers is not None):
-            raise ConfigError("model and draft_num_layers apply to methods draft_model and ngram_draft, not ngram")
+            raise ConfigError("model and draft_num_layers apply to methods draft_model and ngram_draft (model also to "
+                              "draft_head), not ngram")
+        if self.method == "draft_head" and self.model is None:
+            raise ConfigError("method draft_head needs model: the directory `corral distill --draft-head-for` wrote")
+        if self.method == "draft_head" and self.draft_num_layers is not None:
+            raise ConfigError("draft_num_layers applies to methods draft_model and ngram_draft, not draft_head")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"unsupported draft quantization {self.quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
 
@@ -152,9 +159,9 @@ class SpeculativeConfig:
         if unknown:
             raise ConfigError(f"unknown speculative_config keys: {', '.join(unknown)}")
         lookup = sorted({"prompt_lookup_min", "prompt_lookup_max"} & set(values))
-        if values.get("method") == "draft_model" and lookup:
-            raise ConfigError(f"{', '.join(lookup)} apply to methods ngram and ngram_draft, not draft_model")
+        if values.get("method") in ("draft_model", "draft_head") and lookup:
+            raise ConfigError(f"{', '.join(lookup)} apply to methods ngram and ngram_draft, not {values['method']}")
         if values.get("method", "ngram") == "ngram" and "quantization" in values:
-            raise ConfigError("quantization (the draft model's weights) applies to methods draft_model and "
-                              "ngram_draft, not ngram")
+            raise ConfigError("quantization (the draft model's weights) applies to methods draft_model, "
+                              "ngram_draft and draft_head, not ngram")
         return cls(**values)

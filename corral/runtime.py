@@ -42,6 +42,7 @@ from corral.quantization.base import QuantMethod
 from corral.quantization.blockwise import BlockMethod, keep_dense_copies_, set_activation_bits_
 from corral.quantization.corpus import stdlib_docstrings
 from corral.quantization.int8 import Int8Method, fbgemm_available
+from corral.spec_decode.draft_head import draft_head_proposer
 from corral.spec_decode.draft_model import DraftModelProposer, relative_step_cost
 from corral.spec_decode.ngram import NgramProposer
 from corral.structured.llguidance_backend import llguidance_grammars
@@ -171,14 +172,8 @@ def _fresh_quantization(
     )
 
 
-def _stored_quantization(
-    name: str,
-    stored: PackedFormat,
-    device: torch.device,
-    dtype: torch.dtype,
-    model: str | None,
-    activation_bits: int | None,
-) -> QuantMethod | None:
+def _stored_quantization(name: str, stored: PackedFormat, device: torch.device, dtype: torch.dtype, model: str | None,
+                         activation_bits: int | None) -> QuantMethod | None:
     """A ``corral quantize`` directory runs as stored (auto) or dequantized to float (none), nothing else."""
     if name == "none":
         return None
@@ -290,8 +285,8 @@ def build_engine(args: EngineArgs) -> LLMEngine:
     )
     proposer, fallback, proposer_cost = None, None, 0.0
     if spec is not None:
-        proposer, proposer_cost = _build_proposer(spec, args, model_config, tokenizer, dtype, device, num_blocks,
-                                                  cache.block_size)
+        proposer, proposer_cost = _build_proposer(spec, args, model, model_config, tokenizer, dtype, device,
+                                                  num_blocks, cache.block_size)
         if spec.method == "ngram_draft":  # the lookup first, the draft model for what it finds nothing for
             proposer, fallback = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max), proposer
     eos = set(model_config.eos_token_ids)
@@ -377,12 +372,15 @@ def _linears_are_row_independent(quant_method: QuantMethod | None) -> bool:
     return isinstance(quant_method, BlockMethod) and cpu_extension.load() is not None
 
 
-def _build_proposer(spec: SpeculativeConfig, args: EngineArgs, target_config: ModelConfig, tokenizer: Tokenizer,
-                    dtype: torch.dtype, device: torch.device, num_blocks: int,
+def _build_proposer(spec: SpeculativeConfig, args: EngineArgs, target: torch.nn.Module, target_config: ModelConfig,
+                    tokenizer: Tokenizer, dtype: torch.dtype, device: torch.device, num_blocks: int,
                     block_size: int) -> tuple[Proposer, float]:
     """The proposer, and what proposing one draft costs in target decode steps (for the speculation policy)."""
     if spec.method == "ngram":
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max), 0.0
+    if spec.method == "draft_head":
+        quant_method = resolve_quantization(spec.quantization, device, dtype, spec.model)
+        return draft_head_proposer(spec.model, quant_method, target, target_config, device)
     # A draft model: its own weights, KV pool (as many blocks as the target's, so it never runs out first)
     # and attention backend; it must share the target's vocabulary, token for token.
     path = spec.model or args.model

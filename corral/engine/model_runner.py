@@ -12,7 +12,7 @@ import torch
 from corral.engine.batch import ModelRunnerOutput, SampledToken, ScheduledRequest, SchedulerOutput
 from corral.engine.input_builder import ModelInputs, build_model_inputs
 from corral.engine.prompt_logprobs import compute_prompt_logprobs
-from corral.engine.proposer import Draft, Proposer
+from corral.engine.proposer import Draft, FeatureObserver, Proposer
 from corral.engine.request import Request
 from corral.engine.token_masks import allowed_token_masks
 from corral.layers.attention.backend import AttentionBackend
@@ -51,6 +51,7 @@ class ModelRunner:
         self.proposer = proposer
         self.fallback_proposer = fallback_proposer
         self.num_speculative_tokens = num_speculative_tokens
+        self._feature_observers = [p for p in (proposer, fallback_proposer) if isinstance(p, FeatureObserver)]
         self._generators: dict[str, torch.Generator] = {}
         self._draft_probs: dict[str, torch.Tensor] = {}
         self.structured_stats = structured_stats  # where the per-step grammar mask times go
@@ -96,9 +97,10 @@ class ModelRunner:
     def _sample(self, inputs: ModelInputs, hidden: torch.Tensor) -> ModelRunnerOutput:
         if not inputs.sampling_requests:
             return ModelRunnerOutput()
-        logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()  # [num_logits_rows, vocab]
+        rows = hidden[inputs.logits_indices]
+        logits = self.model.compute_logits(rows).float()  # [num_logits_rows, vocab]
         if any(s.spec_token_ids for s in inputs.sampling_requests):
-            return self._verify(inputs.sampling_requests, logits)
+            return self._verify(inputs.sampling_requests, logits, rows)
 
         requests = [s.request for s in inputs.sampling_requests]
         metadata = build_sampling_metadata(
@@ -112,7 +114,12 @@ class ModelRunner:
             allowed_token_bitmask=self._allowed_masks(requests, [()] * len(requests), range(len(requests))),
         )
         result = self.sampler(logits, metadata)
+        self._observe_features([r.request_id for r in requests], rows)
         return self._to_output(requests, result)
+
+    def _observe_features(self, request_ids: list[str], features: torch.Tensor) -> None:
+        for observer in self._feature_observers:
+            observer.observe_features(request_ids, features)
 
     def _allowed_masks(
         self, requests: Sequence[Request], drafts: Sequence[Sequence[int]], first_rows: Sequence[int]
@@ -134,8 +141,9 @@ class ModelRunner:
             self._generators[request_id] = generator
         return generator
 
-    def _verify(self, scheduled: list[ScheduledRequest], logits: torch.Tensor) -> ModelRunnerOutput:
-        """Check each request's drafts (none for some) against its ``1 + len(drafts)`` rows of logits."""
+    def _verify(self, scheduled: list[ScheduledRequest], logits: torch.Tensor, rows: torch.Tensor) -> ModelRunnerOutput:
+        """Check each request's drafts (none for some) against its ``1 + len(drafts)`` rows of logits (read from
+        the hidden ``rows``)."""
         num_drafts = [len(s.spec_token_ids) for s in scheduled]
         params, generators, prompts, outputs, banned = [], [], [], [], []
         for s in scheduled:
@@ -163,6 +171,9 @@ class ModelRunner:
         )
         token_ids, num_emitted = result.token_ids.tolist(), result.num_emitted.tolist()
         first_rows = [end - count - 1 for end, count in zip(itertools.accumulate(k + 1 for k in num_drafts), num_drafts)]
+        if self._feature_observers:  # the row that produced each request's last kept token
+            last_rows = [first_rows[i] + num_emitted[i] - 1 for i in range(len(scheduled))]
+            self._observe_features([s.request.request_id for s in scheduled], rows[last_rows])
         logprob_rows = _logprob_rows(result)
         output = ModelRunnerOutput()
         for i, s in enumerate(scheduled):

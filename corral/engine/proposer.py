@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -35,4 +35,15 @@ class Proposer(Protocol):
 
     def remove_requests(self, request_ids: Sequence[str]) -> None:
         """Forget finished requests' state (a draft model's KV blocks). Unknown ids are ignored."""
+        ...
+
+
+@runtime_checkable
+class FeatureObserver(Protocol):
+    """A proposer that drafts from the target's own last hidden state (a draft head, ``spec_decode/draft_head.py``).
+    After each step the runner hands it, for every request that sampled, the hidden row that produced the
+    request's last token."""
+
+    def observe_features(self, request_ids: Sequence[str], features: torch.Tensor) -> None:
+        """``features[i]`` (``[num_requests, hidden_size]``, the rows the LM head read) belongs to ``request_ids[i]``."""
         ...

@@ -24,11 +24,13 @@ from corral.engine.spec_policy import SpeculationPolicy
 from corral.layers.attention.torch_paged import TorchPagedAttention
 from corral.loader.names import expected_shapes
 from corral.models.calibration import sequence_logits
+from corral.models.draft_head import DraftHead, DraftHeadConfig
 from corral.models.llama import LlamaForCausalLM
 from corral.models.spec import ModelConfig
 from corral.sample.metadata import build_sampling_metadata
 from corral.sample.params import SamplingParams
 from corral.sample.sampler import constrain_logits, sampling_probs
+from corral.spec_decode.draft_head import DraftHeadProposer
 from corral.spec_decode.draft_model import DraftModelProposer
 from corral.spec_decode.ngram import NgramProposer
 
@@ -64,6 +66,18 @@ def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     if config.draft_vocab_size is not None:
         weights["lm_head.token_ids"] = torch.tensor(HEAD_TOKEN_IDS[: config.draft_vocab_size])
     return weights
+
+
+def random_head(hidden_size: int, head_token_ids: list[int], vocab_size: int, seed: int = 5) -> DraftHead:
+    """A draft head of random weights (norms 1) over ``head_token_ids``."""
+    head = DraftHead(DraftHeadConfig(hidden_size, 2 * hidden_size, len(head_token_ids), vocab_size))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in head.tensors().items():
+            if "norm" not in name:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * tensor.shape[-1] ** -0.5)
+    head.head_token_ids = torch.tensor(head_token_ids)
+    return head.requires_grad_(False)
 
 
 def allocate(config: ModelConfig) -> tuple[list[torch.Tensor], TorchPagedAttention]:
@@ -104,6 +118,9 @@ def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int,
         looked_up: dict[str, int] = {}
         drafted: dict[str, int] = {}
         proposer, fallback = Counted(NgramProposer(1, 3), looked_up), Counted(proposer, drafted)
+    elif proposer_kind == "draft_head":  # a random head over the target's features, reduced like the draft above
+        head = random_head(CONFIG.hidden_size, HEAD_TOKEN_IDS, VOCAB)
+        proposer = DraftHeadProposer(head, target.model.embed_tokens, VOCAB, CPU)
     elif proposer is None:
         proposer = NgramProposer(1, 3)
     caches, backend = allocate(CONFIG)
@@ -158,7 +175,8 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("proposer_kind, num_drafts",
-                         [("draft_model", 2), ("draft_model_reduced_head", 2), ("ngram", 3), ("ngram_draft", 2)])
+                         [("draft_model", 2), ("draft_model_reduced_head", 2), ("ngram", 3), ("ngram_draft", 2),
+                          ("draft_head", 2)])
 def test_sampled_tokens_follow_the_target_distribution(proposer_kind, num_drafts):
     samples = sample_continuations(proposer_kind, num_drafts)
     assert all(len(s) == 3 for s in samples)

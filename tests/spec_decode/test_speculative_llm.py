@@ -128,7 +128,10 @@ def test_seeded_sampling_is_reproducible_with_speculation(method):
         ({"method": "draft_model", "draft_num_layers": 99}, "draft_num_layers must be in"),
         ({"method": "ngram", "model": "x"}, "apply to methods draft_model and ngram_draft"),
         ({"method": "draft_model", "prompt_lookup_max": 2}, "prompt_lookup_max apply to methods ngram and ngram_draft"),
-        ({"method": "ngram", "quantization": "int8"}, "quantization .* applies to methods draft_model and ngram_draft"),
+        ({"method": "ngram", "quantization": "int8"}, "quantization .* applies to methods draft_model, ngram_draft and draft_head"),
+        ({"method": "draft_head"}, "method draft_head needs model"),
+        ({"method": "draft_head", "model": "x", "draft_num_layers": 2}, "draft_num_layers applies to .* not draft_head"),
+        ({"method": "draft_head", "model": "x", "prompt_lookup_max": 2}, "prompt_lookup_max apply to .* not draft_head"),
     ],
 )
 def test_bad_speculative_config_is_refused(config, message):

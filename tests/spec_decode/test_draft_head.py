@@ -1,0 +1,114 @@
+"""The draft-head proposer through the whole engine: greedy output identical to plain decoding (with penalties,
+float and int8 heads), the feature it drafts from is exactly the target's hidden row behind each request's last
+token, and every KV block comes back; loading errors are one line. The sampled distribution's exactness is in
+test_distribution.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.config import SchedulerConfig
+from corral.engine.block_manager import KVCacheManager
+from corral.engine.core import EngineCore
+from corral.engine.model_runner import ModelRunner
+from corral.engine.request import Request
+from corral.engine.scheduler import Scheduler
+from corral.engine.spec_policy import SpeculationPolicy
+from corral.errors import ConfigError
+from corral.models.calibration import DenseSequence
+from corral.quantization.int8 import Int8Method, fbgemm_available
+from corral.spec_decode.draft_head import DraftHeadProposer, check_head_fits
+from tests.spec_decode.test_distribution import (
+    BLOCK_SIZE,
+    CPU,
+    NUM_BLOCKS,
+    allocate,
+    random_head,
+    random_model,
+)
+from tests.spec_decode.test_draft_reduced_head import PARAMS, PROMPTS, SEED, TARGET, VOCAB
+
+
+class CheckedFeatures(DraftHeadProposer):
+    """Before each proposal, compares the feature it holds for each request with the target's final hidden
+    state computed afresh over the request's tokens (the row that produced the last one)."""
+
+    def __init__(self, target, *args):
+        super().__init__(*args)
+        self.target, self.checked = target, 0
+
+    def propose(self, requests, max_num_tokens):
+        for request in requests:
+            known = request.all_token_ids[:-1]
+            sequence = DenseSequence(self.target, known)
+            hidden = sequence.embed()
+            for index in range(len(self.target.model.layers)):
+                hidden = sequence.layer(index, hidden)
+            expected = self.target.model.norm(hidden)[-1]
+            torch.testing.assert_close(self._features[request.request_id], expected, atol=1e-4, rtol=1e-4)
+            self.checked += 1
+        return super().propose(requests, max_num_tokens)
+
+
+def generate(target, proposer, num_drafts: int) -> tuple[list[list[int]], EngineCore]:
+    caches, backend = allocate(TARGET)
+    runner = ModelRunner(target, caches, backend, BLOCK_SIZE, VOCAB, CPU, proposer, num_drafts)
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512, max_model_len=128),
+                          KVCacheManager(NUM_BLOCKS, BLOCK_SIZE))
+    core = EngineCore(scheduler, runner, SpeculationPolicy(num_drafts, adaptive=False) if proposer else None)
+    requests = [(prompt, params) for params in PARAMS for prompt in PROMPTS]
+    for i, (prompt, params) in enumerate(requests):
+        core.add_request(Request(str(i), prompt, params, max_model_len=128))
+    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(requests))}
+    for _ in range(1000):
+        if not core.has_unfinished_requests():
+            break
+        for output in core.step():
+            tokens[output.request_id].extend(output.new_token_ids)
+    assert not core.has_unfinished_requests()
+    assert core.kv_manager.num_free_blocks == NUM_BLOCKS
+    return list(tokens.values()), core
+
+
+def head_ids_of(plain: list[list[int]], size: int) -> list[int]:
+    counts = torch.bincount(torch.tensor([t for row in plain for t in row]), minlength=VOCAB)
+    return counts.argsort(descending=True)[:size].tolist()
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_greedy_output_with_a_draft_head_is_plain_decoding(quantized):
+    if quantized and not fbgemm_available():
+        pytest.skip("int8 linears need fbgemm in this torch build")
+    target = random_model(TARGET, SEED)
+    plain, _ = generate(target, None, 0)
+    head = random_head(TARGET.hidden_size, head_ids_of(plain, 24), VOCAB)
+    if quantized:
+        head.quantize_(Int8Method())
+    proposer = DraftHeadProposer(head, target.model.embed_tokens, VOCAB, CPU)
+    speculative, core = generate(target, proposer, 3)
+    assert speculative == plain
+    stats = core.scheduler.spec_decode_stats
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+    assert not proposer._features  # every finished request forgotten
+
+
+def test_the_head_drafts_from_the_hidden_row_behind_the_last_token():
+    """After a plain step, a verification that kept some drafts, or one that kept none, the feature is the
+    target's final hidden state at the position before the last token."""
+    target = random_model(TARGET, SEED)
+    plain, _ = generate(target, None, 0)
+    # a head that scores well enough that some drafts are kept and some are not
+    proposer = CheckedFeatures(target, random_head(TARGET.hidden_size, head_ids_of(plain, 24), VOCAB), target.model.embed_tokens,
+                               VOCAB, CPU)
+    speculative, core = generate(target, proposer, 3)
+    assert speculative == plain
+    assert proposer.checked > 100
+    stats = core.scheduler.spec_decode_stats
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+
+
+def test_a_head_for_another_shape_is_refused():
+    head = random_head(16, [0, 1], VOCAB)
+    with pytest.raises(ConfigError, match="reads hidden states of size 16 over 64 tokens; the target has 32 over 64"):
+        check_head_fits(head, TARGET, "dir")
