@@ -32,7 +32,8 @@ def float_linears(weights: Mapping[str, torch.Tensor]) -> LinearFn:
 
 class DenseForward:
     """Logits ``[batch, tokens, vocab]`` of ``config``'s model; ``weights`` holds the float non-linear
-    tensors (embedding, norms, LM head, biases) under HF names, ``linear`` computes each decoder linear."""
+    tensors (embedding, norms, LM head, biases) under HF names, ``linear`` computes each decoder linear.
+    ``hidden_states`` gives the rows the LM head reads (after the final norm)."""
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, torch.Tensor], linear: LinearFn):
         self.config = config
@@ -41,6 +42,12 @@ class DenseForward:
         self.inv_freq = rope_inv_freq(config.head_size, config.rope_theta, config.rope_scaling)
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden_states(input_ids)
+        head = self.weights.get("lm_head.weight", self.weights["model.embed_tokens.weight"])
+        return hidden @ head.T
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final hidden states ``[batch, tokens, hidden_size]``, after the final norm."""
         config, weights = self.config, self.weights
         batch, tokens = input_ids.shape
         heads, kv_heads, head_size = config.num_attention_heads, config.num_key_value_heads, config.head_size
@@ -59,9 +66,7 @@ class DenseForward:
             x = self._rms_norm(hidden, weights[prefix + "post_attention_layernorm.weight"])
             gate = F.silu(self.linear(index, "mlp.gate_proj", x)) * self.linear(index, "mlp.up_proj", x)
             hidden = hidden + self.linear(index, "mlp.down_proj", gate)
-        hidden = self._rms_norm(hidden, weights["model.norm.weight"])
-        head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])
-        return hidden @ head.T
+        return self._rms_norm(hidden, weights["model.norm.weight"])
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps) * weight

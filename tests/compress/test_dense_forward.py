@@ -55,3 +55,18 @@ def test_gradients_reach_every_linear():
     logits = DenseForward(config, weights, float_linears(weights))(torch.tensor([[5, 9, 17, 33]]))
     logits.logsumexp(-1).sum().backward()
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights.values())
+
+
+@pytest.mark.parametrize("case", ["llama-tied", "llama3-untied"])
+def test_hidden_states_are_what_the_lm_head_reads(case):
+    config = CASES[case]
+    weights = _weights(config)
+    forward = DenseForward(config, weights, float_linears(weights))
+    input_ids = torch.tensor([[5, 9, 17, 33, 2], [7, 7, 1, 90, 64]])
+    hidden = forward.hidden_states(input_ids)
+    assert hidden.shape == (2, 5, config.hidden_size)
+    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])
+    torch.testing.assert_close(hidden @ head.T, forward(input_ids))
+    # after the final norm: each row's RMS is the norm's gain, not the residual stream's scale
+    unit = hidden / weights["model.norm.weight"]
+    torch.testing.assert_close(unit.pow(2).mean(-1), torch.ones(2, 5), rtol=1e-3, atol=1e-3)
