@@ -40,7 +40,7 @@ class DraftHeadProposer:
 
     def observe_features(self, request_ids: Sequence[str], features: torch.Tensor) -> None:
         for row, request_id in enumerate(request_ids):
-            self._features[request_id] = features[row].float()  # a copy: the step's hidden tensor is not kept
+            self._features[request_id] = features[row]  # a view of the step's sampled rows, not of its hidden tensor
 
     @torch.inference_mode()
     def propose(self, requests: Sequence[Request], max_num_tokens: Sequence[int]) -> list[Draft]:

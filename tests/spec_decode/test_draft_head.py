@@ -17,6 +17,7 @@ from corral.engine.scheduler import Scheduler
 from corral.engine.spec_policy import SpeculationPolicy
 from corral.errors import ConfigError
 from corral.models.calibration import DenseSequence
+from corral.quantization.blockwise import BlockMethod
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.spec_decode.draft_head import DraftHeadProposer, check_head_fits
 from tests.spec_decode.test_distribution import (
@@ -76,15 +77,15 @@ def head_ids_of(plain: list[list[int]], size: int) -> list[int]:
     return counts.argsort(descending=True)[:size].tolist()
 
 
-@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("quantized", [None, "int8", "int4"])
 def test_greedy_output_with_a_draft_head_is_plain_decoding(quantized):
-    if quantized and not fbgemm_available():
+    if quantized == "int8" and not fbgemm_available():
         pytest.skip("int8 linears need fbgemm in this torch build")
     target = random_model(TARGET, SEED)
     plain, _ = generate(target, None, 0)
     head = random_head(TARGET.hidden_size, head_ids_of(plain, 24), VOCAB)
-    if quantized:
-        head.quantize_(Int8Method())
+    if quantized is not None:
+        head.quantize_(Int8Method() if quantized == "int8" else BlockMethod("int4", linear_bits=4))
     proposer = DraftHeadProposer(head, target.model.embed_tokens, VOCAB, CPU)
     speculative, core = generate(target, proposer, 3)
     assert speculative == plain
