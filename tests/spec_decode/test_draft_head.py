@@ -8,27 +8,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corral.config import SchedulerConfig
-from corral.engine.block_manager import KVCacheManager
 from corral.engine.core import EngineCore
-from corral.engine.model_runner import ModelRunner
-from corral.engine.request import Request
-from corral.engine.scheduler import Scheduler
-from corral.engine.spec_policy import SpeculationPolicy
 from corral.errors import ConfigError
 from corral.models.calibration import DenseSequence
 from corral.quantization.blockwise import BlockMethod
 from corral.quantization.int8 import Int8Method, fbgemm_available
 from corral.spec_decode.draft_head import DraftHeadProposer, check_head_fits
 from tests.spec_decode.test_distribution import (
-    BLOCK_SIZE,
     CPU,
     NUM_BLOCKS,
-    allocate,
     random_head,
     random_model,
 )
-from tests.spec_decode.test_draft_reduced_head import PARAMS, PROMPTS, SEED, TARGET, VOCAB
+from tests.spec_decode.test_draft_reduced_head import SEED, TARGET, VOCAB
+from tests.spec_decode.test_draft_reduced_head import generate as generate_reduced
 
 
 class CheckedFeatures(DraftHeadProposer):
@@ -53,23 +46,9 @@ class CheckedFeatures(DraftHeadProposer):
 
 
 def generate(target, proposer, num_drafts: int) -> tuple[list[list[int]], EngineCore]:
-    caches, backend = allocate(TARGET)
-    runner = ModelRunner(target, caches, backend, BLOCK_SIZE, VOCAB, CPU, proposer, num_drafts)
-    scheduler = Scheduler(SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512, max_model_len=128),
-                          KVCacheManager(NUM_BLOCKS, BLOCK_SIZE))
-    core = EngineCore(scheduler, runner, SpeculationPolicy(num_drafts, adaptive=False) if proposer else None)
-    requests = [(prompt, params) for params in PARAMS for prompt in PROMPTS]
-    for i, (prompt, params) in enumerate(requests):
-        core.add_request(Request(str(i), prompt, params, max_model_len=128))
-    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(requests))}
-    for _ in range(1000):
-        if not core.has_unfinished_requests():
-            break
-        for output in core.step():
-            tokens[output.request_id].extend(output.new_token_ids)
-    assert not core.has_unfinished_requests()
+    tokens, core = generate_reduced(target, proposer, num_drafts)
     assert core.kv_manager.num_free_blocks == NUM_BLOCKS
-    return list(tokens.values()), core
+    return tokens, core
 
 
 def head_ids_of(plain: list[list[int]], size: int) -> list[int]:
