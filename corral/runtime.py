@@ -380,7 +380,7 @@ def _build_proposer(spec: SpeculativeConfig, args: EngineArgs, target: torch.nn.
         return NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max), 0.0
     if spec.method == "draft_head":
         # auto: int4 on the C++ kernels, whose one-row products beat fbgemm's int8 at a head's sizes (1.9 vs 3.1 ms a proposal)
-        name = "int4" if spec.quantization == "auto" and cpu_extension.load() is not None else spec.quantization
+        name = "int4" if spec.quantization == "auto" and (device.type, dtype) == ("cpu", torch.float32) and cpu_extension.load() else spec.quantization
         quant_method = resolve_quantization(name, device, dtype, spec.model)
         return draft_head_proposer(spec.model, quant_method, target, target_config, device)
     # A draft model: its own weights, KV pool (as many blocks as the target's, so it never runs out first)

@@ -201,6 +201,8 @@ def _run_draft_head(args: argparse.Namespace) -> int:
     refused = sorted(given - _HEAD_OPTIONS - _HEAD_ONLY)
     if refused:
         raise ConfigError(f"{refused[0]} does not apply to --draft-head-for")
+    if args.steps is not None and args.epochs is not None:
+        raise ConfigError("--epochs and --steps both set how long a draft head trains: give one")
     target = args.draft_head_for or None
     messages: tuple[str, ...] = ()
     if args.teacher_prompts is not None:

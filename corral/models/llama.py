@@ -133,6 +133,7 @@ class LlamaForCausalLM(nn.Module):
         else:
             self.lm_head = Linear(config.hidden_size, config.draft_vocab_size or config.vocab_size)
         self.decode_layers: list[object] | None = None  # see fuse_decode_layers_
+        self.final_hidden_scales: torch.Tensor | None = None  # SmoothQuant's, divided out of the final norm
 
     def fuse_decode_layers_(self, block_size: int) -> bool:
         """Run all-decode steps through one C++ call per layer (bit-identical; see ``kernels.decoder_layer``)
@@ -280,6 +281,7 @@ class LlamaForCausalLM(nn.Module):
         into the head."""
         scales = smoothing_scales(input_absmax, head_weight, alpha)
         self.model.norm.weight.div_(scales)
+        self.final_hidden_scales = scales  # the output rows are h / scales from now on (a draft head reads them)
         return scales
 
     def quantize_(self, method: QuantMethod) -> None:

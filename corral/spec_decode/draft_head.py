@@ -88,6 +88,13 @@ def check_head_fits(head: DraftHead, target: ModelConfig, path: str) -> None:
         )
 
 
+@torch.no_grad()
+def fold_feature_scales_(head: DraftHead, scales: torch.Tensor) -> None:
+    """A target whose LM head was smoothed (SmoothQuant, quantization int8) hands out ``h / scales``; the head was
+    trained on ``h``: multiply its first linear's feature columns by ``scales`` so it computes the same thing."""
+    head.fc.weight[:, : head.config.hidden_size].mul_(scales.to(head.fc.weight.dtype))
+
+
 def head_step_cost(head: DraftHead, target: ModelConfig) -> float:
     """A head step's cost as a fraction of a target decode step, by the weights each streams."""
     config = head.config
@@ -105,6 +112,9 @@ def draft_head_proposer(
         raise ConfigError("quantization gguf keeps a GGUF file's blocks; a draft head has none: use int8, int4 or none")
     head = load_draft_head(path)
     check_head_fits(head, target_config, path)
+    scales = target.final_hidden_scales
+    if scales is not None:
+        fold_feature_scales_(head, scales)
     if quant_method is not None:
         head.quantize_(quant_method)
     head.to(device)

@@ -38,12 +38,19 @@ class DraftProposal:
         return Draft(self.token_ids, torch.stack(self.probs) if self.probs else None, bucket=DRAFT_MODEL_BUCKET)
 
 
+# Mixes a request's seed into its drafts' own: seeded with the seed itself, the drafts' stream would repeat the
+# target's (the runner seeds the request's generator with it), so a draft would be drawn with the very uniform the
+# target sampled or accepted with, and not independently of the check: the output would not follow the target.
+_DRAFT_SEED_MULTIPLIER, _DRAFT_SEED_OFFSET = 0x9E3779B97F4A7C15, 0x632BE59BD9B4E019
+
+
 def seeded_generator(request: Request, device: torch.device) -> torch.Generator | None:
+    """A seeded request's draft generator (reproducible drafts, on a stream of their own); None when unseeded."""
     seed = request.sampling_params.seed
     if seed is None:
         return None
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    generator.manual_seed((seed * _DRAFT_SEED_MULTIPLIER + _DRAFT_SEED_OFFSET) % 2**63)
     return generator
 
 

@@ -193,7 +193,8 @@ def test_head_flags_are_refused_without_draft_head_for(tmp_path, capsys, extra):
 @pytest.mark.parametrize("extra,expected", [(["--samples", "1"], "--samples must be >= 2"),
                                             (["--teacher-prompts", "none.txt"], "no such file"),
                                             (["--depth", "0"], "depth must be >= 1"),
-                                            (["--sample-top-p", "0"], "top_p")])
+                                            (["--sample-top-p", "0"], "top_p"),
+                                            (["--epochs", "1", "--steps", "4"], "--epochs and --steps both")])
 def test_draft_head_for_answers_bad_values_with_one_line(tmp_path, capsys, extra, expected):
     target = str(tmp_path / "no-target")
     assert main(["distill", "--draft-head-for", target, "--out", str(tmp_path / "head"), *extra]) == 1

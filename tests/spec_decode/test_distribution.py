@@ -104,7 +104,9 @@ class Counted:
         self.proposer.remove_requests(request_ids)
 
 
-def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int, ...]]:
+def sample_continuations(proposer_kind: str, num_drafts: int, seeded: bool = False) -> list[tuple[int, ...]]:
+    """NUM_SAMPLES continuations of PROMPT; ``seeded``: each request with a seed of its own (its drafts then come
+    from a generator of their own too, which must not repeat the target's stream)."""
     target = random_model(CONFIG, seed=0)
     proposer = fallback = None
     if proposer_kind.startswith("draft_model") or proposer_kind == "ngram_draft":
@@ -135,7 +137,8 @@ def sample_continuations(proposer_kind: str, num_drafts: int) -> list[tuple[int,
     mixed_steps = 0
     for wave in range(0, NUM_SAMPLES, WAVE):  # the waiting queue is sorted on insertion: keep it short
         for i in range(wave, min(wave + WAVE, NUM_SAMPLES)):
-            core.add_request(Request(str(i), PROMPT, PARAMS, max_model_len=64))
+            params = replace(PARAMS, seed=1000 + i) if seeded else PARAMS
+            core.add_request(Request(str(i), PROMPT, params, max_model_len=64))
         for _ in range(10 * WAVE):
             if not core.has_unfinished_requests():
                 break
@@ -176,9 +179,10 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("proposer_kind, num_drafts",
                          [("draft_model", 2), ("draft_model_reduced_head", 2), ("ngram", 3), ("ngram_draft", 2),
-                          ("draft_head", 2)])
+                          ("draft_head", 2), ("draft_head_seeded", 2)])
 def test_sampled_tokens_follow_the_target_distribution(proposer_kind, num_drafts):
-    samples = sample_continuations(proposer_kind, num_drafts)
+    seeded = proposer_kind.endswith("_seeded")
+    samples = sample_continuations(proposer_kind.removesuffix("_seeded"), num_drafts, seeded)
     assert all(len(s) == 3 for s in samples)
     target = random_model(CONFIG, seed=0)
     first = exact_probs(target, [])

@@ -92,3 +92,26 @@ def test_a_head_for_another_shape_is_refused():
     head = random_head(16, [0, 1], VOCAB)
     with pytest.raises(ConfigError, match="reads hidden states of size 16 over 64 tokens; the target has 32 over 64"):
         check_head_fits(head, TARGET, "dir")
+
+
+def test_a_smoothed_target_hands_the_head_the_features_it_was_trained_on(tmp_path):
+    """quantization int8 divides SmoothQuant scales out of the target's final norm: the proposer folds them
+    back into the head, which then drafts exactly as the float head does from the float features."""
+    from dataclasses import replace
+
+    from corral.models.draft_head import save_draft_head
+    from corral.spec_decode.draft_head import draft_head_proposer
+
+    config = replace(TARGET, tie_word_embeddings=False)
+    target = random_model(config, SEED)
+    head = random_head(config.hidden_size, list(range(24)), VOCAB)
+    save_draft_head(head, tmp_path)
+    features = target.model.norm(torch.randn(5, config.hidden_size))
+    target.quantize_lm_head_(Int8Method() if fbgemm_available() else BlockMethod("int4", 4),
+                             input_absmax=torch.rand(config.hidden_size) * 10 + 0.1)
+    scales = target.final_hidden_scales
+    assert scales is not None and not torch.allclose(scales, torch.ones_like(scales))
+    proposer, _ = draft_head_proposer(str(tmp_path), None, target, config, CPU)
+    embeddings = torch.randn(5, config.hidden_size)
+    for got, want in zip(proposer.head(features / scales, embeddings), head(features, embeddings), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
