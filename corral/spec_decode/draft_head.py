@@ -63,7 +63,7 @@ class DraftHeadProposer:
             self._generators.pop(request_id, None)
 
     def _draw(self, proposals: list[DraftProposal]) -> None:
-        features = torch.stack([self._features[p.request.request_id] for p in proposals])
+        features = torch.stack([self._features[p.request.request_id] for p in proposals]).float()  # the head is float32
         tokens = [p.request.all_token_ids[-1] for p in proposals]
         live = list(range(len(proposals)))
         for step in range(max(p.num_tokens for p in proposals)):
