@@ -114,7 +114,8 @@ class ModelRunner:
             allowed_token_bitmask=self._allowed_masks(requests, [()] * len(requests), range(len(requests))),
         )
         result = self.sampler(logits, metadata)
-        self._observe_features([r.request_id for r in requests], rows)
+        if self._feature_observers:
+            self._observe_features([r.request_id for r in requests], rows)
         return self._to_output(requests, result)
 
     def _observe_features(self, request_ids: list[str], features: torch.Tensor) -> None:

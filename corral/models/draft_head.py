@@ -96,14 +96,6 @@ class DraftHead(nn.Module):
         }
 
 
-def is_draft_head_dir(path: str | os.PathLike[str]) -> bool:
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        return False
-    with open(config_path) as f:
-        return ARCHITECTURE in json.load(f).get("architectures", [])
-
-
 def save_draft_head(head: DraftHead, path: str | os.PathLike[str]) -> None:
     os.makedirs(path, exist_ok=True)
     tensors = {name: t.detach().contiguous() for name, t in head.tensors().items()}
